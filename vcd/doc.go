@@ -1,0 +1,2 @@
+// Package vcd is the Cloud Director adapter.
+package vcd
