@@ -16,6 +16,7 @@ type State struct {
 	TrafficRules  map[string]*TrafficRule  `json:"traffic_rules"`
 	Tenants       map[string]*Tenant       `json:"tenants"`
 	Tokens        map[string]*Token        `json:"tokens"`
+	Coordinators  map[string]*Coordinator  `json:"coordinators"`
 }
 
 // NewState returns an empty state with every map allocated.
@@ -33,6 +34,7 @@ func NewState() *State {
 		TrafficRules:  map[string]*TrafficRule{},
 		Tenants:       map[string]*Tenant{},
 		Tokens:        map[string]*Token{},
+		Coordinators:  map[string]*Coordinator{},
 	}
 }
 

@@ -274,3 +274,11 @@ type Token struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at,omitempty"`
 }
+
+// Coordinator is a coordinator node's addresses, so that any node can find
+// the leader's API address from its raft ID (followers forward writes).
+type Coordinator struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+}
