@@ -82,6 +82,10 @@ func ErrorField(err error) string {
 	if errors.As(err, &re) {
 		return re.Field
 	}
+	var pe *PrecondError
+	if errors.As(err, &pe) {
+		return pe.Field
+	}
 	return ""
 }
 
