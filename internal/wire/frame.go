@@ -1,0 +1,334 @@
+package wire
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"time"
+)
+
+// Frame layout constants.
+const (
+	Magic0     = 'C'
+	Magic1     = 'W'
+	Version    = 1
+	HeaderLen  = 9
+	TrailerLen = 4
+	// DefaultMaxPayload bounds a frame; a larger length is treated as
+	// corruption, so a bad length can never make a reader allocate much.
+	DefaultMaxPayload = 64 << 20
+)
+
+// FlagSkippable on a frame lets a reader that does not know its type skip
+// it instead of failing, so optional messages can be added later.
+const FlagSkippable uint8 = 1 << 0
+
+const knownFrameFlags = FlagSkippable
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Frame errors; every decode failure wraps ErrCorrupt.
+var (
+	ErrCorrupt  = errors.New("corrupt frame")
+	ErrTooLarge = errors.New("frame too large")
+)
+
+// AppendFrame appends m as one complete frame to dst.
+func AppendFrame(dst []byte, m Msg) ([]byte, error) {
+	if err := checkMsg(m); err != nil {
+		return dst, err
+	}
+	start := len(dst)
+	dst = append(dst, Magic0, Magic1, Version, byte(m.Type()), frameFlags(m), 0, 0, 0, 0)
+	dst = m.appendFixed(dst)
+	dst = append(dst, m.tail()...)
+	n := len(dst) - start - HeaderLen
+	if n > math.MaxUint32 {
+		return dst[:start], fmt.Errorf("encode %s: %w (%d bytes)", m.Type(), ErrTooLarge, n)
+	}
+	be.PutUint32(dst[start+5:], uint32(n))
+	return be.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli)), nil
+}
+
+func frameFlags(m Msg) uint8 {
+	if m.Type() == TypeStatus || m.Type() == TypeHeartbeat {
+		return FlagSkippable
+	}
+	return 0
+}
+
+// checkMsg rejects what the encoding cannot represent, so a sender learns
+// of it instead of the receiver seeing a garbled message.
+func checkMsg(m Msg) error {
+	long := func(s ...string) error {
+		for _, v := range s {
+			if len(v) > math.MaxUint16 {
+				return fmt.Errorf("encode %s: string of %d bytes exceeds 65535", m.Type(), len(v))
+			}
+		}
+		return nil
+	}
+	switch v := m.(type) {
+	case *Hello:
+		if len(v.Disks) > math.MaxUint16 {
+			return fmt.Errorf("encode Hello: %d disks", len(v.Disks))
+		}
+		return long(v.Role, v.NodeID, v.VM)
+	case *HelloAck:
+		return long(v.Err)
+	case *Status:
+		return long(v.VM, v.Mode, v.Msg)
+	case *Error:
+		return long(v.Msg)
+	case *Write:
+		if err := v.Validate(); err != nil {
+			return fmt.Errorf("encode Write: %w", err)
+		}
+	}
+	return nil
+}
+
+// DecodeFrame parses one whole frame from the start of b and returns the
+// message and the number of bytes used. io.ErrUnexpectedEOF means b holds
+// only part of a frame.
+func DecodeFrame(b []byte, maxPayload int) (Msg, int, error) {
+	if maxPayload <= 0 {
+		maxPayload = DefaultMaxPayload
+	}
+	if len(b) < HeaderLen {
+		return nil, 0, io.ErrUnexpectedEOF
+	}
+	t, flags, n, err := parseHeader(b[:HeaderLen], maxPayload)
+	if err != nil {
+		return nil, 0, err
+	}
+	total := HeaderLen + n + TrailerLen
+	if len(b) < total {
+		return nil, 0, io.ErrUnexpectedEOF
+	}
+	m, err := decodeBody(t, flags, b[:total])
+	return m, total, err
+}
+
+func parseHeader(h []byte, maxPayload int) (MsgType, uint8, int, error) {
+	if h[0] != Magic0 || h[1] != Magic1 {
+		return 0, 0, 0, fmt.Errorf("%w: bad magic %#x%#x", ErrCorrupt, h[0], h[1])
+	}
+	if h[2] != Version {
+		return 0, 0, 0, fmt.Errorf("%w: unsupported version %d", ErrCorrupt, h[2])
+	}
+	if h[4]&^knownFrameFlags != 0 {
+		return 0, 0, 0, fmt.Errorf("%w: unknown flags %#x", ErrCorrupt, h[4])
+	}
+	n := be.Uint32(h[5:])
+	if uint64(n) > uint64(maxPayload) {
+		return 0, 0, 0, fmt.Errorf("%w: %w: payload %d > %d", ErrCorrupt, ErrTooLarge, n, maxPayload)
+	}
+	return MsgType(h[3]), h[4], int(n), nil
+}
+
+// decodeBody checks the CRC of a whole frame f and decodes its payload. It
+// returns (nil, nil) for a skippable frame of unknown type.
+func decodeBody(t MsgType, flags uint8, f []byte) (Msg, error) {
+	body := f[:len(f)-TrailerLen]
+	if got, want := crc32.Checksum(body, castagnoli), be.Uint32(f[len(f)-TrailerLen:]); got != want {
+		return nil, fmt.Errorf("%w: %s: checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+	}
+	m := newMsg(t)
+	if m == nil {
+		if flags&FlagSkippable != 0 {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: unknown type %d", ErrCorrupt, uint8(t))
+	}
+	if err := m.decode(body[HeaderLen:]); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, t, err)
+	}
+	return m, nil
+}
+
+// Decoder reads frames from a stream, reusing one buffer.
+type Decoder struct {
+	r          io.Reader
+	maxPayload int
+	buf        []byte
+}
+
+// NewDecoder reads frames from r; maxPayload <= 0 means DefaultMaxPayload.
+func NewDecoder(r io.Reader, maxPayload int) *Decoder {
+	if maxPayload <= 0 {
+		maxPayload = DefaultMaxPayload
+	}
+	return &Decoder{r: r, maxPayload: maxPayload, buf: make([]byte, 0, 64<<10)}
+}
+
+// Next returns the next message. io.EOF means the stream ended cleanly
+// between frames; anything else is fatal for the stream.
+func (d *Decoder) Next() (Msg, error) {
+	for {
+		d.buf = d.buf[:HeaderLen]
+		if _, err := io.ReadFull(d.r, d.buf); err != nil {
+			if err == io.ErrUnexpectedEOF {
+				return nil, fmt.Errorf("%w: truncated header", ErrCorrupt)
+			}
+			return nil, err
+		}
+		t, flags, n, err := parseHeader(d.buf, d.maxPayload)
+		if err != nil {
+			return nil, err
+		}
+		total := HeaderLen + n + TrailerLen
+		if cap(d.buf) < total {
+			nb := make([]byte, total)
+			copy(nb, d.buf[:HeaderLen])
+			d.buf = nb
+		}
+		d.buf = d.buf[:total]
+		if _, err := io.ReadFull(d.r, d.buf[HeaderLen:]); err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return nil, fmt.Errorf("%w: %s truncated", ErrCorrupt, t)
+			}
+			return nil, err
+		}
+		m, err := decodeBody(t, flags, d.buf)
+		// Do not pin a huge buffer after a rare big frame.
+		if cap(d.buf) > 8<<20 {
+			d.buf = make([]byte, 0, 64<<10)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			return m, nil
+		}
+	}
+}
+
+// Conn is a framed connection. WriteMsg and Flush may be called from
+// several goroutines; ReadMsg from one at a time.
+type Conn struct {
+	nc  net.Conn
+	dec *Decoder
+
+	wmu sync.Mutex
+	bw  *bufio.Writer
+	hdr []byte
+}
+
+// ConnOption tunes a Conn.
+type ConnOption func(*connOpts)
+
+type connOpts struct{ maxPayload, bufSize int }
+
+// WithMaxPayload sets the largest payload accepted from the peer.
+func WithMaxPayload(n int) ConnOption { return func(o *connOpts) { o.maxPayload = n } }
+
+// WithBufferSize sets the read and write buffer size.
+func WithBufferSize(n int) ConnOption { return func(o *connOpts) { o.bufSize = n } }
+
+// NewConn wraps nc.
+func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
+	o := connOpts{maxPayload: DefaultMaxPayload, bufSize: 256 << 10}
+	for _, f := range opts {
+		f(&o)
+	}
+	return &Conn{
+		nc:  nc,
+		dec: NewDecoder(bufio.NewReaderSize(nc, o.bufSize), o.maxPayload),
+		bw:  bufio.NewWriterSize(nc, o.bufSize),
+		hdr: make([]byte, 0, 256),
+	}
+}
+
+// WriteMsg buffers one frame; call Flush (or Send) to push it out. Bulk
+// data is written straight from the message without an extra copy.
+func (c *Conn) WriteMsg(m Msg) error {
+	if err := checkMsg(m); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	h := append(c.hdr[:0], Magic0, Magic1, Version, byte(m.Type()), frameFlags(m), 0, 0, 0, 0)
+	h = m.appendFixed(h)
+	tail := m.tail()
+	n := len(h) - HeaderLen + len(tail)
+	if n > math.MaxUint32 {
+		return fmt.Errorf("write %s: %w (%d bytes)", m.Type(), ErrTooLarge, n)
+	}
+	be.PutUint32(h[5:], uint32(n))
+	crc := crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, tail)
+	h = be.AppendUint32(h, 0)
+	c.hdr = h
+	if _, err := c.bw.Write(h[:len(h)-TrailerLen]); err != nil {
+		return fmt.Errorf("write %s: %w", m.Type(), err)
+	}
+	if _, err := c.bw.Write(tail); err != nil {
+		return fmt.Errorf("write %s: %w", m.Type(), err)
+	}
+	be.PutUint32(h[len(h)-TrailerLen:], crc)
+	if _, err := c.bw.Write(h[len(h)-TrailerLen:]); err != nil {
+		return fmt.Errorf("write %s: %w", m.Type(), err)
+	}
+	return nil
+}
+
+// Flush pushes buffered frames to the network.
+func (c *Conn) Flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	return nil
+}
+
+// Send writes m and flushes.
+func (c *Conn) Send(m Msg) error {
+	if err := c.WriteMsg(m); err != nil {
+		return err
+	}
+	return c.Flush()
+}
+
+// ReadMsg returns the next message; see Decoder.Next.
+func (c *Conn) ReadMsg() (Msg, error) { return c.dec.Next() }
+
+// SetReadDeadline sets the underlying connection's read deadline.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the underlying connection's write deadline.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
+
+// NetConn returns the wrapped connection.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// Close closes the underlying connection without flushing.
+func (c *Conn) Close() error { return c.nc.Close() }
+
+// Expect reads the next message and requires it to be of type T. A remote
+// *Error is returned as the error.
+func Expect[T Msg](c *Conn) (T, error) {
+	var zero T
+	m, err := c.ReadMsg()
+	if err != nil {
+		return zero, err
+	}
+	if v, ok := m.(T); ok {
+		return v, nil
+	}
+	if e, ok := m.(*Error); ok {
+		return zero, e
+	}
+	return zero, fmt.Errorf("unexpected %s, want %s", m.Type(), zero.Type())
+}
+
+// AppendCRC appends the CRC-32C of b to b: it turns a header and payload
+// into a complete frame (used to build test and fuzz inputs).
+func AppendCRC(b []byte) []byte {
+	return be.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}

@@ -1,0 +1,147 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"testing"
+)
+
+func testKey(b byte) []byte { return bytes.Repeat([]byte{b}, KeySize) }
+
+func sampleExtents(r *rand.Rand) []Extent {
+	big := make([]byte, 3*ChunkSize+123) // several chunks, mixed content
+	for i := range big {
+		switch {
+		case i < ChunkSize:
+			big[i] = byte(i / 512) // compressible
+		case i < 2*ChunkSize:
+			big[i] = byte(r.Uint32()) // incompressible: stored chunk
+		}
+	}
+	return []Extent{
+		{Disk: 2000, Off: 0, Op: OpData, Len: 5, Data: []byte("hello")},
+		{Disk: 2001, Off: 1 << 30, Op: OpZero, Len: 1 << 20},
+		{Disk: 2000, Off: 7, Op: OpData, Len: int64(len(big)), Data: big},
+		{Disk: 2000, Off: 4096, Op: OpTrim, Len: 512},
+		{Disk: 2002, Off: 3, Op: OpData, Len: 0, Data: []byte{}},
+	}
+}
+
+func TestPointRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	ext := sampleExtents(r)
+	for _, codec := range []Codec{CodecNone, CodecS2, CodecZstd} {
+		for _, enc := range []bool{false, true} {
+			var s *Sealer
+			if enc {
+				var err error
+				if s, err = NewSealer(testKey(7)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			opts := PointOptions{Codec: codec, Sealer: s, VM: "vm-1"}
+			p := &Point{ID: 42, Time: 123, Kind: PointShortTerm}
+			if err := EncodePoint(p, ext, opts); err != nil {
+				t.Fatal(err)
+			}
+			// Through a frame, as on the wire.
+			b, err := AppendFrame(nil, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _, err := DecodeFrame(b, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodePoint(m.(*Point), opts)
+			if err != nil {
+				t.Fatalf("%s enc=%v: %v", codec, enc, err)
+			}
+			if len(got) != len(ext) {
+				t.Fatalf("%d extents, want %d", len(got), len(ext))
+			}
+			for i := range ext {
+				g, w := got[i], ext[i]
+				if g.Disk != w.Disk || g.Off != w.Off || g.Op != w.Op || g.Len != w.Len || !bytes.Equal(g.Data, w.Data) {
+					t.Fatalf("%s enc=%v extent %d differs", codec, enc, i)
+				}
+			}
+			if codec != CodecNone && len(p.Payload) >= int(p.RawLen) {
+				t.Errorf("%s: %d bytes for %d raw", codec, len(p.Payload), p.RawLen)
+			}
+		}
+	}
+}
+
+func TestPointSealing(t *testing.T) {
+	ext := []Extent{{Disk: 1, Off: 0, Op: OpData, Len: 4, Data: []byte("data")}}
+	s1, _ := NewSealer(testKey(1))
+	s1b, _ := NewSealer(testKey(1)) // same key, other session
+	s2, _ := NewSealer(testKey(2))
+	mk := func() *Point {
+		p := &Point{ID: 10, Time: 5, Kind: PointShortTerm}
+		if err := EncodePoint(p, ext, PointOptions{Codec: CodecS2, Sealer: s1, VM: "vm-a"}); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if _, err := DecodePoint(mk(), PointOptions{Sealer: s1b, VM: "vm-a"}); err != nil {
+		t.Fatalf("same key, other sealer: %v", err)
+	}
+	a, b := mk(), mk()
+	if bytes.Equal(a.Payload[:nonceLen], b.Payload[:nonceLen]) {
+		t.Fatal("nonce repeated")
+	}
+	cases := map[string]struct {
+		p    func() *Point
+		opts PointOptions
+	}{
+		"wrong key":     {mk, PointOptions{Sealer: s2, VM: "vm-a"}},
+		"other vm":      {mk, PointOptions{Sealer: s1, VM: "vm-b"}},
+		"swapped id":    {func() *Point { p := mk(); p.ID = 11; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"changed kind":  {func() *Point { p := mk(); p.Kind = PointResync; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"flipped byte":  {func() *Point { p := mk(); p.Payload[20] ^= 1; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"truncated":     {func() *Point { p := mk(); p.Payload = p.Payload[:10]; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"no key":        {mk, PointOptions{VM: "vm-a"}},
+		"plain refused": {func() *Point { p := &Point{ID: 1, Kind: PointShortTerm}; _ = EncodePoint(p, ext, PointOptions{}); return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+	}
+	for name, c := range cases {
+		if _, err := DecodePoint(c.p(), c.opts); !errors.Is(err, ErrBadPoint) {
+			t.Errorf("%s: want ErrBadPoint, got %v", name, err)
+		}
+	}
+}
+
+func TestPointRejectsMalformed(t *testing.T) {
+	ext := []Extent{{Disk: 1, Off: 0, Op: OpData, Len: 4, Data: []byte("data")}, {Disk: 1, Off: 9, Op: OpZero, Len: 3}}
+	mk := func(c Codec) *Point {
+		p := &Point{ID: 3, Kind: PointShortTerm}
+		if err := EncodePoint(p, ext, PointOptions{Codec: c}); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := map[string]*Point{
+		"rawlen high":   func() *Point { p := mk(CodecNone); p.RawLen++; return p }(),
+		"rawlen low s2": func() *Point { p := mk(CodecS2); p.RawLen--; return p }(),
+		"trailing":      func() *Point { p := mk(CodecNone); p.Payload = append(p.Payload, 0); p.RawLen++; return p }(),
+		"bad op":        func() *Point { p := mk(CodecNone); p.Payload[4+12] = 9; return p }(),
+		"huge count":    func() *Point { p := mk(CodecNone); be.PutUint32(p.Payload, 1<<30); return p }(),
+		"negative len":  func() *Point { p := mk(CodecNone); p.Payload[4+13] = 0x80; return p }(),
+		"bad codec":     func() *Point { p := mk(CodecNone); p.Codec = 9; return p }(),
+		"garbage s2":    func() *Point { p := mk(CodecS2); p.Payload[chunkHeaderLen] ^= 0xff; return p }(),
+		"huge rawlen":   func() *Point { p := mk(CodecS2); p.RawLen = 1<<32 - 1; return p }(),
+	}
+	for name, p := range cases {
+		if _, err := DecodePoint(p, PointOptions{}); !errors.Is(err, ErrBadPoint) {
+			t.Errorf("%s: want ErrBadPoint, got %v", name, err)
+		}
+	}
+	if err := EncodePoint(&Point{}, []Extent{{Op: OpData, Len: 3, Data: []byte("x")}}, PointOptions{}); err == nil {
+		t.Error("encoded extent with wrong data length")
+	}
+	if _, err := NewSealer(make([]byte, 16)); err == nil {
+		t.Error("accepted a 16-byte key")
+	}
+}

@@ -1,0 +1,177 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"reflect"
+	"testing"
+)
+
+func allMsgs() []Msg {
+	return []Msg{
+		&Hello{Role: RoleSourceProxy, NodeID: "sp-1", VM: "vm-42", Disks: []Disk{{Key: 2000, Capacity: 1 << 30}, {Key: 2001, Capacity: 4096}}, Resume: 77},
+		&Hello{Role: RoleTargetProxy, VM: "vm-1"},
+		&HelloAck{Resume: 12, InitialSyncDone: true},
+		&HelloAck{Err: "unknown vm"},
+		&Write{Seq: 9, Disk: 2000, Off: 512, Op: OpData, Len: 5, Flags: FlagInitial, Data: []byte("hello")},
+		&Write{Seq: 10, Disk: 2001, Off: 4096, Op: OpZero, Len: 1 << 20},
+		&Write{Seq: 11, Disk: 2001, Off: 0, Op: OpTrim, Len: 4096, Flags: FlagResync},
+		&Marker{Seq: 11, Kind: MarkerInitialSyncDone},
+		&Ack{Seq: 11},
+		&Point{ID: 11, Time: 1_700_000_000_000_000_000, Kind: PointShortTerm, Marker: MarkerResyncDone, Codec: CodecS2, Encrypted: true, RawLen: 99, Payload: []byte{1, 2, 3}},
+		&PointAck{ID: 11},
+		&Status{VM: "vm-42", Mode: "CBT mode", BytesDone: 5, BytesTotal: 10, Msg: "buffer full"},
+		&Error{Code: ErrCodeNoSpace, Msg: "no space left on device"},
+		&Heartbeat{},
+	}
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	for _, m := range allMsgs() {
+		b, err := AppendFrame(nil, m)
+		if err != nil {
+			t.Fatalf("%s: %v", m.Type(), err)
+		}
+		got, n, err := DecodeFrame(b, 0)
+		if err != nil {
+			t.Fatalf("%s: decode: %v", m.Type(), err)
+		}
+		if n != len(b) {
+			t.Fatalf("%s: used %d of %d bytes", m.Type(), n, len(b))
+		}
+		if !reflect.DeepEqual(got, m) {
+			t.Fatalf("%s: got %+v, want %+v", m.Type(), got, m)
+		}
+	}
+}
+
+func TestConnRoundTripAndBufferReuse(t *testing.T) {
+	a, b := net.Pipe()
+	ca, cb := NewConn(a), NewConn(b)
+	defer ca.Close()
+	defer cb.Close()
+	msgs := allMsgs()
+	go func() {
+		for _, m := range msgs {
+			if err := ca.WriteMsg(m); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		if err := ca.Flush(); err != nil {
+			t.Error(err)
+		}
+	}()
+	var got []Msg
+	for range msgs {
+		m, err := cb.ReadMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	// Messages read earlier must not be clobbered by later reads.
+	for i := range msgs {
+		if !reflect.DeepEqual(got[i], msgs[i]) {
+			t.Fatalf("message %d: got %+v, want %+v", i, got[i], msgs[i])
+		}
+	}
+}
+
+func TestExpect(t *testing.T) {
+	a, b := net.Pipe()
+	ca, cb := NewConn(a), NewConn(b)
+	defer ca.Close()
+	defer cb.Close()
+	go func() {
+		_ = ca.Send(&HelloAck{Resume: 3})
+		_ = ca.Send(&Error{Code: ErrCodeUnknownVM, Msg: "no such vm"})
+		_ = ca.Send(&Ack{Seq: 1})
+	}()
+	ha, err := Expect[*HelloAck](cb)
+	if err != nil || ha.Resume != 3 {
+		t.Fatalf("HelloAck: %+v %v", ha, err)
+	}
+	_, err = Expect[*HelloAck](cb)
+	var we *Error
+	if !errors.As(err, &we) || we.Code != ErrCodeUnknownVM {
+		t.Fatalf("want remote Error, got %v", err)
+	}
+	if _, err = Expect[*PointAck](cb); err == nil {
+		t.Fatal("Ack accepted as PointAck")
+	}
+}
+
+func TestFrameRejects(t *testing.T) {
+	good, _ := AppendFrame(nil, &Write{Seq: 1, Disk: 1, Off: 0, Op: OpData, Len: 4, Data: []byte("abcd")})
+	mut := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	refix := func(b []byte) []byte { // recompute the CRC so only the payload is wrong
+		body := b[:len(b)-TrailerLen]
+		return AppendCRC(body)
+	}
+	cases := map[string][]byte{
+		"bad magic":     mut(func(b []byte) []byte { b[0] = 'X'; return b }),
+		"bad version":   mut(func(b []byte) []byte { b[2] = 2; return b }),
+		"unknown flags": mut(func(b []byte) []byte { b[4] = 0x80; return b }),
+		"bad crc":       mut(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }),
+		"flipped data":  mut(func(b []byte) []byte { b[HeaderLen+WriteFixedLen] ^= 1; return b }),
+		"too large":     mut(func(b []byte) []byte { be.PutUint32(b[5:], DefaultMaxPayload+1); return b }),
+		"unknown type":  mut(func(b []byte) []byte { b[3] = 200; return refix(b) }),
+		"bad op":        mut(func(b []byte) []byte { b[HeaderLen+20] = 9; return refix(b) }),
+		"len mismatch":  mut(func(b []byte) []byte { be.PutUint32(b[HeaderLen+21:], 3); return refix(b) }),
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := DecodeFrame(b, 0)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("DecodeFrame: want ErrCorrupt, got %v", err)
+			}
+			_, err = NewDecoder(bytes.NewReader(b), 0).Next()
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Decoder: want ErrCorrupt, got %v", err)
+			}
+		})
+	}
+	for cut := 1; cut < len(good); cut++ {
+		if _, err := NewDecoder(bytes.NewReader(good[:cut]), 0).Next(); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("truncated at %d: want ErrCorrupt, got %v", cut, err)
+		}
+		if _, _, err := DecodeFrame(good[:cut], 0); err != io.ErrUnexpectedEOF {
+			t.Fatalf("DecodeFrame truncated at %d: want ErrUnexpectedEOF, got %v", cut, err)
+		}
+	}
+	if _, err := NewDecoder(bytes.NewReader(nil), 0).Next(); err != io.EOF {
+		t.Fatalf("empty stream: want io.EOF, got %v", err)
+	}
+}
+
+func TestSkippableUnknownFrame(t *testing.T) {
+	var b []byte
+	unknown := []byte{Magic0, Magic1, Version, 250, FlagSkippable, 0, 0, 0, 2, 7, 7}
+	b = AppendCRC(unknown)
+	b, _ = AppendFrame(b, &Ack{Seq: 5})
+	m, err := NewDecoder(bytes.NewReader(b), 0).Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := m.(*Ack); !ok || a.Seq != 5 {
+		t.Fatalf("got %+v", m)
+	}
+}
+
+func TestEncodeRejectsUnrepresentable(t *testing.T) {
+	long := string(make([]byte, 70000))
+	for _, m := range []Msg{
+		&Hello{VM: long},
+		&Write{Op: OpData, Len: 3, Data: []byte("ab")},
+		&Write{Op: OpZero, Len: 3, Data: []byte("abc")},
+		&Write{Op: 7},
+		&Write{Op: OpData, Off: -1},
+	} {
+		if _, err := AppendFrame(nil, m); err == nil {
+			t.Errorf("%s %+v: encoded", m.Type(), m)
+		}
+	}
+}
