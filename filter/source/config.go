@@ -1,0 +1,106 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+// DiskConfig is one protected disk.
+type DiskConfig struct {
+	Key      int32 `json:"key"`
+	Capacity int64 `json:"capacity"`
+	// File overrides the flat file path; default "<datastore>/<vm>/<vm>[_N]-flat.vmdk".
+	File string `json:"file,omitempty"`
+}
+
+// VMConfig is one protected VM and its disks.
+type VMConfig struct {
+	Name  string       `json:"name"`
+	Disks []DiskConfig `json:"disks"`
+}
+
+// Options configure a Service.
+type Options struct {
+	NodeID    string
+	Datastore string // source datastore directory
+	VMs       []VMConfig
+	// Dial opens a connection to the source proxy (TLS is the caller's choice).
+	Dial func(ctx context.Context) (net.Conn, error)
+	// BufferBytes bounds the unacknowledged writes held per VM; beyond it the
+	// VM goes to CBT mode. Default 256 MiB.
+	BufferBytes int64
+	// BlockSize is the CBT granularity. Default 64 KiB.
+	BlockSize int64
+	// Grace is how long the proxy may stay unreachable before CBT mode. Default 30s.
+	Grace time.Duration
+	// ScanChunk is the read size of the sync scans. Default 1 MiB.
+	ScanChunk int64
+	Logger    *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.BufferBytes <= 0 {
+		o.BufferBytes = 256 << 20
+	}
+	if o.BlockSize <= 0 {
+		o.BlockSize = 64 << 10
+	}
+	if o.Grace <= 0 {
+		o.Grace = 30 * time.Second
+	}
+	if o.ScanChunk <= 0 {
+		o.ScanChunk = 1 << 20
+	}
+	if o.ScanChunk%o.BlockSize != 0 {
+		o.ScanChunk = (o.ScanChunk/o.BlockSize + 1) * o.BlockSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.NodeID == "" {
+		o.NodeID = "source-filter"
+	}
+}
+
+// Validate checks the options before anything is opened.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.Datastore == "" {
+		errs = append(errs, errors.New("datastore directory is required"))
+	}
+	if o.Dial == nil {
+		errs = append(errs, errors.New("a dialer for the source proxy is required"))
+	}
+	if o.BlockSize > 0 && o.BlockSize%512 != 0 {
+		errs = append(errs, fmt.Errorf("block size %d is not a multiple of 512", o.BlockSize))
+	}
+	seen := map[string]bool{}
+	for _, vm := range o.VMs {
+		if vm.Name == "" || strings.ContainsAny(vm.Name, "/\\") || vm.Name == "." || vm.Name == ".." {
+			errs = append(errs, fmt.Errorf("vm name %q is not a valid folder name", vm.Name))
+		}
+		if seen[vm.Name] {
+			errs = append(errs, fmt.Errorf("vm %q listed twice", vm.Name))
+		}
+		seen[vm.Name] = true
+		if len(vm.Disks) == 0 {
+			errs = append(errs, fmt.Errorf("vm %q has no disks", vm.Name))
+		}
+		keys := map[int32]bool{}
+		for _, d := range vm.Disks {
+			if keys[d.Key] {
+				errs = append(errs, fmt.Errorf("vm %q: disk key %d listed twice", vm.Name, d.Key))
+			}
+			keys[d.Key] = true
+			if d.Capacity <= 0 || d.Capacity%512 != 0 {
+				errs = append(errs, fmt.Errorf("vm %q disk %d: capacity %d must be a positive multiple of 512", vm.Name, d.Key, d.Capacity))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,144 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/continuum-cdp/continuum/internal/wire"
+)
+
+// run keeps one session to the source proxy open, reconnecting with
+// backoff until ctx ends.
+func (v *vmState) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := v.sessionOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		v.log.Warn("source proxy session ended", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 3*time.Second)
+	}
+}
+
+func (v *vmState) hello() *wire.Hello {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	h := &wire.Hello{Role: wire.RoleSourceFilter, NodeID: v.opts.NodeID, VM: v.name, Resume: v.acked}
+	for _, d := range v.disks {
+		h.Disks = append(h.Disks, wire.Disk{Key: d.key, Capacity: d.capacity})
+	}
+	return h
+}
+
+func (v *vmState) sessionOnce(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	nc, err := v.opts.Dial(dctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial source proxy: %w", err)
+	}
+	c := wire.NewConn(nc)
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if err := c.Send(v.hello()); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	// the proxy may wait for the target before it answers
+	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	ack, err := wire.Expect[*wire.HelloAck](c)
+	if err != nil {
+		return fmt.Errorf("read hello ack: %w", err)
+	}
+	if ack.Err != "" {
+		return fmt.Errorf("source proxy refused the session: %s", ack.Err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	s := &session{}
+	v.mu.Lock()
+	err = v.connectedLocked(ack, s)
+	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	v.log.Info("connected to source proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	readErr := make(chan error, 1)
+	go func() { readErr <- v.readLoop(c, s) }()
+	werr := v.writeLoop(c, s)
+	c.Close()
+	rerr := <-readErr
+	v.mu.Lock()
+	v.disconnectedLocked(s)
+	v.mu.Unlock()
+	return errors.Join(werr, rerr)
+}
+
+func (v *vmState) readLoop(c *wire.Conn, s *session) error {
+	defer func() {
+		v.mu.Lock()
+		s.done = true
+		v.cond.Broadcast()
+		v.mu.Unlock()
+	}()
+	for {
+		m, err := c.ReadMsg()
+		if err != nil {
+			return fmt.Errorf("read from source proxy: %w", err)
+		}
+		switch m := m.(type) {
+		case *wire.Ack:
+			v.mu.Lock()
+			v.ackLocked(m.Seq)
+			v.mu.Unlock()
+		case *wire.Error:
+			v.log.Warn("source proxy reports an error", "code", m.Code, "msg", m.Msg)
+		case *wire.Heartbeat, *wire.Status:
+		default:
+			return fmt.Errorf("unexpected %s from source proxy", m.Type())
+		}
+	}
+}
+
+// writeLoop sends buffered entries from the send position on; entries stay
+// buffered until acknowledged.
+func (v *vmState) writeLoop(c *wire.Conn, s *session) error {
+	batch := make([]*entry, 0, 256)
+	for {
+		v.mu.Lock()
+		for !s.done && !v.closed && v.sendPos >= len(v.buf) {
+			v.cond.Wait()
+		}
+		if s.done || v.closed {
+			v.mu.Unlock()
+			return nil
+		}
+		batch = append(batch[:0], v.buf[v.sendPos:min(len(v.buf), v.sendPos+cap(batch))]...)
+		v.sendPos += len(batch)
+		v.mu.Unlock()
+		var n int64
+		for _, e := range batch {
+			if err := c.WriteMsg(e.msg); err != nil {
+				return fmt.Errorf("send seq %d: %w", e.seq, err)
+			}
+			n += e.size
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("send to source proxy: %w", err)
+		}
+		v.mu.Lock()
+		v.sentBytes += n
+		v.mu.Unlock()
+	}
+}
