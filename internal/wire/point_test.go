@@ -97,14 +97,18 @@ func TestPointSealing(t *testing.T) {
 		p    func() *Point
 		opts PointOptions
 	}{
-		"wrong key":     {mk, PointOptions{Sealer: s2, VM: "vm-a"}},
-		"other vm":      {mk, PointOptions{Sealer: s1, VM: "vm-b"}},
-		"swapped id":    {func() *Point { p := mk(); p.ID = 11; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
-		"changed kind":  {func() *Point { p := mk(); p.Kind = PointResync; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
-		"flipped byte":  {func() *Point { p := mk(); p.Payload[20] ^= 1; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
-		"truncated":     {func() *Point { p := mk(); p.Payload = p.Payload[:10]; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
-		"no key":        {mk, PointOptions{VM: "vm-a"}},
-		"plain refused": {func() *Point { p := &Point{ID: 1, Kind: PointShortTerm}; _ = EncodePoint(p, ext, PointOptions{}); return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"wrong key":    {mk, PointOptions{Sealer: s2, VM: "vm-a"}},
+		"other vm":     {mk, PointOptions{Sealer: s1, VM: "vm-b"}},
+		"swapped id":   {func() *Point { p := mk(); p.ID = 11; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"changed kind": {func() *Point { p := mk(); p.Kind = PointResync; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"flipped byte": {func() *Point { p := mk(); p.Payload[20] ^= 1; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"truncated":    {func() *Point { p := mk(); p.Payload = p.Payload[:10]; return p }, PointOptions{Sealer: s1, VM: "vm-a"}},
+		"no key":       {mk, PointOptions{VM: "vm-a"}},
+		"plain refused": {func() *Point {
+			p := &Point{ID: 1, Kind: PointShortTerm}
+			_ = EncodePoint(p, ext, PointOptions{})
+			return p
+		}, PointOptions{Sealer: s1, VM: "vm-a"}},
 	}
 	for name, c := range cases {
 		if _, err := DecodePoint(c.p(), c.opts); !errors.Is(err, ErrBadPoint) {
