@@ -1,0 +1,313 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/continuum-cdp/continuum/internal/wire"
+)
+
+// SourceConfig configures a source proxy.
+type SourceConfig struct {
+	NodeID string
+	// DialTarget opens a connection to the target proxy (TLS is the caller's).
+	DialTarget func(ctx context.Context) (net.Conn, error)
+	// RPO is the interval between cuts. Default 5s.
+	RPO time.Duration
+	// CutBytes cuts early when the open interval holds this much data, so a
+	// large initial sync does not pile up. Default 64 MiB.
+	CutBytes int64
+	Codec    wire.Codec
+	// Sealer encrypts points (AES-256-GCM); nil sends them in clear.
+	Sealer *wire.Sealer
+	// ThrottleBytesPerSec limits the bytes sent to the target; 0 is unlimited.
+	ThrottleBytesPerSec int64
+	// MemoryBytes bounds what is held in memory (open intervals and points
+	// waiting for their acknowledgement). Default 512 MiB.
+	MemoryBytes int64
+	// SpillDir holds points beyond the memory bound, up to SpillBytes.
+	// Empty: no spill, backpressure right after the memory bound.
+	SpillDir   string
+	SpillBytes int64
+	// TargetWait is how long a filter's Hello waits for the target's resume
+	// position of a VM the proxy does not know yet. Default 30s.
+	TargetWait time.Duration
+	Logger     *slog.Logger
+}
+
+func (c *SourceConfig) setDefaults() {
+	if c.RPO <= 0 {
+		c.RPO = 5 * time.Second
+	}
+	if c.CutBytes <= 0 {
+		c.CutBytes = 64 << 20
+	}
+	if c.MemoryBytes <= 0 {
+		c.MemoryBytes = 512 << 20
+	}
+	if c.TargetWait <= 0 {
+		c.TargetWait = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.NodeID == "" {
+		c.NodeID = "source-proxy"
+	}
+}
+
+// SourceProxy receives the write streams of source filters, cuts restore
+// points, and delivers them to a target proxy.
+type SourceProxy struct {
+	cfg SourceConfig
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	cond      *sync.Cond // memory freed, VM state changed
+	vms       map[string]*sourceVM
+	memBytes  int64 // open intervals + points in memory
+	spillUsed int64
+	listeners map[net.Listener]bool
+	closed    bool
+	bucket    *sourceBucket
+}
+
+// NewSource builds a source proxy; Serve accepts filter connections.
+func NewSource(cfg SourceConfig) (*SourceProxy, error) {
+	if cfg.DialTarget == nil {
+		return nil, errors.New("source proxy: a dialer for the target proxy is required")
+	}
+	if cfg.Codec > wire.CodecZstd {
+		return nil, fmt.Errorf("source proxy: unknown codec %d", cfg.Codec)
+	}
+	cfg.setDefaults()
+	if cfg.SpillDir != "" {
+		// spilled points belong to a previous process: the filters resend them
+		if err := os.RemoveAll(cfg.SpillDir); err != nil {
+			return nil, fmt.Errorf("source proxy: clear spill directory: %w", err)
+		}
+		if err := os.MkdirAll(cfg.SpillDir, 0o700); err != nil {
+			return nil, fmt.Errorf("source proxy: create spill directory: %w", err)
+		}
+	}
+	p := &SourceProxy{cfg: cfg, log: cfg.Logger, vms: map[string]*sourceVM{}, listeners: map[net.Listener]bool{}}
+	p.cond = sync.NewCond(&p.mu)
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if cfg.ThrottleBytesPerSec > 0 {
+		p.bucket = newSourceBucket(cfg.ThrottleBytesPerSec)
+	}
+	return p, nil
+}
+
+// Serve accepts filter connections until l is closed.
+func (p *SourceProxy) Serve(l net.Listener) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return errors.New("source proxy closed")
+	}
+	p.listeners[l] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.listeners, l)
+		p.mu.Unlock()
+	}()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if p.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept filter connection: %w", err)
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := p.serveFilter(nc); err != nil && p.ctx.Err() == nil {
+				p.log.Warn("filter session ended", "remote", nc.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// Close stops everything; points not yet acknowledged are resent by the
+// filters to the next proxy process.
+func (p *SourceProxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	for l := range p.listeners {
+		l.Close()
+	}
+	for _, v := range p.vms {
+		if v.filter != nil {
+			v.filter.Close()
+		}
+	}
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	return nil
+}
+
+// vm returns the state of a VM, creating it (and its target session).
+// Called with mu held.
+func (p *SourceProxy) vmLocked(name string, disks []wire.Disk) *sourceVM {
+	v, ok := p.vms[name]
+	if !ok {
+		v = &sourceVM{p: p, name: name, log: p.log.With("vm", name), maps: map[int32]*sourceExtentMap{}}
+		p.vms[name] = v
+		p.wg.Add(2)
+		go func() { defer p.wg.Done(); v.targetLoop(p.ctx) }()
+		go func() { defer p.wg.Done(); v.cutLoop(p.ctx) }()
+	}
+	v.disks = append([]wire.Disk(nil), disks...)
+	return v
+}
+
+// serveFilter runs one filter session: Hello, then writes and markers.
+func (p *SourceProxy) serveFilter(nc net.Conn) error {
+	c := wire.NewConn(nc)
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	h, err := wire.Expect[*wire.Hello](c)
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if h.Role != wire.RoleSourceFilter || h.VM == "" || len(h.Disks) == 0 {
+		_ = c.Send(&wire.HelloAck{Err: fmt.Sprintf("unexpected hello: role %q vm %q with %d disks", h.Role, h.VM, len(h.Disks))})
+		return fmt.Errorf("reject hello from role %q vm %q", h.Role, h.VM)
+	}
+	p.mu.Lock()
+	v := p.vmLocked(h.VM, h.Disks)
+	if v.filter != nil {
+		v.filter.Close() // a newer session of the same VM wins
+	}
+	v.filter = c
+	v.filterGen++
+	gen := v.filterGen
+	// the resume position needs the target's answer unless this proxy
+	// already received the stream
+	deadline := time.Now().Add(p.cfg.TargetWait)
+	wake := time.AfterFunc(p.cfg.TargetWait, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
+	for !v.targetKnown && !p.closed && v.filterGen == gen && time.Now().Before(deadline) {
+		p.cond.Wait()
+	}
+	wake.Stop()
+	if !v.targetKnown || v.filterGen != gen || p.closed {
+		if v.filterGen == gen {
+			v.filter = nil
+		}
+		p.mu.Unlock()
+		_ = c.Send(&wire.HelloAck{Err: "target proxy not reachable"})
+		return fmt.Errorf("vm %s: no answer from the target proxy", h.VM)
+	}
+	ack := &wire.HelloAck{Resume: max(v.targetResume, v.received), InitialSyncDone: v.targetInitDone || v.initMarkerSeen}
+	p.mu.Unlock()
+	if err := c.Send(ack); err != nil {
+		return fmt.Errorf("send hello ack: %w", err)
+	}
+	v.log.Info("filter connected", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	defer func() {
+		p.mu.Lock()
+		if v.filterGen == gen {
+			v.filter = nil
+		}
+		p.mu.Unlock()
+	}()
+	for {
+		// backpressure: stop reading while memory and spill are both full
+		p.mu.Lock()
+		for !p.closed && v.filterGen == gen && p.memBytes >= p.cfg.MemoryBytes && !p.canSpillLocked() {
+			v.blocked = true
+			p.cond.Wait()
+		}
+		v.blocked = false
+		stale := v.filterGen != gen || p.closed
+		p.mu.Unlock()
+		if stale {
+			return nil
+		}
+		m, err := c.ReadMsg()
+		if err != nil {
+			return fmt.Errorf("read from filter: %w", err)
+		}
+		switch m := m.(type) {
+		case *wire.Write:
+			if err := v.write(m); err != nil {
+				_ = c.Send(&wire.Error{Code: wire.ErrCodeBadRequest, Msg: err.Error()})
+				return err
+			}
+		case *wire.Marker:
+			v.marker(m)
+		case *wire.Heartbeat, *wire.Status:
+		default:
+			return fmt.Errorf("unexpected %s from filter", m.Type())
+		}
+	}
+}
+
+// canSpillLocked says whether a point could still go to the spill cache.
+func (p *SourceProxy) canSpillLocked() bool {
+	return p.cfg.SpillDir != "" && p.spillUsed < p.cfg.SpillBytes
+}
+
+// SourceVMStatus is the state of one VM in the source proxy.
+type SourceVMStatus struct {
+	VM              string  `json:"vm"`
+	FilterConnected bool    `json:"filter_connected"`
+	TargetConnected bool    `json:"target_connected"`
+	Received        uint64  `json:"received_seq"`
+	LastPoint       uint64  `json:"last_point"`
+	AckedPoint      uint64  `json:"acked_point"`
+	PendingBytes    int64   `json:"pending_bytes"`
+	QueuedPoints    int     `json:"queued_points"`
+	QueuedBytes     int64   `json:"queued_bytes"`
+	SpilledBytes    int64   `json:"spilled_bytes"`
+	Blocked         bool    `json:"blocked"`
+	LagSeconds      float64 `json:"lag_seconds"`
+	Points          int64   `json:"points_sent"`
+	RawBytes        int64   `json:"raw_bytes"`
+	WireBytes       int64   `json:"wire_bytes"`
+}
+
+// Status reports every VM, sorted by name.
+func (p *SourceProxy) Status() []SourceVMStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	out := make([]SourceVMStatus, 0, len(p.vms))
+	for _, v := range p.vms {
+		st := SourceVMStatus{VM: v.name, FilterConnected: v.filter != nil, TargetConnected: v.target != nil,
+			Received: v.received, LastPoint: v.lastCut, AckedPoint: v.acked, PendingBytes: v.pendingBytes,
+			QueuedPoints: len(v.points), Blocked: v.blocked, Points: v.statPoints, RawBytes: v.statRaw, WireBytes: v.statWire}
+		for _, pt := range v.points {
+			st.QueuedBytes += pt.size
+			if pt.spill != "" {
+				st.SpilledBytes += pt.size
+			}
+		}
+		if !v.oldest.IsZero() {
+			st.LagSeconds = now.Sub(v.oldest).Seconds()
+		}
+		if len(v.points) > 0 {
+			st.LagSeconds = now.Sub(v.points[0].oldest).Seconds()
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].VM < out[j].VM })
+	return out
+}

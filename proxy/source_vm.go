@@ -1,0 +1,474 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/continuum-cdp/continuum/internal/wire"
+)
+
+// sourceVM is the per-VM state of a source proxy; fields are guarded by
+// the proxy's mu, except cutMu which orders cuts.
+type sourceVM struct {
+	p     *SourceProxy
+	name  string
+	log   *slog.Logger
+	disks []wire.Disk
+
+	filter    *wire.Conn
+	filterGen int
+	target    *wire.Conn
+	blocked   bool
+
+	targetKnown    bool
+	targetResume   uint64
+	targetInitDone bool
+	initMarkerSeen bool
+
+	received     uint64 // highest sequence accepted
+	maps         map[int32]*sourceExtentMap
+	pendingBytes int64
+	flags        uint8     // wire.Flag* seen in the open interval
+	oldest       time.Time // first write of the open interval
+	resyncing    bool
+
+	cutMu   sync.Mutex
+	lastCut uint64
+	points  []*sourcePoint // cut, not yet acknowledged, in ID order
+	sendIdx int
+	acked   uint64
+
+	statPoints, statRaw, statWire int64
+}
+
+// sourcePoint is an encoded point kept until the target acknowledges it,
+// in memory or in the spill directory.
+type sourcePoint struct {
+	id     uint64
+	msg    *wire.Point // nil when spilled
+	hdr    wire.Point  // header fields, kept for spilled points
+	spill  string
+	size   int64
+	oldest time.Time
+}
+
+// write adds one filter write to the open interval; a resent write that is
+// already here is skipped.
+func (v *sourceVM) write(w *wire.Write) error {
+	p := v.p
+	p.mu.Lock()
+	if w.Seq <= v.received {
+		p.mu.Unlock()
+		return nil
+	}
+	var capacity int64 = -1
+	for _, d := range v.disks {
+		if d.Key == w.Disk {
+			capacity = d.Capacity
+		}
+	}
+	if capacity < 0 {
+		p.mu.Unlock()
+		return fmt.Errorf("write seq %d: unknown disk %d", w.Seq, w.Disk)
+	}
+	if w.Off < 0 || w.Off+int64(w.Len) > capacity {
+		p.mu.Unlock()
+		return fmt.Errorf("write seq %d: %d+%d beyond disk %d of %d bytes", w.Seq, w.Off, w.Len, w.Disk, capacity)
+	}
+	v.received = w.Seq
+	m := v.maps[w.Disk]
+	if m == nil {
+		m = &sourceExtentMap{}
+		v.maps[w.Disk] = m
+	}
+	before := m.bytes
+	m.put(w.Off, int64(w.Len), w.Op, w.Data)
+	delta := m.bytes - before + 48
+	v.pendingBytes += delta
+	p.memBytes += delta
+	v.flags |= w.Flags
+	if v.oldest.IsZero() {
+		v.oldest = time.Now()
+	}
+	full := v.pendingBytes >= p.cfg.CutBytes
+	p.mu.Unlock()
+	if full {
+		return v.cut(wire.MarkerNone)
+	}
+	return nil
+}
+
+// marker cuts exactly at the marker's sequence and flags that point.
+func (v *sourceVM) marker(m *wire.Marker) error {
+	p := v.p
+	p.mu.Lock()
+	if m.Seq <= v.received {
+		p.mu.Unlock()
+		return nil
+	}
+	v.received = m.Seq
+	if m.Kind == wire.MarkerInitialSyncDone {
+		v.initMarkerSeen = true
+	}
+	p.mu.Unlock()
+	return v.cut(m.Kind)
+}
+
+// cut closes the open interval as a point whose ID is the last sequence
+// received: a consistent prefix of the VM's write order.
+func (v *sourceVM) cut(marker uint8) error {
+	p := v.p
+	v.cutMu.Lock()
+	defer v.cutMu.Unlock()
+	p.mu.Lock()
+	id := v.received
+	if id <= v.lastCut || (marker == wire.MarkerNone && len(v.maps) == 0) {
+		p.mu.Unlock()
+		return nil
+	}
+	keys := make([]int32, 0, len(v.maps))
+	for k := range v.maps {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	var ext []wire.Extent
+	for _, k := range keys {
+		ext = v.maps[k].extents(k, ext)
+	}
+	kind := wire.PointShortTerm
+	switch {
+	case marker == wire.MarkerInitialSyncDone || v.flags&wire.FlagInitial != 0:
+		kind = wire.PointInitial
+	case marker == wire.MarkerResyncDone:
+		kind = wire.PointShortTerm
+		v.resyncing = false
+	case marker == wire.MarkerResyncStart || v.resyncing || v.flags&wire.FlagResync != 0:
+		kind = wire.PointResync
+		v.resyncing = true
+	}
+	pending, oldest := v.pendingBytes, v.oldest
+	if oldest.IsZero() {
+		oldest = time.Now()
+	}
+	v.maps = map[int32]*sourceExtentMap{}
+	v.pendingBytes, v.flags, v.oldest = 0, 0, time.Time{}
+	v.lastCut = id
+	p.mu.Unlock()
+
+	pt := &wire.Point{ID: id, Time: time.Now().UnixNano(), Kind: kind, Marker: marker}
+	err := wire.EncodePoint(pt, ext, wire.PointOptions{Codec: p.cfg.Codec, Sealer: p.cfg.Sealer, VM: v.name})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.memBytes -= pending
+	p.cond.Broadcast()
+	if err != nil {
+		// the interval is lost for this proxy; dropping the filter session
+		// makes the filter resend from the last acknowledged point
+		v.log.Error("encode point", "id", id, "err", err)
+		if v.filter != nil {
+			v.filter.Close()
+		}
+		v.received, v.lastCut = v.acked, v.acked
+		return fmt.Errorf("encode point %d of %s: %w", id, v.name, err)
+	}
+	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen, oldest: oldest}
+	v.statPoints++
+	v.statRaw += int64(pt.RawLen)
+	v.statWire += sp.size
+	if p.memBytes+sp.size > p.cfg.MemoryBytes && p.canSpillLocked() {
+		if err := v.spillLocked(sp); err != nil {
+			v.log.Warn("spill point, keeping it in memory", "id", id, "err", err)
+		}
+	}
+	if sp.msg != nil {
+		p.memBytes += sp.size
+	}
+	v.points = append(v.points, sp)
+	v.log.Debug("point cut", "id", id, "kind", kind, "marker", marker, "extents", len(ext), "raw", pt.RawLen, "wire", sp.size)
+	return nil
+}
+
+func (v *sourceVM) spillLocked(sp *sourcePoint) error {
+	dir := filepath.Join(v.p.cfg.SpillDir, v.name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%020d.point", sp.id))
+	if err := os.WriteFile(path, sp.msg.Payload, 0o600); err != nil {
+		os.Remove(path)
+		return err
+	}
+	sp.hdr = *sp.msg
+	sp.hdr.Payload = nil
+	sp.msg = nil
+	sp.spill = path
+	v.p.spillUsed += sp.size
+	return nil
+}
+
+func (sp *sourcePoint) load() (*wire.Point, error) {
+	if sp.msg != nil {
+		return sp.msg, nil
+	}
+	b, err := os.ReadFile(sp.spill)
+	if err != nil {
+		return nil, fmt.Errorf("read spilled point %d: %w", sp.id, err)
+	}
+	m := sp.hdr
+	m.Payload = b
+	return &m, nil
+}
+
+// ackPointsLocked frees every point up to id (durable at the target) and
+// returns the filter connection to forward the acknowledgement to.
+func (v *sourceVM) ackPointsLocked(id uint64) *wire.Conn {
+	p := v.p
+	if id <= v.acked {
+		return nil
+	}
+	v.acked = id
+	k := 0
+	now := time.Now()
+	for k < len(v.points) && v.points[k].id <= id {
+		sp := v.points[k]
+		if sp.spill != "" {
+			os.Remove(sp.spill)
+			p.spillUsed -= sp.size
+		} else {
+			p.memBytes -= sp.size
+		}
+		sourceLag.Observe(now.Sub(sp.oldest).Seconds())
+		v.points[k] = nil
+		k++
+	}
+	v.points = v.points[k:]
+	v.sendIdx = max(0, v.sendIdx-k)
+	p.cond.Broadcast()
+	return v.filter
+}
+
+func (v *sourceVM) forwardAck(c *wire.Conn, id uint64) {
+	if c == nil {
+		return
+	}
+	if err := c.Send(&wire.Ack{Seq: id}); err != nil {
+		v.log.Debug("forward ack to filter", "id", id, "err", err)
+	}
+}
+
+// cutLoop cuts once per RPO.
+func (v *sourceVM) cutLoop(ctx context.Context) {
+	t := time.NewTicker(v.p.cfg.RPO)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := v.cut(wire.MarkerNone); err != nil {
+				v.log.Warn("cut", "err", err)
+			}
+		}
+	}
+}
+
+// targetLoop keeps a session to the target proxy, reconnecting with backoff.
+func (v *sourceVM) targetLoop(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := v.targetSession(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		v.log.Warn("target proxy session ended", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 3*time.Second)
+	}
+}
+
+func (v *sourceVM) targetSession(ctx context.Context) error {
+	p := v.p
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	nc, err := p.cfg.DialTarget(dctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial target proxy: %w", err)
+	}
+	c := wire.NewConn(nc)
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	p.mu.Lock()
+	h := &wire.Hello{Role: wire.RoleSourceProxy, NodeID: p.cfg.NodeID, VM: v.name, Disks: v.disks, Resume: v.acked}
+	p.mu.Unlock()
+	if err := c.Send(h); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	ack, err := wire.Expect[*wire.HelloAck](c)
+	if err != nil {
+		return fmt.Errorf("read hello ack: %w", err)
+	}
+	if ack.Err != "" {
+		return fmt.Errorf("target proxy refused the session: %s", ack.Err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	p.mu.Lock()
+	v.target = c
+	v.targetKnown = true
+	v.targetResume = ack.Resume
+	v.targetInitDone = v.targetInitDone || ack.InitialSyncDone
+	fc := v.ackPointsLocked(ack.Resume)
+	v.sendIdx = 0
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	v.forwardAck(fc, ack.Resume)
+	v.log.Info("connected to target proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+
+	done := make(chan struct{})
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(done)
+		defer func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() }()
+		readErr <- v.targetReadLoop(c)
+	}()
+	werr := v.targetWriteLoop(c, done)
+	c.Close()
+	<-done
+	p.mu.Lock()
+	if v.target == c {
+		v.target = nil
+	}
+	p.mu.Unlock()
+	if werr != nil {
+		return werr
+	}
+	return <-readErr
+}
+
+func (v *sourceVM) targetReadLoop(c *wire.Conn) error {
+	p := v.p
+	for {
+		m, err := c.ReadMsg()
+		if err != nil {
+			return fmt.Errorf("read from target proxy: %w", err)
+		}
+		switch m := m.(type) {
+		case *wire.PointAck:
+			p.mu.Lock()
+			if m.ID > v.lastCut {
+				p.mu.Unlock()
+				return fmt.Errorf("target acknowledged point %d, newer than the last cut %d", m.ID, v.lastCut)
+			}
+			if v.targetInitDone == false && v.initMarkerSeen {
+				v.targetInitDone = true
+			}
+			fc := v.ackPointsLocked(m.ID)
+			p.mu.Unlock()
+			v.forwardAck(fc, m.ID)
+		case *wire.Error:
+			v.log.Warn("target proxy reports an error", "code", m.Code, "msg", m.Msg)
+			p.mu.Lock()
+			fc := v.filter
+			p.mu.Unlock()
+			if fc != nil {
+				_ = fc.Send(m)
+			}
+		case *wire.Heartbeat, *wire.Status:
+		default:
+			return fmt.Errorf("unexpected %s from target proxy", m.Type())
+		}
+	}
+}
+
+func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}) error {
+	p := v.p
+	for {
+		p.mu.Lock()
+		for v.sendIdx >= len(v.points) && !p.closed && !isDone(done) {
+			p.cond.Wait()
+		}
+		if p.closed || isDone(done) {
+			p.mu.Unlock()
+			return nil
+		}
+		sp := v.points[v.sendIdx]
+		v.sendIdx++
+		p.mu.Unlock()
+		m, err := sp.load()
+		if err != nil {
+			return err
+		}
+		if p.bucket != nil {
+			if err := p.bucket.take(p.ctx, sp.size); err != nil {
+				return err
+			}
+		}
+		if err := c.Send(m); err != nil {
+			return fmt.Errorf("send point %d: %w", sp.id, err)
+		}
+	}
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// sourceBucket is a token bucket on bytes sent to the target.
+type sourceBucket struct {
+	mu     sync.Mutex
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newSourceBucket(rate int64) *sourceBucket {
+	b := float64(max(rate, 1<<20))
+	return &sourceBucket{rate: float64(rate), burst: b, tokens: b, last: time.Now()}
+}
+
+// take waits until n bytes may be sent; a request larger than the burst
+// goes into debt so that the average rate still holds.
+func (b *sourceBucket) take(ctx context.Context, n int64) error {
+	b.mu.Lock()
+	now := time.Now()
+	b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	b.tokens -= float64(n)
+	wait := time.Duration(0)
+	if b.tokens < 0 {
+		wait = time.Duration(-b.tokens / b.rate * float64(time.Second))
+	}
+	b.mu.Unlock()
+	if wait == 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
