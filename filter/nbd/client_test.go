@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -257,3 +258,7 @@ func run(t testing.TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+
+func itoa(n int) string { return strconv.Itoa(n) }
