@@ -1,0 +1,239 @@
+package target
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/continuum-cdp/continuum/filter/journal"
+	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/internal/wire"
+)
+
+// session is one target proxy connection delivering one VM's points.
+type session struct {
+	conn *wire.Conn
+	vm   *journal.VM
+	log  *slog.Logger
+
+	// pending is a point whose append failed (a full datastore): it is
+	// retried before anything newer, so no point is ever skipped.
+	pending *journal.Point
+	// stalled: a point after pending was dropped, so nothing newer may be
+	// appended on this connection; the proxy's resend after a reconnect
+	// fills the gap.
+	stalled bool
+}
+
+func (s *Service) serveConn(nc net.Conn) {
+	log := s.log.With("remote", nc.RemoteAddr().String())
+	c := wire.NewConn(nc)
+	defer c.Close()
+	ss, err := s.handshake(c, log)
+	if err != nil {
+		s.m.rejected.WithLabelValues("handshake").Inc()
+		log.Warn("handshake refused", "err", err)
+		return
+	}
+	defer s.endSession(ss)
+	s.m.sessions.Inc()
+	defer s.m.sessions.Dec()
+	if err := s.receive(ss); err != nil && s.ctx.Err() == nil {
+		ss.log.Warn("session ended", "err", err)
+	}
+}
+
+func (s *Service) handshake(c *wire.Conn, log *slog.Logger) (*session, error) {
+	_ = c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	h, err := wire.Expect[*wire.Hello](c)
+	if err != nil {
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	refuse := func(err error) (*session, error) {
+		_ = c.Send(&wire.HelloAck{Err: err.Error()})
+		return nil, err
+	}
+	if h.Role != wire.RoleTargetProxy {
+		return refuse(fmt.Errorf("hello from role %q, want %q", h.Role, wire.RoleTargetProxy))
+	}
+	if h.VM == "" || len(h.Disks) == 0 {
+		return refuse(fmt.Errorf("hello for vm %q with %d disks", h.VM, len(h.Disks)))
+	}
+	vm, err := s.openVM(h.VM, h.Disks)
+	if err != nil {
+		return refuse(err)
+	}
+	log = log.With("vm", h.VM)
+	ss := &session{conn: c, vm: vm, log: log}
+	s.mu.Lock()
+	if old := s.sessions[h.VM]; old != nil {
+		// A newer connection of the same VM wins: the proxy reconnected.
+		old.conn.Close()
+	}
+	s.sessions[h.VM] = ss
+	s.mu.Unlock()
+	ack := &wire.HelloAck{Resume: vm.LastID(), InitialSyncDone: vm.InitialSyncDone()}
+	if err := c.Send(ack); err != nil {
+		s.endSession(ss)
+		return nil, fmt.Errorf("send hello ack: %w", err)
+	}
+	log.Info("session open", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	return ss, nil
+}
+
+// openVM opens the VM's journal; disks added to the VM since are added.
+func (s *Service) openVM(name string, disks []wire.Disk) (*journal.VM, error) {
+	specs := make([]journal.DiskSpec, len(disks))
+	for i, d := range disks {
+		specs[i] = journal.DiskSpec{Key: d.Key, Capacity: d.Capacity}
+	}
+	vm, err := s.store.OpenVM(name, specs)
+	if err == nil {
+		return vm, nil
+	}
+	existing, ok := s.store.VM(name)
+	if !ok || !errors.Is(err, model.ErrConflict) {
+		return nil, fmt.Errorf("open journal of %s: %w", name, err)
+	}
+	have := map[int32]int64{}
+	for _, d := range existing.Disks() {
+		have[d.Key] = d.Capacity
+	}
+	var add []journal.DiskSpec
+	for _, d := range specs {
+		c, found := have[d.Key]
+		if found && c != d.Capacity {
+			return nil, fmt.Errorf("open journal of %s: disk %d has capacity %d, hello says %d: %w", name, d.Key, c, d.Capacity, model.ErrConflict)
+		}
+		if !found {
+			add = append(add, d)
+		}
+	}
+	for _, d := range add {
+		if err := existing.AddDisk(d); err != nil {
+			return nil, fmt.Errorf("open journal of %s: add disk %d: %w", name, d.Key, err)
+		}
+	}
+	return existing, nil
+}
+
+func (s *Service) endSession(ss *session) {
+	s.mu.Lock()
+	if s.sessions[ss.vm.Name()] == ss {
+		delete(s.sessions, ss.vm.Name())
+	}
+	s.mu.Unlock()
+	ss.conn.Close()
+}
+
+func (s *Service) receive(ss *session) error {
+	for {
+		_ = ss.conn.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		m, err := ss.conn.ReadMsg()
+		if err != nil {
+			if errors.Is(err, wire.ErrCorrupt) {
+				s.m.rejected.WithLabelValues("corrupt_frame").Inc()
+				ss.log.Warn("frame rejected, dropping connection", "reason", "corrupt_frame", "err", err)
+			}
+			return fmt.Errorf("read: %w", err)
+		}
+		switch v := m.(type) {
+		case *wire.Point:
+			if err := s.handlePoint(ss, v); err != nil {
+				return err
+			}
+		case *wire.Heartbeat:
+			if ss.pending != nil {
+				if err := s.retryPending(ss); err != nil {
+					return err
+				}
+			}
+		case *wire.Status:
+		default:
+			s.m.rejected.WithLabelValues("unexpected_message").Inc()
+			return fmt.Errorf("unexpected %s from target proxy", m.Type())
+		}
+	}
+}
+
+// toJournal decodes a point (any codec; the target proxy sends them in
+// clear and uncompressed) into a journal point.
+func toJournal(p *wire.Point) (*journal.Point, error) {
+	ext, err := wire.DecodePoint(p, wire.PointOptions{})
+	if err != nil {
+		return nil, err
+	}
+	jp := &journal.Point{ID: p.ID, Time: time.Unix(0, p.Time).UTC(), Kind: journal.Kind(p.Kind),
+		Marker: journal.Marker(p.Marker), Extents: make([]journal.Extent, 0, len(ext))}
+	for _, e := range ext {
+		if e.Len == 0 {
+			continue // nothing to apply
+		}
+		jp.Extents = append(jp.Extents, journal.Extent{Disk: e.Disk, Off: e.Off, Op: journal.Op(e.Op), Len: e.Len, Data: e.Data})
+	}
+	return jp, nil
+}
+
+func (s *Service) handlePoint(ss *session, p *wire.Point) error {
+	jp, err := toJournal(p)
+	if err != nil {
+		s.m.rejected.WithLabelValues("bad_point").Inc()
+		ss.log.Warn("frame rejected, dropping connection", "reason", "bad_point", "point", p.ID, "err", err)
+		return fmt.Errorf("point %d: %w", p.ID, err)
+	}
+	if ss.pending != nil {
+		if err := s.retryPending(ss); err != nil {
+			return err
+		}
+		if ss.pending != nil {
+			// Still failing: this point cannot be kept in order behind it.
+			ss.stalled = true
+			return nil
+		}
+	}
+	if ss.stalled {
+		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", p.ID)})
+	}
+	return s.appendPoint(ss, jp, int64(p.RawLen))
+}
+
+func (s *Service) retryPending(ss *session) error {
+	p := ss.pending
+	ss.pending = nil
+	return s.appendPoint(ss, p, 0)
+}
+
+// appendPoint makes jp durable, then acknowledges it. A full datastore
+// keeps the connection and the point (no ack); anything else invalid
+// drops the connection.
+func (s *Service) appendPoint(ss *session, jp *journal.Point, raw int64) error {
+	start := time.Now()
+	err := ss.vm.Append(s.ctx, jp)
+	switch {
+	case err == nil:
+		s.m.appendSeconds.Observe(time.Since(start).Seconds())
+		s.m.points.Inc()
+		s.m.bytes.Add(float64(raw))
+		if err := ss.conn.Send(&wire.PointAck{ID: jp.ID}); err != nil {
+			return fmt.Errorf("ack point %d: %w", jp.ID, err)
+		}
+		return nil
+	case errors.Is(err, syscall.ENOSPC):
+		s.m.appendErrors.WithLabelValues("no_space").Inc()
+		ss.log.Error("target datastore full, point not acknowledged", "point", jp.ID, "err", err)
+		ss.pending = jp
+		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d: %v", jp.ID, err)})
+	case errors.Is(err, model.ErrInvalid):
+		s.m.rejected.WithLabelValues("invalid_point").Inc()
+		ss.log.Warn("frame rejected, dropping connection", "reason", "invalid_point", "point", jp.ID, "err", err)
+		_ = ss.conn.Send(&wire.Error{Code: wire.ErrCodeBadRequest, Msg: err.Error()})
+		return fmt.Errorf("point %d: %w", jp.ID, err)
+	default:
+		s.m.appendErrors.WithLabelValues("other").Inc()
+		_ = ss.conn.Send(&wire.Error{Code: wire.ErrCodeInternal, Msg: err.Error()})
+		return fmt.Errorf("append point %d: %w", jp.ID, err)
+	}
+}

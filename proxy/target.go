@@ -1,0 +1,400 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/continuum-cdp/continuum/internal/wire"
+)
+
+// TargetConfig configures a target proxy.
+type TargetConfig struct {
+	NodeID string
+	// TLS, when set, wraps every accepted connection (mutual TLS: it should
+	// require and verify client certificates).
+	TLS *tls.Config
+	// FilterAddr is the target filter of every VM not in FilterAddrs.
+	FilterAddr  string
+	FilterAddrs map[string]string
+	// FilterTLS is the client configuration for target filter connections;
+	// nil dials in clear (tests only).
+	FilterTLS *tls.Config
+	// DialFilter, when set, replaces the address and TLS based dialing.
+	DialFilter func(ctx context.Context, vm string) (net.Conn, error)
+	// Sealer opens encrypted points; nil means points must arrive in clear.
+	Sealer *wire.Sealer
+	// VMs, when not empty, are the only VMs accepted; any other is foreign.
+	VMs []string
+	// HandshakeTimeout bounds Hello/HelloAck on both hops. Default 30s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout drops a source connection silent for this long (the
+	// source sends heartbeats). Default 2m.
+	IdleTimeout time.Duration
+	// MaxPointBytes bounds a decoded point. Default wire.DefaultMaxRawLen.
+	MaxPointBytes int
+	Logger        *slog.Logger
+	// Registerer receives the proxy's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+}
+
+// Target is a target proxy: it verifies, decrypts and decompresses the
+// points of source proxies and delivers them to target filters, passing
+// on each acknowledgement only after the target filter made the point
+// durable.
+type Target struct {
+	cfg     TargetConfig
+	log     *slog.Logger
+	allowed map[string]bool
+	m       *targetMetrics
+
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type targetMetrics struct {
+	sessions  prometheus.Gauge
+	points    prometheus.Counter
+	wireBytes prometheus.Counter
+	rawBytes  prometheus.Counter
+	acks      prometheus.Counter
+	resends   prometheus.Counter
+	rejected  *prometheus.CounterVec
+	filterErr *prometheus.CounterVec
+}
+
+func newTargetMetrics(r prometheus.Registerer) (*targetMetrics, error) {
+	m := &targetMetrics{
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "continuum_target_proxy_sessions",
+			Help: "Open source proxy sessions (one per VM)."}),
+		points: prometheus.NewCounter(prometheus.CounterOpts{Name: "continuum_target_proxy_points_total",
+			Help: "Points verified and forwarded to a target filter."}),
+		wireBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "continuum_target_proxy_wire_bytes_total",
+			Help: "Point payload bytes received (compressed, sealed)."}),
+		rawBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "continuum_target_proxy_raw_bytes_total",
+			Help: "Point bytes after decryption and decompression."}),
+		acks: prometheus.NewCounter(prometheus.CounterOpts{Name: "continuum_target_proxy_acks_total",
+			Help: "Durable acknowledgements passed back to source proxies."}),
+		resends: prometheus.NewCounter(prometheus.CounterOpts{Name: "continuum_target_proxy_resends_total",
+			Help: "Points already durable at the target, acknowledged without forwarding."}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "continuum_target_proxy_rejected_total",
+			Help: "Connections dropped for a bad frame, by reason."}, []string{"reason"}),
+		filterErr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "continuum_target_proxy_filter_errors_total",
+			Help: "Errors reported by target filters, by code."}, []string{"code"}),
+	}
+	if r != nil {
+		for _, c := range []prometheus.Collector{m.sessions, m.points, m.wireBytes, m.rawBytes, m.acks, m.resends, m.rejected, m.filterErr} {
+			if err := r.Register(c); err != nil {
+				return nil, fmt.Errorf("register target proxy metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// NewTarget checks cfg and builds a target proxy.
+func NewTarget(cfg TargetConfig) (*Target, error) {
+	if cfg.DialFilter == nil && cfg.FilterAddr == "" && len(cfg.FilterAddrs) == 0 {
+		return nil, errors.New("target proxy: no target filter address configured")
+	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = "target-proxy"
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 30 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	if cfg.MaxPointBytes <= 0 {
+		cfg.MaxPointBytes = wire.DefaultMaxRawLen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newTargetMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	t := &Target{cfg: cfg, log: cfg.Logger, m: m, conns: map[net.Conn]bool{}}
+	if len(cfg.VMs) > 0 {
+		t.allowed = map[string]bool{}
+		for _, vm := range cfg.VMs {
+			t.allowed[vm] = true
+		}
+	}
+	return t, nil
+}
+
+// Serve accepts source proxy connections on l until ctx ends or l
+// closes; it then closes every session and returns.
+func (t *Target) Serve(ctx context.Context, l net.Listener) error {
+	if t.cfg.TLS != nil {
+		l = tls.NewListener(l, t.cfg.TLS)
+	}
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer t.closeAll()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("target proxy: accept: %w", err)
+		}
+		if !t.track(nc) {
+			nc.Close()
+			return nil
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer t.untrack(nc)
+			t.serveSource(ctx, nc)
+		}()
+	}
+}
+
+func (t *Target) track(nc net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.conns[nc] = true
+	return true
+}
+
+func (t *Target) untrack(nc net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, nc)
+	t.mu.Unlock()
+}
+
+func (t *Target) closeAll() {
+	t.mu.Lock()
+	t.closed = true
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
+}
+
+// Close drops every session; Serve returns once its listener closes.
+func (t *Target) Close() error {
+	t.closeAll()
+	return nil
+}
+
+func (t *Target) filterAddr(vm string) string {
+	if a, ok := t.cfg.FilterAddrs[vm]; ok {
+		return a
+	}
+	return t.cfg.FilterAddr
+}
+
+func (t *Target) dialFilter(ctx context.Context, vm string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.HandshakeTimeout)
+	defer cancel()
+	if t.cfg.DialFilter != nil {
+		return t.cfg.DialFilter(ctx, vm)
+	}
+	addr := t.filterAddr(vm)
+	if t.cfg.FilterTLS != nil {
+		d := tls.Dialer{Config: t.cfg.FilterTLS}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// targetReject is a frame refused by verification: the reason is logged
+// and counted, and the session is dropped.
+type targetReject struct {
+	reason string
+	err    error
+}
+
+func (r *targetReject) Error() string { return r.reason + ": " + r.err.Error() }
+func (r *targetReject) Unwrap() error { return r.err }
+
+func (t *Target) reject(log *slog.Logger, reason string, err error) error {
+	t.m.rejected.WithLabelValues(reason).Inc()
+	log.Warn("frame rejected, dropping connection", "reason", reason, "err", err)
+	return &targetReject{reason: reason, err: err}
+}
+
+// serveSource runs one session: the handshake relayed to the target
+// filter, then points one way and acknowledgements the other.
+func (t *Target) serveSource(ctx context.Context, nc net.Conn) {
+	log := t.log.With("remote", nc.RemoteAddr().String())
+	src := wire.NewConn(nc)
+	defer src.Close()
+	if err := t.session(ctx, src, log); err != nil && ctx.Err() == nil {
+		var rj *targetReject
+		if !errors.As(err, &rj) {
+			log.Info("source session ended", "err", err)
+		}
+	}
+}
+
+func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) error {
+	_ = src.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
+	m, err := src.ReadMsg()
+	if err != nil {
+		return t.reject(log, "handshake", fmt.Errorf("read hello: %w", err))
+	}
+	h, ok := m.(*wire.Hello)
+	if !ok {
+		return t.reject(log, "handshake", fmt.Errorf("got %s before Hello", m.Type()))
+	}
+	log = log.With("vm", h.VM)
+	if h.Role != wire.RoleSourceProxy || h.VM == "" {
+		_ = src.Send(&wire.HelloAck{Err: fmt.Sprintf("unexpected hello from role %q for vm %q", h.Role, h.VM)})
+		return t.reject(log, "handshake", fmt.Errorf("hello from role %q vm %q", h.Role, h.VM))
+	}
+	if (t.allowed != nil && !t.allowed[h.VM]) || (t.cfg.DialFilter == nil && t.filterAddr(h.VM) == "") {
+		_ = src.Send(&wire.HelloAck{Err: fmt.Sprintf("vm %q is not served by this proxy", h.VM)})
+		return t.reject(log, "foreign_vm", fmt.Errorf("unknown vm %q", h.VM))
+	}
+
+	fc, err := t.dialFilter(ctx, h.VM)
+	if err != nil {
+		_ = src.Send(&wire.HelloAck{Err: "target filter unreachable"})
+		return fmt.Errorf("dial target filter for %s: %w", h.VM, err)
+	}
+	dst := wire.NewConn(fc)
+	defer dst.Close()
+	_ = dst.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
+	if err := dst.Send(&wire.Hello{Role: wire.RoleTargetProxy, NodeID: t.cfg.NodeID, VM: h.VM, Disks: h.Disks, Resume: h.Resume}); err != nil {
+		return fmt.Errorf("hello to target filter for %s: %w", h.VM, err)
+	}
+	ack, err := wire.Expect[*wire.HelloAck](dst)
+	if err != nil {
+		_ = src.Send(&wire.HelloAck{Err: "target filter handshake failed"})
+		return fmt.Errorf("hello ack from target filter for %s: %w", h.VM, err)
+	}
+	_ = dst.SetReadDeadline(time.Time{})
+	if err := src.Send(ack); err != nil {
+		return fmt.Errorf("relay hello ack: %w", err)
+	}
+	if ack.Err != "" {
+		return fmt.Errorf("target filter refused %s: %s", h.VM, ack.Err)
+	}
+	resume := ack.Resume
+	log.Info("session open", "resume", resume, "initial_sync_done", ack.InitialSyncDone)
+	t.m.sessions.Inc()
+	defer t.m.sessions.Dec()
+
+	// Acknowledgements flow back while points flow forward, so a slow
+	// fsync does not stall the pipe.
+	ackDone := make(chan error, 1)
+	go func() { ackDone <- t.relayAcks(dst, src, log) }()
+	fwdErr := t.forward(src, dst, h.VM, resume, log)
+	// Either side failing ends both: closing the connections unblocks the
+	// other goroutine.
+	src.Close()
+	dst.Close()
+	ackErr := <-ackDone
+	if fwdErr != nil {
+		return fwdErr
+	}
+	return ackErr
+}
+
+// forward reads frames from the source proxy, verifies and decodes each
+// point and hands it to the target filter in clear and uncompressed.
+func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slog.Logger) error {
+	opts := wire.PointOptions{Sealer: t.cfg.Sealer, VM: vm, MaxRawLen: t.cfg.MaxPointBytes}
+	var last uint64 // every point ID must exceed the previous one
+	for {
+		_ = src.SetReadDeadline(time.Now().Add(t.cfg.IdleTimeout))
+		m, err := src.ReadMsg()
+		if err != nil {
+			if errors.Is(err, wire.ErrCorrupt) {
+				return t.reject(log, "corrupt_frame", err)
+			}
+			return fmt.Errorf("read from source proxy: %w", err)
+		}
+		switch v := m.(type) {
+		case *wire.Point:
+			if v.ID <= last {
+				return t.reject(log, "replayed", fmt.Errorf("point %d after %d", v.ID, last))
+			}
+			last = v.ID
+			if v.ID <= resume {
+				// Already durable at the target filter (it told us so in
+				// HelloAck): acknowledge again, apply nothing.
+				t.m.resends.Inc()
+				if err := src.Send(&wire.PointAck{ID: v.ID}); err != nil {
+					return fmt.Errorf("ack resent point %d: %w", v.ID, err)
+				}
+				continue
+			}
+			ext, err := wire.DecodePoint(v, opts)
+			if err != nil {
+				reason := "bad_point"
+				if errors.Is(err, wire.ErrAuth) || (v.Encrypted != (t.cfg.Sealer != nil)) {
+					reason = "foreign"
+				}
+				return t.reject(log, reason, err)
+			}
+			out := &wire.Point{ID: v.ID, Time: v.Time, Kind: v.Kind, Marker: v.Marker}
+			if err := wire.EncodePoint(out, ext, wire.PointOptions{Codec: wire.CodecNone}); err != nil {
+				return fmt.Errorf("re-encode point %d: %w", v.ID, err)
+			}
+			if err := dst.Send(out); err != nil {
+				return fmt.Errorf("forward point %d to target filter: %w", v.ID, err)
+			}
+			t.m.points.Inc()
+			t.m.wireBytes.Add(float64(len(v.Payload)))
+			t.m.rawBytes.Add(float64(v.RawLen))
+		case *wire.Heartbeat:
+			if err := dst.Send(v); err != nil {
+				return fmt.Errorf("forward heartbeat: %w", err)
+			}
+		case *wire.Status:
+			log.Debug("source status", "mode", v.Mode, "done", v.BytesDone, "total", v.BytesTotal, "msg", v.Msg)
+		default:
+			return t.reject(log, "unexpected_message", fmt.Errorf("%s from source proxy", m.Type()))
+		}
+	}
+}
+
+// relayAcks passes the target filter's durable acknowledgements (and error
+// reports) back to the source proxy.
+func (t *Target) relayAcks(dst, src *wire.Conn, log *slog.Logger) error {
+	for {
+		m, err := dst.ReadMsg()
+		if err != nil {
+			return fmt.Errorf("read from target filter: %w", err)
+		}
+		switch v := m.(type) {
+		case *wire.PointAck:
+			if err := src.Send(v); err != nil {
+				return fmt.Errorf("relay ack of point %d: %w", v.ID, err)
+			}
+			t.m.acks.Inc()
+		case *wire.Error:
+			t.m.filterErr.WithLabelValues(fmt.Sprint(v.Code)).Inc()
+			log.Warn("target filter reports an error", "code", v.Code, "msg", v.Msg)
+			if err := src.Send(v); err != nil {
+				return fmt.Errorf("relay error: %w", err)
+			}
+		case *wire.Heartbeat, *wire.Status:
+		default:
+			return fmt.Errorf("unexpected %s from target filter", m.Type())
+		}
+	}
+}
