@@ -206,18 +206,26 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			return fmt.Errorf("accept nbd connections on %s: %w", l.Addr(), err)
 		}
-		c := &conn{s: s, nc: nc, done: make(chan struct{}), log: s.log.With("remote", nc.RemoteAddr().String())}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		c, ok := s.track(nc)
+		if !ok {
 			nc.Close()
 			return nil
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
 		go c.serve()
 	}
+}
+
+// track registers a new connection unless the server is closed.
+func (s *Server) track(nc net.Conn) (*conn, bool) {
+	c := &conn{s: s, nc: nc, done: make(chan struct{}), log: s.log.With("remote", nc.RemoteAddr().String())}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return c, true
 }
 
 // Close stops every listener and connection and waits for them.
