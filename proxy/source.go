@@ -195,8 +195,8 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 	v := p.vmLocked(h.VM, h.Disks)
 	if v.filter != nil {
 		v.filter.Close() // a newer session of the same VM wins
+		v.filter = nil
 	}
-	v.filter = c
 	v.filterGen++
 	gen := v.filterGen
 	// the resume position needs the target's answer unless this proxy
@@ -208,16 +208,19 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 	}
 	wake.Stop()
 	if !v.targetKnown || v.filterGen != gen || p.closed {
-		if v.filterGen == gen {
-			v.filter = nil
-		}
 		p.mu.Unlock()
 		_ = c.Send(&wire.HelloAck{Err: "target proxy not reachable"})
 		return fmt.Errorf("vm %s: no answer from the target proxy", h.VM)
 	}
 	ack := &wire.HelloAck{Resume: max(v.targetResume, v.received), InitialSyncDone: v.targetInitDone || v.initMarkerSeen}
+	// acknowledgements are forwarded only once the HelloAck is out; the
+	// lock keeps an acknowledgement from overtaking it
+	err = c.Send(ack)
+	if err == nil && v.filterGen == gen {
+		v.filter = c
+	}
 	p.mu.Unlock()
-	if err := c.Send(ack); err != nil {
+	if err != nil {
 		return fmt.Errorf("send hello ack: %w", err)
 	}
 	v.log.Info("filter connected", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
@@ -252,7 +255,9 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 				return err
 			}
 		case *wire.Marker:
-			v.marker(m)
+			if err := v.marker(m); err != nil {
+				return err
+			}
 		case *wire.Heartbeat, *wire.Status:
 		default:
 			return fmt.Errorf("unexpected %s from filter", m.Type())

@@ -41,6 +41,24 @@ type Options struct {
 	// ScanChunk is the read size of the sync scans. Default 1 MiB.
 	ScanChunk int64
 	Logger    *slog.Logger
+	// OnStamp, if set, sees every write and marker as it is stamped, in
+	// sequence order (under the VM's lock: it must not block). Tests use it
+	// to keep a model of the stream.
+	OnStamp func(Stamp)
+}
+
+// Stamp describes one stamped message of a VM's stream. Data is only
+// valid during the call.
+type Stamp struct {
+	VM     string
+	Seq    uint64
+	Marker uint8 // wire.Marker* kind, 0 for a write
+	Disk   int32
+	Off    int64
+	Len    int64
+	Op     uint8
+	Flags  uint8
+	Data   []byte
 }
 
 func (o *Options) setDefaults() {

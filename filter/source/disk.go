@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/continuum-cdp/continuum/filter/nbd"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
@@ -25,8 +26,9 @@ type Disk struct {
 	scanDone int64
 }
 
-// ErrOutOfRange is returned for requests beyond the disk's capacity.
-var ErrOutOfRange = errors.New("request beyond the end of the disk")
+// ErrOutOfRange is returned for requests beyond the disk's capacity; the NBD
+// server maps it to EINVAL.
+var ErrOutOfRange = nbd.ErrOutOfRange
 
 // DiskFileName is the flat file name of the disk at index i of a VM.
 func DiskFileName(vm string, i int) string {
@@ -68,6 +70,8 @@ func openDisk(v *vmState, dir string, i int, c DiskConfig, blockSize int64) (*Di
 	}
 	return &Disk{vm: v, key: c.Key, capacity: c.Capacity, path: path, f: f, locks: newRangeLock(), dirty: dm}, nil
 }
+
+var _ nbd.Backend = (*Disk)(nil)
 
 // Key is the disk's key within its VM.
 func (d *Disk) Key() int32 { return d.key }

@@ -243,6 +243,9 @@ func (v *vmState) stampLocked(d *Disk, op uint8, off, length int64, data []byte,
 			w.Data = append([]byte(nil), data...)
 		}
 		d.dirty.restamp(off, n, seq)
+		if v.opts.OnStamp != nil {
+			v.opts.OnStamp(Stamp{VM: v.name, Seq: seq, Disk: d.key, Off: off, Len: n, Op: op, Flags: flags, Data: w.Data})
+		}
 		v.appendLocked(&entry{seq: seq, msg: w, size: size, at: time.Now()})
 		off += n
 		length -= n
@@ -262,6 +265,9 @@ func (v *vmState) markerLocked(kind uint8) (uint64, error) {
 		return 0, err
 	}
 	v.appendLocked(&entry{seq: seq, msg: &wire.Marker{Seq: seq, Kind: kind}, size: entryOverhead, at: time.Now()})
+	if v.opts.OnStamp != nil {
+		v.opts.OnStamp(Stamp{VM: v.name, Seq: seq, Marker: kind})
+	}
 	return seq, nil
 }
 
