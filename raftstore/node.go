@@ -116,6 +116,9 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.RaftAddr == "" {
 		return nil, fmt.Errorf("open raft node %s: raft address is required", cfg.NodeID)
 	}
+	if _, err := advertisable(cfg.RaftAddr); err != nil {
+		return nil, fmt.Errorf("open raft node %s: %w", cfg.NodeID, err)
+	}
 	if cfg.ClusterKey != nil && len(cfg.ClusterKey) != ClusterKeySize {
 		return nil, fmt.Errorf("open raft node %s: cluster key is %d bytes, want %d", cfg.NodeID, len(cfg.ClusterKey), ClusterKeySize)
 	}

@@ -18,13 +18,24 @@ type streamLayer struct {
 	tls       *tls.Config
 }
 
-func newStreamLayer(bind string, tlsConf *tls.Config) (*streamLayer, error) {
+// advertisable resolves the raft address and checks that peers can reach it
+// as given: the address is both bound and advertised, so neither an
+// unspecified host nor port 0 will do.
+func advertisable(bind string) (*net.TCPAddr, error) {
 	adv, err := net.ResolveTCPAddr("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("resolve raft address %q: %w", bind, err)
 	}
 	if adv.IP == nil || adv.IP.IsUnspecified() || adv.Port == 0 {
 		return nil, fmt.Errorf("raft address %q is not advertisable: give a concrete host and port", bind)
+	}
+	return adv, nil
+}
+
+func newStreamLayer(bind string, tlsConf *tls.Config) (*streamLayer, error) {
+	adv, err := advertisable(bind)
+	if err != nil {
+		return nil, err
 	}
 	var ln net.Listener
 	if tlsConf != nil {
