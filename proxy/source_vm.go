@@ -346,6 +346,21 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 		defer func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() }()
 		readErr <- v.targetReadLoop(c)
 	}()
+	// the target drops a silent source: keep the session alive when idle
+	go func() {
+		t := time.NewTicker(15 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if c.Send(&wire.Heartbeat{}) != nil {
+					return
+				}
+			}
+		}
+	}()
 	werr := v.targetWriteLoop(c, done)
 	c.Close()
 	<-done

@@ -76,6 +76,22 @@ func (v *vmState) sessionOnce(ctx context.Context) error {
 	v.log.Info("connected to source proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
 	readErr := make(chan error, 1)
 	go func() { readErr <- v.readLoop(c, s) }()
+	hbDone := make(chan struct{})
+	defer close(hbDone)
+	go func() {
+		t := time.NewTicker(15 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-hbDone:
+				return
+			case <-t.C:
+				if c.Send(&wire.Heartbeat{}) != nil {
+					return
+				}
+			}
+		}
+	}()
 	werr := v.writeLoop(c, s)
 	c.Close()
 	rerr := <-readErr
