@@ -68,11 +68,20 @@ func mustOpen(t testing.TB, cfg Config) *Node {
 // through AddVoter with the cluster's ID and key, as the appliance does.
 func startCluster(t testing.TB, size int, tlsFor func(i int) *tls.Config) []*testNode {
 	t.Helper()
+	return startClusterWith(t, size, tlsFor, nil)
+}
+
+// startClusterWith is startCluster with a hook to adjust each node's config.
+func startClusterWith(t testing.TB, size int, tlsFor func(i int) *tls.Config, tune func(*Config)) []*testNode {
+	t.Helper()
 	nodes := make([]*testNode, size)
 	for i := range size {
 		cfg := testConfig(fmt.Sprintf("n%d", i+1), filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i+1)), freeAddr(t))
 		if tlsFor != nil {
 			cfg.TLS = tlsFor(i)
+		}
+		if tune != nil {
+			tune(&cfg)
 		}
 		if i == 0 {
 			cfg.Bootstrap = true
