@@ -1,0 +1,173 @@
+package vsphere
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/view"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// ChangeKind says what changed in vCenter.
+type ChangeKind string
+
+const (
+	// Synced is sent once, when the feed has read the current state; every
+	// later change is relative to it.
+	Synced           ChangeKind = "synced"
+	VMCreated        ChangeKind = "vm-created"
+	VMRemoved        ChangeKind = "vm-removed"
+	DiskAdded        ChangeKind = "disk-added"
+	DiskRemoved      ChangeKind = "disk-removed"
+	HostChanged      ChangeKind = "host-changed"      // vMotion
+	DatastoreChanged ChangeKind = "datastore-changed" // storage vMotion
+)
+
+// Change is one event of the change feed.
+type Change struct {
+	Kind     ChangeKind
+	VM       string
+	Name     string
+	Host     string
+	PrevHost string
+	DiskKeys []int32 // disks added, removed or moved
+}
+
+var watchProps = []string{"name", "runtime.host", "config.hardware.device"}
+
+type vmState struct {
+	name  string
+	host  string
+	disks map[int32]string // key -> datastore
+}
+
+func viewOf(ctx context.Context, c *Client, kinds []string) (*view.ContainerView, error) {
+	return view.NewManager(c.vc).CreateContainerView(ctx, c.vc.ServiceContent.RootFolder, kinds, true)
+}
+
+// Watch reports VM changes to fn until ctx ends (it then returns nil) or
+// the connection fails. It uses a container view and a dedicated property
+// collector; the simulator re-sends "enter" for every VM when membership
+// changes, so updates are compared with the known state and only real
+// differences are reported.
+func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
+	const op = "watch vCenter changes"
+	v, err := viewOf(ctx, c, []string{"VirtualMachine"})
+	if err != nil {
+		return wrap(op, err)
+	}
+	defer func() { _ = v.Destroy(context.Background()) }()
+	pc, err := property.DefaultCollector(c.vc).Create(ctx)
+	if err != nil {
+		return wrap(op, err)
+	}
+	defer func() { _ = pc.Destroy(context.Background()) }()
+
+	filter := new(property.WaitFilter)
+	filter.Add(v.Reference(), "VirtualMachine", watchProps, &types.TraversalSpec{Type: "ContainerView", Path: "view"})
+
+	known := map[string]*vmState{}
+	synced := false
+	err = property.WaitForUpdatesEx(ctx, pc, filter, func(updates []types.ObjectUpdate) bool {
+		for _, u := range updates {
+			c.apply(known, u, synced, fn)
+		}
+		if !synced {
+			synced = true
+			fn(Change{Kind: Synced})
+		}
+		return ctx.Err() != nil
+	})
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return nil
+	}
+	if err == nil {
+		return nil
+	}
+	return wrap(op, err)
+}
+
+func (c *Client) apply(known map[string]*vmState, u types.ObjectUpdate, report bool, fn func(Change)) {
+	id := u.Obj.Value
+	old := known[id]
+	if u.Kind == types.ObjectUpdateKindLeave {
+		if old != nil {
+			delete(known, id)
+			if report {
+				fn(Change{Kind: VMRemoved, VM: id, Name: old.name, PrevHost: old.host})
+			}
+		}
+		return
+	}
+	next := &vmState{disks: map[int32]string{}}
+	if old != nil {
+		next.name, next.host = old.name, old.host
+		for k, d := range old.disks {
+			next.disks[k] = d
+		}
+	}
+	for _, ch := range u.ChangeSet {
+		switch ch.Name {
+		case "name":
+			if s, ok := ch.Val.(string); ok {
+				next.name = s
+			}
+		case "runtime.host":
+			if r, ok := ch.Val.(types.ManagedObjectReference); ok {
+				next.host = r.Value
+			} else if ch.Op == types.PropertyChangeOpRemove || ch.Val == nil {
+				next.host = ""
+			}
+		case "config.hardware.device":
+			next.disks = map[int32]string{}
+			if devs, ok := ch.Val.(types.ArrayOfVirtualDevice); ok {
+				for _, d := range devs.VirtualDevice {
+					if disk, ok := d.(*types.VirtualDisk); ok {
+						ds := ""
+						if b, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo); ok {
+							ds = refValue(b.GetVirtualDeviceFileBackingInfo().Datastore)
+						}
+						next.disks[disk.Key] = ds
+					}
+				}
+			}
+		}
+	}
+	known[id] = next
+	if !report {
+		return
+	}
+	if old == nil {
+		fn(Change{Kind: VMCreated, VM: id, Name: next.name, Host: next.host})
+		return
+	}
+	if old.host != next.host {
+		fn(Change{Kind: HostChanged, VM: id, Name: next.name, Host: next.host, PrevHost: old.host})
+	}
+	var added, removed, moved []int32
+	for k, ds := range next.disks {
+		prev, ok := old.disks[k]
+		switch {
+		case !ok:
+			added = append(added, k)
+		case prev != ds:
+			moved = append(moved, k)
+		}
+	}
+	for k := range old.disks {
+		if _, ok := next.disks[k]; !ok {
+			removed = append(removed, k)
+		}
+	}
+	for _, e := range []struct {
+		kind ChangeKind
+		keys []int32
+	}{{DiskAdded, added}, {DiskRemoved, removed}, {DatastoreChanged, moved}} {
+		if len(e.keys) > 0 {
+			slices.Sort(e.keys)
+			fn(Change{Kind: e.kind, VM: id, Name: next.name, Host: next.host, DiskKeys: e.keys})
+		}
+	}
+}
