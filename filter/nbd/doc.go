@@ -9,6 +9,10 @@
 // replies, metadata contexts, extended headers and TLS are refused during
 // option haggling, which every client falls back from.
 //
+// TRIM and WRITE_ZEROES both leave the range reading back as zeroes, so the
+// replica never depends on what a discarded range held. With exactly one
+// export, the empty export name selects it (the default export).
+//
 // FileBackend stores an export in a sparse flat file of a fixed size.
 //
 // The package imports nothing of Continuum's; it is used by the source

@@ -496,20 +496,30 @@ func (c *conn) optReply(opt, typ uint32, data []byte) error {
 func (c *conn) lookup(name string) (*export, error) {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
-	ex, ok := c.s.exports[name]
-	if !ok {
-		return nil, fmt.Errorf("export %q: %w", name, ErrUnknownExport)
+	return c.s.find(name)
+}
+
+// find resolves an export name; the empty name is the default export, which
+// exists when exactly one export is served. s.mu is held.
+func (s *Server) find(name string) (*export, error) {
+	if ex, ok := s.exports[name]; ok {
+		return ex, nil
 	}
-	return ex, nil
+	if name == "" && len(s.exports) == 1 {
+		for _, ex := range s.exports {
+			return ex, nil
+		}
+	}
+	return nil, fmt.Errorf("export %q: %w", name, ErrUnknownExport)
 }
 
 // attach binds the connection to an export so that RemoveExport can close it.
 func (c *conn) attach(name string) (*export, error) {
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
-	ex, ok := c.s.exports[name]
-	if !ok {
-		return nil, fmt.Errorf("export %q: %w", name, ErrUnknownExport)
+	ex, err := c.s.find(name)
+	if err != nil {
+		return nil, err
 	}
 	ex.conns[c] = struct{}{}
 	c.ex = ex

@@ -202,6 +202,12 @@ func TestExportNameOption(t *testing.T) {
 		t.Fatalf("read %q", got)
 	}
 
+	// With a single export, the empty name is the default export.
+	d := dialExport(t, addr, "")
+	if got, _ := d.read(t, 10, 5); string(got) != "hello" {
+		t.Fatalf("default export read %q", got)
+	}
+
 	// An unknown name can only be answered by closing.
 	nc2, r2 := dialRaw(t, addr)
 	sendOption(nc2, optExportName, []byte("missing"))
@@ -335,6 +341,12 @@ func TestRemoveExportClosesConnections(t *testing.T) {
 	sendOption(nc, optGo, infoPayload("x"))
 	if rep, err := readOptReply(r); err != nil || rep.typ != repErrUnknown {
 		t.Fatalf("GO on removed export: %+v %v", rep, err)
+	}
+	// Two exports: no default.
+	s.AddExport(ex)
+	sendOption(nc, optGo, infoPayload(""))
+	if rep, err := readOptReply(r); err != nil || rep.typ != repErrUnknown {
+		t.Fatalf("GO on the default export among two: %+v %v", rep, err)
 	}
 }
 
