@@ -8,7 +8,7 @@ import (
 
 // chunkBytes is the granularity of the in-memory extent index: a read
 // looks only at the pieces of the chunks it touches.
-const chunkBytes = 1 << 20
+var chunkBytes int64 = 1 << 20
 
 // record is a journaled point kept in memory without its data.
 type record struct {
