@@ -1,10 +1,14 @@
 package raftstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -211,5 +215,90 @@ func TestTLSTransferAndRemove(t *testing.T) {
 	apply(t, to.node, PutVCenter{VCenter: testVCenter("vc2", "vc-two"), Create: true})
 	if to.node.Stats()["num_peers"] != "1" {
 		t.Fatalf("stats num_peers = %q, want 1", to.node.Stats()["num_peers"])
+	}
+}
+
+// TestFollowerCatchesUpFromSnapshot makes the leader compact its log while a
+// follower is down, so the follower must be brought back by an installed
+// snapshot (FSM.Restore through raft).
+func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
+	var logs syncBuffer
+	nodes := startClusterWith(t, 3, nil, func(c *Config) {
+		c.TrailingLogs = 2
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	li := waitLeader(t, nodes)
+	leader := nodes[li].node
+	apply(t, leader, PutVCenter{VCenter: testVCenter("vc1", "one"), Create: true})
+	lagging := nodes[(li+1)%3]
+	waitFor(t, "replication", 10*time.Second, func() bool {
+		ok := false
+		lagging.node.Read(func(s *model.State) { ok = s.VCenters["vc1"] != nil })
+		return ok
+	})
+	lagging.node.Close()
+	lagging.node = nil
+
+	for i := range 20 {
+		apply(t, leader, PutPolicy{Policy: testPolicy(fmt.Sprintf("p%d", i), fmt.Sprintf("pol-%d", i), "vc1"), Create: true})
+	}
+	// The caller's struct is not aliased by the stored copy.
+	p := testPolicy("alias", "alias", "vc1")
+	apply(t, leader, PutPolicy{Policy: p, Create: true})
+	p.VMs[0].MoRef = "changed-after-apply"
+	leader.Read(func(s *model.State) {
+		if s.Policies["alias"].VMs[0].MoRef != "vm-alias" {
+			t.Fatalf("stored policy aliases the caller's slice")
+		}
+	})
+	if err := leader.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	apply(t, leader, SetPolicyEnabled{ID: "p0", Enabled: false})
+
+	lagging.node = mustOpen(t, lagging.cfg)
+	want := nodeState(t, leader)
+	waitFor(t, "lagging follower restored from snapshot", 15*time.Second, func() bool {
+		return bytes.Equal(nodeState(t, lagging.node), want)
+	})
+	// Node IDs are in every log line; the follower must have installed it.
+	installed := false
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "Installed remote snapshot") && strings.Contains(line, "node="+lagging.cfg.NodeID) {
+			installed = true
+		}
+	}
+	if !installed {
+		t.Fatalf("follower %s caught up without installing a snapshot", lagging.cfg.NodeID)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestNotLeaderErrorIs(t *testing.T) {
+	if !errors.Is(&NotLeaderError{}, model.ErrNoLeader) {
+		t.Fatalf("NotLeaderError without a leader must match ErrNoLeader")
+	}
+	if errors.Is(&NotLeaderError{LeaderID: "n1", LeaderAddr: "127.0.0.1:1"}, model.ErrNoLeader) {
+		t.Fatalf("NotLeaderError with a leader must not match ErrNoLeader")
+	}
+	wrapped := fmt.Errorf("apply: %w", &NotLeaderError{})
+	if model.ErrorCode(wrapped) != model.CodeUnavailable {
+		t.Fatalf("code %q, want %q", model.ErrorCode(wrapped), model.CodeUnavailable)
 	}
 }

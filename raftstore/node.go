@@ -43,6 +43,9 @@ type Config struct {
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
 	SnapshotThreshold                                                    uint64
 	SnapshotInterval                                                     time.Duration
+	// TrailingLogs is how many entries a snapshot leaves in the log for slow
+	// followers; zero: raft's default (10240).
+	TrailingLogs uint64
 }
 
 const (
@@ -375,6 +378,9 @@ func (n *Node) start() error {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
 	rc.SnapshotInterval = orDefault(cfg.SnapshotInterval, rc.SnapshotInterval)
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
 	if err := raft.ValidateConfig(rc); err != nil {
 		return fmt.Errorf("raft configuration: %w", err)
 	}
@@ -671,9 +677,10 @@ func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
 // newHCLogger routes raft's hclog output into slog.
 func newHCLogger(l *slog.Logger) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
-		Name:   "raft",
-		Level:  hclog.Info,
-		Output: &slogWriter{l: l},
+		Name:        "raft",
+		Level:       hclog.Info,
+		Output:      &slogWriter{l: l},
+		DisableTime: true, // slog stamps the time
 	})
 }
 
@@ -682,13 +689,14 @@ type slogWriter struct{ l *slog.Logger }
 func (w *slogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	lvl := slog.LevelInfo
-	switch {
-	case strings.Contains(line, "[ERROR]"):
-		lvl = slog.LevelError
-	case strings.Contains(line, "[WARN]"):
-		lvl = slog.LevelWarn
-	case strings.Contains(line, "[DEBUG]"), strings.Contains(line, "[TRACE]"):
-		lvl = slog.LevelDebug
+	for prefix, l := range map[string]slog.Level{
+		"[ERROR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo,
+		"[DEBUG]": slog.LevelDebug, "[TRACE]": slog.LevelDebug,
+	} {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			line, lvl = strings.TrimSpace(rest), l
+			break
+		}
 	}
 	w.l.Log(context.Background(), lvl, line, "component", "raft")
 	return len(p), nil
