@@ -302,3 +302,18 @@ var ErrBadOption = errors.New("invalid lab option")
 func systemError(reason string) types.BaseMethodFault {
 	return &types.SystemError{Reason: reason}
 }
+
+// CertificateFile writes the server's self-signed certificate (PEM) to a
+// temporary file and returns its path, for clients that verify the server.
+func (s *Server) CertificateFile() (string, error) {
+	p, err := s.server.CertificateFile()
+	if err != nil {
+		return "", fmt.Errorf("vcsim certificate: %w", err)
+	}
+	return p, nil
+}
+
+// Thumbprint is the SHA-1 thumbprint of the server's certificate.
+func (s *Server) Thumbprint() string {
+	return s.server.CertificateInfo().ThumbprintSHA1
+}

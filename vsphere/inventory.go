@@ -3,6 +3,7 @@ package vsphere
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/vmware/govmomi/object"
 	pbmtypes "github.com/vmware/govmomi/pbm/types"
@@ -187,6 +188,7 @@ func toVM(m *mo.VirtualMachine) VM {
 			}
 		}
 	}
+	slices.SortFunc(vm.Disks, func(a, b Disk) int { return int(a.Key) - int(b.Key) })
 	var mk ReplicaMarker
 	for _, o := range m.Config.ExtraConfig {
 		ov := o.GetOptionValue()

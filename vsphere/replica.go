@@ -135,6 +135,29 @@ func (c *Client) FindReplica(ctx context.Context, sourceVM, policyID string) (*V
 }
 
 func (c *Client) findReplica(ctx context.Context, instanceUUID, sourceUUID, policyID string) (*VM, error) {
+	// A VM with the replica's UUID but no marker yet is most likely being
+	// created by another coordinator right now: look again briefly before
+	// calling it a conflict.
+	var last *VM
+	for attempt := 0; attempt < 6; attempt++ {
+		if attempt > 0 {
+			if err := sleep(ctx, time.Duration(attempt)*50*time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
+		vm, err := c.findByInstanceUUID(ctx, instanceUUID)
+		if err != nil || vm == nil {
+			return nil, err
+		}
+		if vm.Replica != nil && vm.Replica.SourceInstanceUUID == sourceUUID && vm.Replica.PolicyID == policyID {
+			return vm, nil
+		}
+		last = vm
+	}
+	return nil, fail("check replica marker of "+last.MoRef, ErrConflict, fmt.Errorf("VM %s has the replica's instance UUID but not its marker", last.Name))
+}
+
+func (c *Client) findByInstanceUUID(ctx context.Context, instanceUUID string) (*VM, error) {
 	yes := true
 	res, err := methods.FindByUuid(ctx, c.vc, &types.FindByUuid{
 		This: *c.vc.ServiceContent.SearchIndex, Uuid: instanceUUID, VmSearch: true, InstanceUuid: &yes,
@@ -146,16 +169,10 @@ func (c *Client) findReplica(ctx context.Context, instanceUUID, sourceUUID, poli
 		return nil, nil
 	}
 	vm, err := c.VM(ctx, res.Returnval.Value)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, nil // destroyed meanwhile
-		}
-		return nil, err
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil // destroyed meanwhile
 	}
-	if vm.Replica == nil || vm.Replica.SourceInstanceUUID != sourceUUID || vm.Replica.PolicyID != policyID {
-		return nil, fail("check replica marker of "+vm.MoRef, ErrConflict, fmt.Errorf("VM %s has the replica's instance UUID but not its marker", vm.Name))
-	}
-	return vm, nil
+	return vm, err
 }
 
 // completeReplica adds the disks the replica lacks.
