@@ -1,0 +1,372 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Helpers that run the continuum binary as real processes: the data path
+// with one source filter, a source proxy, a target proxy and a target
+// filter, all on loopback.
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+	binDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// continuumBinary builds cmd/continuum once per test process.
+func continuumBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "continuum-bin-")
+		if binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "continuum")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/continuum").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("build continuum: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (scripts/test-deps.sh installs it): %v", tool, err)
+		}
+	}
+}
+
+// proc is one running process with its arguments, so it can be restarted.
+type proc struct {
+	t     *testing.T
+	name  string
+	args  []string
+	log   string
+	admin string
+	cmd   *exec.Cmd
+	out   *bufio.Scanner
+	lines chan string
+	done  chan struct{}
+}
+
+func startProc(t *testing.T, dir, name, admin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, args: args, log: filepath.Join(dir, name+".log"), admin: admin}
+	p.start()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *proc) start() {
+	p.t.Helper()
+	logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd := exec.Command(continuumBinary(p.t), p.args...)
+	cmd.Stderr = logf
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start %s: %v", p.name, err)
+	}
+	p.cmd = cmd
+	p.lines = make(chan string, 100)
+	p.done = make(chan struct{})
+	go func() {
+		defer close(p.lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			fmt.Fprintln(logf, "stdout:", sc.Text())
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() {
+		cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	p.waitHealthy()
+}
+
+func (p *proc) waitHealthy() {
+	p.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			p.t.Fatalf("%s exited early; log:\n%s", p.name, tail(p.log))
+		default:
+		}
+		resp, err := http.Get("http://" + p.admin + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.t.Fatalf("%s not healthy; log:\n%s", p.name, tail(p.log))
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) kill() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) restart() {
+	p.t.Helper()
+	p.kill()
+	p.start()
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+func getJSON(t *testing.T, url string, v any) error {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// filterStatus is the part of the source filter's /v1/status the tests read.
+type filterStatus struct {
+	VM            string `json:"vm"`
+	Status        string `json:"status"`
+	Mode          string `json:"mode"`
+	Seq           uint64 `json:"seq"`
+	Acked         uint64 `json:"acked"`
+	BufferEntries int    `json:"buffer_entries"`
+	CBTEntries    int64  `json:"cbt_entries"`
+	Disks         []struct {
+		Key  int32  `json:"key"`
+		Path string `json:"path"`
+	} `json:"disks"`
+}
+
+type pointInfo struct {
+	ID   uint64 `json:"id"`
+	Kind string `json:"kind"`
+}
+
+// datapath is a running static data path.
+type datapath struct {
+	t                                  *testing.T
+	dir                                string
+	tfilter, tproxy, sproxy, sfilter   *proc
+	tfAdmin, tpAdmin, spAdmin, sfAdmin string
+	nbdAddr                            string
+	vms                                map[string][]int32
+}
+
+type dpOptions struct {
+	encrypt bool
+	grace   time.Duration
+}
+
+func startDatapath(t *testing.T, o dpOptions) *datapath {
+	t.Helper()
+	bin := continuumBinary(t)
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if out, err := exec.Command(bin, "filter", "--gen-certs", certs).CombinedOutput(); err != nil {
+		t.Fatalf("gen certs: %v\n%s", err, out)
+	}
+	tlsArgs := []string{"--cert", filepath.Join(certs, "cert.pem"), "--key", filepath.Join(certs, "key.pem"), "--ca", filepath.Join(certs, "ca.pem")}
+	var encArgs []string
+	if o.encrypt {
+		encArgs = []string{"--encryption-key", filepath.Join(certs, "encryption.key")}
+	}
+	d := &datapath{t: t, dir: dir, vms: map[string][]int32{"vm-a": {2000, 2001}, "vm-b": {2000}}}
+	tfData, tpData, spData := freeAddr(t), freeAddr(t), freeAddr(t)
+	d.tfAdmin, d.tpAdmin, d.spAdmin, d.sfAdmin = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	d.nbdAddr = freeAddr(t)
+	d.tfilter = startProc(t, dir, "target-filter", d.tfAdmin, append([]string{"filter", "--role", "target",
+		"--listen", tfData, "--admin-addr", d.tfAdmin, "--nbd-addr", freeAddr(t),
+		"--journal-dir", filepath.Join(dir, "target"), "--export-dir", dir}, tlsArgs...)...)
+	d.tproxy = startProc(t, dir, "target-proxy", d.tpAdmin, append(append([]string{"proxy", "--role", "target",
+		"--listen", tpData, "--admin-addr", d.tpAdmin, "--target-filter", tfData}, tlsArgs...), encArgs...)...)
+	d.sproxy = startProc(t, dir, "source-proxy", d.spAdmin, append(append([]string{"proxy", "--role", "source",
+		"--listen", spData, "--admin-addr", d.spAdmin, "--target", tpData, "--rpo", "300ms",
+		"--spill-dir", filepath.Join(dir, "spill")}, tlsArgs...), encArgs...)...)
+	cfg := map[string]any{
+		"role": "source", "datastore": filepath.Join(dir, "source"), "proxy": spData,
+		"admin_addr": d.sfAdmin, "nbd_addr": d.nbdAddr, "grace": o.grace.String(), "buffer_bytes": 64 << 20,
+		"vms": []map[string]any{
+			{"name": "vm-a", "disks": []map[string]any{{"key": 2000, "capacity": 48 << 20}, {"key": 2001, "capacity": 24 << 20}}},
+			{"name": "vm-b", "disks": []map[string]any{{"key": 2000, "capacity": 32 << 20}}},
+		},
+	}
+	b, _ := json.Marshal(cfg)
+	cfgPath := filepath.Join(dir, "source-filter.json")
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.sfilter = startProc(t, dir, "source-filter", d.sfAdmin, append([]string{"filter", "--config", cfgPath}, tlsArgs...)...)
+	d.waitQuiet(90 * time.Second)
+	return d
+}
+
+func (d *datapath) uri(vm string, disk int32) string {
+	return fmt.Sprintf("nbd://%s/%s/%d", d.nbdAddr, vm, disk)
+}
+
+func (d *datapath) status() []filterStatus {
+	var st []filterStatus
+	if err := getJSON(d.t, "http://"+d.sfAdmin+"/v1/status", &st); err != nil {
+		d.t.Fatalf("source filter status: %v", err)
+	}
+	return st
+}
+
+// waitQuiet waits until every write is durable at the target and every VM
+// is syncing.
+func (d *datapath) waitQuiet(timeout time.Duration) []filterStatus {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var st []filterStatus
+	for time.Now().Before(deadline) {
+		st = d.status()
+		ok := len(st) > 0
+		for _, s := range st {
+			if s.Mode != "syncing" || s.Acked != s.Seq || s.BufferEntries != 0 {
+				ok = false
+			}
+		}
+		if ok {
+			return st
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.t.Fatalf("data path not quiet after %s: %+v\nsource proxy log:\n%s", timeout, st, tail(d.sproxy.log))
+	return nil
+}
+
+func (d *datapath) points(vm string) []pointInfo {
+	d.t.Helper()
+	var pts []pointInfo
+	if err := getJSON(d.t, "http://"+d.tfAdmin+"/v1/vms/"+vm+"/points", &pts); err != nil {
+		d.t.Fatalf("list points of %s: %v", vm, err)
+	}
+	return pts
+}
+
+// export writes the image of a disk at a point into a file.
+func (d *datapath) export(vm string, disk int32, point uint64) string {
+	d.t.Helper()
+	url := fmt.Sprintf("http://%s/v1/vms/%s/points/%d/disks/%d/image", d.tfAdmin, vm, point, disk)
+	resp, err := http.Get(url)
+	if err != nil {
+		d.t.Fatalf("export: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		d.t.Fatalf("export %s: %s: %s", url, resp.Status, b)
+	}
+	path := filepath.Join(d.dir, fmt.Sprintf("export-%s-%d-%d.raw", vm, disk, point))
+	f, err := os.Create(path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		d.t.Fatalf("export %s: %v", url, err)
+	}
+	f.Close()
+	return path
+}
+
+func (d *datapath) sourcePath(vm string, disk int32) string {
+	for _, s := range d.status() {
+		if s.VM == vm {
+			for _, dk := range s.Disks {
+				if dk.Key == disk {
+					return dk.Path
+				}
+			}
+		}
+	}
+	d.t.Fatalf("no disk %s/%d", vm, disk)
+	return ""
+}
+
+// checkLatest exports the latest listed point of every disk and compares
+// it with the source disk.
+func (d *datapath) checkLatest() {
+	d.t.Helper()
+	for vm, disks := range d.vms {
+		pts := d.points(vm)
+		if len(pts) == 0 {
+			d.t.Fatalf("%s: no listed point", vm)
+		}
+		last := pts[len(pts)-1].ID
+		for _, k := range disks {
+			img := d.export(vm, k, last)
+			run(d.t, "qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", img, d.sourcePath(vm, k))
+			os.Remove(img)
+		}
+	}
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
