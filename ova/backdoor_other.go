@@ -1,0 +1,5 @@
+//go:build !(linux && amd64)
+
+package ova
+
+func readGuestInfo(string) ([]byte, error) { return nil, errNoBackdoor }
