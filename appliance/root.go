@@ -40,6 +40,7 @@ func NewRootCommand(roleCommands ...*cobra.Command) *cobra.Command {
 		root.AddCommand(filterCmd)
 	}
 	AddFilterClientCommands(filterCmd)
-	root.AddCommand(newCoordinatorCommand(), newClusterCommand(), newVCenterCommand(), newPolicyCommand())
+	root.AddCommand(newCoordinatorCommand(), newClusterCommand(), newVCenterCommand(), newPolicyCommand(),
+		newDrillCommand(), newLabCommand())
 	return root
 }

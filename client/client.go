@@ -134,6 +134,17 @@ func New(apiURL, token string, caPEM []byte) (*Client, error) {
 // Endpoints returns the base URLs this client uses.
 func (c *Client) Endpoints() []string { return append([]string(nil), c.endpoints...) }
 
+// WithEndpoints returns a client sharing this one's token and transport
+// that talks to the given base URLs.
+func (c *Client) WithEndpoints(eps []string) *Client {
+	n := *c
+	n.endpoints = append([]string(nil), eps...)
+	if len(n.endpoints) == 0 {
+		n.endpoints = c.endpoints
+	}
+	return &n
+}
+
 // Close releases idle connections.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
