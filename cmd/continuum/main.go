@@ -11,6 +11,7 @@ import (
 
 	"github.com/continuum-cdp/continuum/appliance"
 	"github.com/continuum-cdp/continuum/filter"
+	"github.com/continuum-cdp/continuum/ova"
 	"github.com/continuum-cdp/continuum/proxy"
 	"github.com/continuum-cdp/continuum/vcsim"
 )
@@ -29,6 +30,7 @@ func run() int {
 		}
 		root.AddCommand(c)
 	}
+	root.AddCommand(ova.Command())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
