@@ -159,6 +159,7 @@ func TestFioRandWriteVerify(t *testing.T) {
 	out := run(t, "fio", "--name=randwrite", "--ioengine=nbd", "--uri="+URI(addr, "fio"),
 		"--rw=randwrite", "--bsrange=4k-64k", "--size=16M", "--iodepth=8",
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0",
+		"--verify_state_save=0", "--directory="+t.TempDir(),
 		"--output-format=json")
 	var res struct {
 		Jobs []struct {
