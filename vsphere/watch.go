@@ -71,9 +71,7 @@ func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	known := map[string]*vmState{}
 	synced := false
 	err = property.WaitForUpdatesEx(ctx, pc, filter, func(updates []types.ObjectUpdate) bool {
-		for _, u := range updates {
-			c.apply(known, u, synced, fn)
-		}
+		c.applyBatch(known, updates, synced, fn)
 		if !synced {
 			synced = true
 			fn(Change{Kind: Synced})
@@ -89,18 +87,34 @@ func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	return wrap(op, err)
 }
 
-func (c *Client) apply(known map[string]*vmState, u types.ObjectUpdate, report bool, fn func(Change)) {
-	id := u.Obj.Value
-	old := known[id]
-	if u.Kind == types.ObjectUpdateKindLeave {
-		if old != nil {
-			delete(known, id)
-			if report {
-				fn(Change{Kind: VMRemoved, VM: id, Name: old.name, PrevHost: old.host})
-			}
+// applyBatch folds a batch of updates into the known state and reports the
+// net difference per VM: the simulator shows a VM under construction (its
+// device list reset, then filled) within one batch, which is no change.
+func (c *Client) applyBatch(known map[string]*vmState, updates []types.ObjectUpdate, report bool, fn func(Change)) {
+	before := map[string]*vmState{}
+	var order []string
+	for _, u := range updates {
+		id := u.Obj.Value
+		if _, seen := before[id]; !seen {
+			before[id] = known[id]
+			order = append(order, id)
 		}
+		cur := known[id]
+		if u.Kind == types.ObjectUpdateKindLeave {
+			delete(known, id)
+			continue
+		}
+		known[id] = applyUpdate(cur, u)
+	}
+	if !report {
 		return
 	}
+	for _, id := range order {
+		diff(id, before[id], known[id], fn)
+	}
+}
+
+func applyUpdate(old *vmState, u types.ObjectUpdate) *vmState {
 	next := &vmState{disks: map[int32]string{}}
 	if old != nil {
 		next.name, next.host = old.name, old.host
@@ -135,11 +149,17 @@ func (c *Client) apply(known map[string]*vmState, u types.ObjectUpdate, report b
 			}
 		}
 	}
-	known[id] = next
-	if !report {
+	return next
+}
+
+func diff(id string, old, next *vmState, fn func(Change)) {
+	switch {
+	case old == nil && next == nil:
 		return
-	}
-	if old == nil {
+	case next == nil:
+		fn(Change{Kind: VMRemoved, VM: id, Name: old.name, PrevHost: old.host})
+		return
+	case old == nil:
 		fn(Change{Kind: VMCreated, VM: id, Name: next.name, Host: next.host})
 		return
 	}

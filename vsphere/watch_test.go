@@ -1,0 +1,121 @@
+package vsphere_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/continuum-cdp/continuum/vcsim"
+	"github.com/continuum-cdp/continuum/vsphere"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// feed runs Watch in the background and returns its changes.
+func feed(t *testing.T, e *env) <-chan vsphere.Change {
+	t.Helper()
+	ctx, cancel := context.WithCancel(e.ctx)
+	ch := make(chan vsphere.Change, 100)
+	done := make(chan error, 1)
+	go func() { done <- e.c.Watch(ctx, func(c vsphere.Change) { ch <- c }) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("watch: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("watch did not stop")
+		}
+	})
+	if c := next(t, ch); c.Kind != vsphere.Synced {
+		t.Fatalf("first change %+v, want synced", c)
+	}
+	return ch
+}
+
+func next(t *testing.T, ch <-chan vsphere.Change) vsphere.Change {
+	t.Helper()
+	select {
+	case c := <-ch:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change reported")
+	}
+	return vsphere.Change{}
+}
+
+// expect reads changes until one of kind k for vm arrives; any VMCreated for
+// another VM is a duplicate report and fails the test.
+func expect(t *testing.T, ch <-chan vsphere.Change, k vsphere.ChangeKind, vm string) vsphere.Change {
+	t.Helper()
+	for {
+		c := next(t, ch)
+		if c.Kind == k && c.VM == vm {
+			return c
+		}
+		t.Fatalf("unexpected change %+v while waiting for %s of %s", c, k, vm)
+	}
+}
+
+func TestWatch(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 2, ProxyVMs: -1})
+	ch := feed(t, e)
+	src := e.inv.VMByName(vcsim.ProtectedVMName(0))
+
+	// Created: the replica. The simulator re-sends enter for every VM;
+	// only the new one may be reported.
+	r, err := e.c.EnsureReplica(e.ctx, e.replicaSpec(t, src.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := expect(t, ch, vsphere.VMCreated, r.MoRef)
+	if c.Name != r.Name {
+		t.Fatalf("created %+v", c)
+	}
+
+	// Disk added.
+	addDisk(t, e, src.MoRef, 2007, 7, 64)
+	c = expect(t, ch, vsphere.DiskAdded, src.MoRef)
+	if !slices.Equal(c.DiskKeys, []int32{2007}) {
+		t.Fatalf("disk added %+v", c)
+	}
+
+	// vMotion to another host of the cluster.
+	var to string
+	for _, h := range e.inv.ClusterByName(vcsim.SourceClusterName).Hosts {
+		if h != src.Host {
+			to = h
+			break
+		}
+	}
+	vc := vcsimClient(t, e)
+	vmo := object.NewVirtualMachine(vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: src.MoRef})
+	hr := types.ManagedObjectReference{Type: "HostSystem", Value: to}
+	task, err := vmo.Relocate(e.ctx, types.VirtualMachineRelocateSpec{Host: &hr}, types.VirtualMachineMovePriorityDefaultPriority)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	c = expect(t, ch, vsphere.HostChanged, src.MoRef)
+	if c.Host != to || c.PrevHost != src.Host {
+		t.Fatalf("host changed %+v, want %s -> %s", c, src.Host, to)
+	}
+
+	// Removed.
+	if err := e.c.DeleteReplica(e.ctx, r.MoRef); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, vsphere.VMRemoved, r.MoRef)
+
+	// Nothing else is pending: no duplicate reports.
+	select {
+	case c := <-ch:
+		t.Fatalf("spurious change %+v", c)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
