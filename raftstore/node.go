@@ -333,26 +333,16 @@ func (n *Node) start() error {
 	cfg := n.cfg
 	hl := newHCLogger(n.log)
 
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.DataDir, raftDBName),
-		BoltOptions: &bbolt.Options{Timeout: time.Second},
-	})
-	if err != nil {
-		return fmt.Errorf("open %s: %w", raftDBName, err)
+	// Everything that can refuse the directory runs read-only first: opening
+	// bolt read-write commits a transaction, so a refusal after that would
+	// already have rewritten raft.db.
+	if err := verifyStores(cfg.DataDir); err != nil {
+		return err
 	}
-	n.store = store
-
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, snapshotsDir), 2, hl.Named("snapshot"))
+	rc, err := n.raftConfig(hl)
 	if err != nil {
-		return fmt.Errorf("open snapshot store: %w", err)
+		return err
 	}
-	n.snaps = snaps
-
-	hasState, err := raft.HasExistingState(store, store, snaps)
-	if err != nil {
-		return fmt.Errorf("inspect raft state: %w", err)
-	}
-
 	stream, err := newStreamLayer(cfg.RaftAddr, cfg.TLS)
 	if err != nil {
 		return err
@@ -364,27 +354,25 @@ func (n *Node) start() error {
 		Logger:  hl.Named("net"),
 	})
 
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.NodeID)
-	rc.Logger = hl
-	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, 500*time.Millisecond)
-	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, time.Second)
-	rc.LeaderLeaseTimeout = orDefault(cfg.LeaderLeaseTimeout, 500*time.Millisecond)
-	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
-		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.DataDir, raftDBName),
+		BoltOptions: &bbolt.Options{Timeout: time.Second},
+	})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", raftDBName, err)
 	}
-	rc.CommitTimeout = orDefault(cfg.CommitTimeout, rc.CommitTimeout)
-	if cfg.SnapshotThreshold > 0 {
-		rc.SnapshotThreshold = cfg.SnapshotThreshold
-	}
-	rc.SnapshotInterval = orDefault(cfg.SnapshotInterval, rc.SnapshotInterval)
-	if cfg.TrailingLogs > 0 {
-		rc.TrailingLogs = cfg.TrailingLogs
-	}
-	if err := raft.ValidateConfig(rc); err != nil {
-		return fmt.Errorf("raft configuration: %w", err)
-	}
+	n.store = store
 
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hl.Named("snapshot")) // keeps them in DATA/snapshots/
+	if err != nil {
+		return fmt.Errorf("open snapshot store: %w", err)
+	}
+	n.snaps = snaps
+
+	hasState, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fmt.Errorf("inspect raft state: %w", err)
+	}
 	n.fsm = NewFSM(n.log)
 	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, n.trans)
 	if err != nil {
@@ -404,6 +392,94 @@ func (n *Node) start() error {
 		n.log.Info("bootstrapped new cluster", "cluster_id", n.clusterID)
 	}
 	n.log.Info("raft node started", "addr", cfg.RaftAddr, "tls", cfg.TLS != nil, "existing_state", hasState)
+	return nil
+}
+
+// raftConfig builds and validates raft's configuration from ours.
+func (n *Node) raftConfig(hl hclog.Logger) (*raft.Config, error) {
+	cfg := n.cfg
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hl
+	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, 500*time.Millisecond)
+	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, time.Second)
+	rc.LeaderLeaseTimeout = orDefault(cfg.LeaderLeaseTimeout, 500*time.Millisecond)
+	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
+		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	}
+	rc.CommitTimeout = orDefault(cfg.CommitTimeout, rc.CommitTimeout)
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	rc.SnapshotInterval = orDefault(cfg.SnapshotInterval, rc.SnapshotInterval)
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft configuration: %w", err)
+	}
+	return rc, nil
+}
+
+// verifyStores opens raft.db and the newest snapshot read-only and checks
+// that they can be used, without writing anything.
+func verifyStores(dir string) error {
+	dbPath := filepath.Join(dir, raftDBName)
+	if ok, err := exists(dbPath); err != nil {
+		return err
+	} else if ok {
+		db, err := bbolt.Open(dbPath, 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
+		if err != nil {
+			return fmt.Errorf("open %s: %w", raftDBName, err)
+		}
+		err = db.View(func(tx *bbolt.Tx) error {
+			for _, b := range []string{"logs", "conf"} {
+				if tx.Bucket([]byte(b)) == nil {
+					return fmt.Errorf("bucket %q is missing: not a raft log", b)
+				}
+			}
+			return nil
+		})
+		if cerr := db.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("check %s: %w", raftDBName, err)
+		}
+	}
+	if ok, err := nonEmptyDir(filepath.Join(dir, snapshotsDir)); err != nil || !ok {
+		return err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hclog.NewNullLogger())
+	if err != nil {
+		return fmt.Errorf("open snapshot store: %w", err)
+	}
+	list, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	if len(list) == 0 {
+		// Only an interrupted snapshot (a .tmp directory) may be ignored;
+		// a finished one that cannot be listed is damage.
+		ents, err := os.ReadDir(filepath.Join(dir, snapshotsDir))
+		if err != nil {
+			return fmt.Errorf("read snapshots: %w", err)
+		}
+		for _, e := range ents {
+			if e.IsDir() && !strings.HasSuffix(e.Name(), ".tmp") {
+				return fmt.Errorf("snapshot %s cannot be read", e.Name())
+			}
+		}
+		return nil
+	}
+	_, rc, err := snaps.Open(list[0].ID)
+	if err != nil {
+		return fmt.Errorf("snapshot %s is corrupt: %w", list[0].ID, err)
+	}
+	defer rc.Close()
+	if _, err := readSnapshot(rc); err != nil {
+		return fmt.Errorf("snapshot %s is corrupt: %w", list[0].ID, err)
+	}
 	return nil
 }
 

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/continuum-cdp/continuum/internal/model"
 )
@@ -44,6 +47,9 @@ func bootstrappedDir(t testing.TB) (Config, string) {
 	n := mustOpen(t, cfg)
 	waitFor(t, "leader", 10*time.Second, n.IsLeader)
 	apply(t, n, PutVCenter{VCenter: testVCenter("vc1", "one"), Create: true})
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
 	id := n.ClusterID()
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
@@ -55,6 +61,11 @@ func bootstrappedDir(t testing.TB) (Config, string) {
 // directory byte-identical and says why.
 func TestOpenRefusesForeignOrCorruptDir(t *testing.T) {
 	good, clusterID := bootstrappedDir(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
 	cases := []struct {
 		name   string
 		damage func(dir string)
@@ -65,6 +76,7 @@ func TestOpenRefusesForeignOrCorruptDir(t *testing.T) {
 		{"other cluster id", nil, func(c *Config) { c.ClusterID = "someone-else" }, "belongs to cluster"},
 		{"bootstrap into another cluster's dir", nil, func(c *Config) { c.Bootstrap, c.ClusterID = true, "fresh" }, "belongs to cluster"},
 		{"other cluster key", nil, func(c *Config) { c.ClusterKey = bytes.Repeat([]byte{7}, 32) }, "different cluster key"},
+		{"raft address in use", nil, func(c *Config) { c.RaftAddr = busy.Addr().String() }, "listen on raft address"},
 		{"corrupt node.json", func(d string) { os.WriteFile(filepath.Join(d, nodeFileName), []byte("{nope"), 0o600) }, nil, "node.json is corrupt"},
 		{"node.json of a future format", func(d string) {
 			os.WriteFile(filepath.Join(d, nodeFileName), []byte(`{"format":2,"cluster_id":"x","node_id":"n1"}`), 0o600)
@@ -73,6 +85,32 @@ func TestOpenRefusesForeignOrCorruptDir(t *testing.T) {
 			os.WriteFile(filepath.Join(d, raftDBName), bytes.Repeat([]byte("garbage!"), 4096), 0o600)
 		}, nil, "open raft.db"},
 		{"raft state without node.json", func(d string) { os.Remove(filepath.Join(d, nodeFileName)) }, nil, "without"},
+		{"corrupt snapshot", func(d string) {
+			files, _ := filepath.Glob(filepath.Join(d, snapshotsDir, "*", "state.bin"))
+			for _, f := range files {
+				b, _ := os.ReadFile(f)
+				b[len(b)/2] ^= 0xff
+				os.WriteFile(f, b, 0o600)
+			}
+			if len(files) == 0 {
+				t.Fatalf("no snapshot to damage")
+			}
+		}, nil, "snapshot"},
+		{"snapshot metadata unreadable", func(d string) {
+			files, _ := filepath.Glob(filepath.Join(d, snapshotsDir, "*", "meta.json"))
+			for _, f := range files {
+				os.WriteFile(f, []byte("{"), 0o600)
+			}
+		}, nil, "cannot be read"},
+		{"bolt file of something else", func(d string) {
+			os.Remove(filepath.Join(d, raftDBName))
+			db, err := bbolt.Open(filepath.Join(d, raftDBName), 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db.Update(func(tx *bbolt.Tx) error { _, err := tx.CreateBucket([]byte("other")); return err })
+			db.Close()
+		}, nil, "not a raft log"},
 		{"corrupt cluster key", func(d string) { os.WriteFile(filepath.Join(d, keyFileName), []byte("zz"), 0o600) }, nil, "cluster.key is corrupt"},
 		{"missing cluster key", func(d string) { os.Remove(filepath.Join(d, keyFileName)) }, nil, "cluster.key is missing"},
 		{"unreadable node.json", func(d string) {
@@ -102,6 +140,11 @@ func TestOpenRefusesForeignOrCorruptDir(t *testing.T) {
 				t.Fatalf("error %q does not say %q", err, tc.want)
 			}
 			if after := dirContents(t, dir); !reflect.DeepEqual(before, after) {
+				for p := range after {
+					if before[p] != after[p] {
+						t.Errorf("changed: %s", p)
+					}
+				}
 				t.Fatalf("refused Open changed the directory")
 			}
 		})
