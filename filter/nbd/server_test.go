@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -445,4 +446,17 @@ func (dtoCounter) value(t *testing.T, s *Server, series string) float64 {
 		}
 	}
 	return 0
+}
+
+func TestIdleNegotiationIsDropped(t *testing.T) {
+	ex, _ := fileExport(t, "d", 1<<20)
+	_, addr := startServer(t, []Option{WithHandshakeTimeout(200 * time.Millisecond)}, ex)
+	nc, r := dialRaw(t, addr) // sends its flags, then no option
+	(&testClient{nc: nc, r: r}).expectClosed(t)
+	// A client that negotiated in time is not bound by the deadline.
+	c := dialExport(t, addr, "d")
+	time.Sleep(400 * time.Millisecond)
+	if code := c.write(t, 0, []byte("late")); code != 0 {
+		t.Fatal(code)
+	}
 }
