@@ -300,7 +300,14 @@ func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) 
 	// Acknowledgements flow back while points flow forward, so a slow
 	// fsync does not stall the pipe.
 	ackDone := make(chan error, 1)
-	go func() { ackDone <- t.relayAcks(dst, src, log) }()
+	go func() {
+		err := t.relayAcks(dst, src, log)
+		// The target filter is gone: end the session so the source
+		// reconnects and resumes rather than sending into the void.
+		src.Close()
+		dst.Close()
+		ackDone <- err
+	}()
 	fwdErr := t.forward(src, dst, h.VM, resume, log)
 	// Either side failing ends both: closing the connections unblocks the
 	// other goroutine.
@@ -333,6 +340,14 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slo
 				return t.reject(log, "replayed", fmt.Errorf("point %d after %d", v.ID, last))
 			}
 			last = v.ID
+			ext, err := wire.DecodePoint(v, opts)
+			if err != nil {
+				reason := "bad_point"
+				if errors.Is(err, wire.ErrAuth) || (v.Encrypted != (t.cfg.Sealer != nil)) {
+					reason = "foreign"
+				}
+				return t.reject(log, reason, err)
+			}
 			if v.ID <= resume {
 				// Already durable at the target filter (it told us so in
 				// HelloAck): acknowledge again, apply nothing.
@@ -341,14 +356,6 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slo
 					return fmt.Errorf("ack resent point %d: %w", v.ID, err)
 				}
 				continue
-			}
-			ext, err := wire.DecodePoint(v, opts)
-			if err != nil {
-				reason := "bad_point"
-				if errors.Is(err, wire.ErrAuth) || (v.Encrypted != (t.cfg.Sealer != nil)) {
-					reason = "foreign"
-				}
-				return t.reject(log, reason, err)
 			}
 			out := &wire.Point{ID: v.ID, Time: v.Time, Kind: v.Kind, Marker: v.Marker}
 			if err := wire.EncodePoint(out, ext, wire.PointOptions{Codec: wire.CodecNone}); err != nil {
