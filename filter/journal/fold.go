@@ -284,7 +284,7 @@ func (v *VM) mergeIntoBase() error {
 	for _, l := range merge {
 		v.dropLayerFile(l)
 	}
-	v.dropSegments(m.DropThrough)
+	v.s.dropSegments()
 	if len(merge) > 0 {
 		v.s.log.Info("long-term points merged into base", "vm", v.name, "base", m.BaseID, "layers", len(merge))
 	}
@@ -333,26 +333,3 @@ func (w *offWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// dropSegments deletes segments whose every record is folded away (never
-// the active one, which appends keep using).
-func (v *VM) dropSegments(through uint64) {
-	v.segMu.Lock()
-	var keep, gone []*segment
-	for _, s := range v.segs {
-		if s != v.active && s.maxID <= through {
-			gone = append(gone, s)
-		} else {
-			keep = append(keep, s)
-		}
-	}
-	v.segs = keep
-	v.segMu.Unlock()
-	for _, s := range gone {
-		s.f.Close()
-		if err := os.Remove(s.path); err != nil {
-			v.s.log.Warn("remove journal segment", "vm", v.name, "segment", s.path, "err", err.Error())
-			continue
-		}
-		v.s.release(s.size)
-	}
-}

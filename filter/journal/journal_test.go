@@ -93,7 +93,7 @@ func TestTornTailEveryByte(t *testing.T) {
 	dir := t.TempDir()
 	s, _, snaps, last := smallVM(t, dir, Options{SegmentBytes: 64 << 10, Logger: testLogger(t)}, 5)
 	s.Close()
-	recs := recordsIn(t, vmDir(dir))
+	recs := recordsIn(t, filepath.Join(dir, "journal"))
 	lr := recs[len(recs)-1]
 	if lr.id != last {
 		t.Fatalf("last record is %d, want %d", lr.id, last)
@@ -161,7 +161,7 @@ func TestCorruptMiddleRecord(t *testing.T) {
 	dir := t.TempDir()
 	s, _, snaps, _ := smallVM(t, dir, Options{SegmentBytes: 1 << 10, Logger: testLogger(t)}, 30)
 	s.Close()
-	recs := recordsIn(t, vmDir(dir))
+	recs := recordsIn(t, filepath.Join(dir, "journal"))
 	segs := map[string]bool{}
 	for _, r := range recs {
 		segs[r.seg] = true
@@ -180,7 +180,7 @@ func TestCorruptMiddleRecord(t *testing.T) {
 		t.Fatalf("want 3 records in the newest segment, have %d", len(inLast))
 	}
 	flip := func(work string, rp recPos) {
-		seg := filepath.Join(vmDir(work), filepath.Base(rp.seg))
+		seg := filepath.Join(work, "journal", filepath.Base(rp.seg))
 		f, err := os.OpenFile(seg, os.O_RDWR, 0)
 		if err != nil {
 			t.Fatal(err)

@@ -11,14 +11,15 @@ import (
 	"strings"
 )
 
-// segment is one preallocated journal file of a VM.
+// segment is one preallocated journal file. Segments are shared by every
+// VM of the store so that one fsync commits the points of all of them.
 type segment struct {
-	seq   uint64
-	path  string
-	f     *os.File
-	size  int64  // preallocated size
-	tail  int64  // where the next record goes
-	maxID uint64 // highest record ID in it (0: none)
+	seq    uint64
+	path   string
+	f      *os.File
+	size   int64             // preallocated size
+	tail   int64             // where the next record goes
+	maxIDs map[string]uint64 // per VM, the highest record ID in it
 }
 
 func segName(seq uint64) string { return fmt.Sprintf("seg-%016x.log", seq) }
@@ -31,20 +32,20 @@ func parseSegName(n string) (uint64, bool) {
 	return v, err == nil
 }
 
-// writeRecord puts an encoded record at the tail of the VM's active
-// segment, rotating to a new segment when it does not fit. Only the
-// committer calls it. On failure the partial bytes are zeroed so nothing
-// half-written can be read back as a record.
-func (v *VM) writeRecord(rec []byte) (*segment, int64, error) {
+// writeRecord puts an encoded record at the tail of the active segment,
+// rotating to a new segment when it does not fit. Only the committer calls
+// it. On failure the partial bytes are zeroed so nothing half-written can
+// be read back as a record.
+func (s *Store) writeRecord(rec []byte) (*segment, int64, error) {
 	n := int64(len(rec))
-	v.segMu.Lock()
-	seg := v.active
-	v.segMu.Unlock()
+	s.segMu.Lock()
+	seg := s.active
+	s.segMu.Unlock()
 	// Keep room for a zero length prefix after the record: the clean end.
 	if seg == nil || seg.tail+n+4 > seg.size {
 		var err error
-		if seg, err = v.rotate(n + 4); err != nil {
-			return nil, 0, fmt.Errorf("append to journal of %s: %w", v.name, err)
+		if seg, err = s.rotate(n + 4); err != nil {
+			return nil, 0, fmt.Errorf("append to journal: %w", err)
 		}
 	}
 	off := seg.tail
@@ -52,7 +53,7 @@ func (v *VM) writeRecord(rec []byte) (*segment, int64, error) {
 		if w > 0 {
 			_ = writeZeroes(seg.f, off, int64(w))
 		}
-		return nil, 0, fmt.Errorf("append to journal of %s: write %s: %w", v.name, seg.path, err)
+		return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
 	}
 	seg.tail += n
 	return seg, off, nil
@@ -61,57 +62,57 @@ func (v *VM) writeRecord(rec []byte) (*segment, int64, error) {
 // rotate closes the active segment for appends and starts a new one of at
 // least need bytes. The old segment is fsynced first so that a torn record
 // can only ever be in the newest segment.
-func (v *VM) rotate(need int64) (*segment, error) {
-	size := v.s.opts.SegmentBytes
+func (s *Store) rotate(need int64) (*segment, error) {
+	size := s.opts.SegmentBytes
 	if need > size {
 		size = need
 	}
-	if err := v.s.reserve(size); err != nil {
+	if err := s.reserve(size); err != nil {
 		return nil, err
 	}
-	v.segMu.Lock()
-	old := v.active
-	seq := v.nextSeq
-	v.segMu.Unlock()
+	s.segMu.Lock()
+	old := s.active
+	seq := s.nextSeq
+	s.segMu.Unlock()
 	if old != nil {
-		if err := v.s.syncSeg(old); err != nil {
-			v.s.release(size)
+		if err := s.syncSeg(old); err != nil {
+			s.release(size)
 			return nil, fmt.Errorf("fsync segment %s: %w", old.path, err)
 		}
 	}
-	path := filepath.Join(v.dir, segName(seq))
+	path := filepath.Join(s.segDir, segName(seq))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		v.s.release(size)
+		s.release(size)
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
 	fail := func(err error) (*segment, error) {
 		f.Close()
 		os.Remove(path)
-		v.s.release(size)
+		s.release(size)
 		return nil, err
 	}
 	if err := preallocate(f, size); err != nil {
 		return fail(fmt.Errorf("preallocate segment %s: %w", path, err))
 	}
-	if err := v.s.syncFile(f); err != nil {
+	if err := s.syncFile(f); err != nil {
 		return fail(fmt.Errorf("fsync segment %s: %w", path, err))
 	}
-	if err := v.s.syncDir(v.dir); err != nil {
-		return fail(fmt.Errorf("fsync %s: %w", v.dir, err))
+	if err := s.syncDir(s.segDir); err != nil {
+		return fail(fmt.Errorf("fsync %s: %w", s.segDir, err))
 	}
-	seg := &segment{seq: seq, path: path, f: f, size: size}
-	v.segMu.Lock()
-	v.segs = append(v.segs, seg)
-	v.active = seg
-	v.nextSeq = seq + 1
-	v.segMu.Unlock()
+	seg := &segment{seq: seq, path: path, f: f, size: size, maxIDs: map[string]uint64{}}
+	s.segMu.Lock()
+	s.segs = append(s.segs, seg)
+	s.active = seg
+	s.nextSeq = seq + 1
+	s.segMu.Unlock()
 	return seg, nil
 }
 
-// listSegments opens the VM's segments in order.
-func (v *VM) listSegments() ([]*segment, error) {
-	ents, err := os.ReadDir(v.dir)
+// listSegments opens the store's segments in order.
+func (s *Store) listSegments() ([]*segment, error) {
+	ents, err := os.ReadDir(s.segDir)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +122,7 @@ func (v *VM) listSegments() ([]*segment, error) {
 		if !ok {
 			continue
 		}
-		path := filepath.Join(v.dir, e.Name())
+		path := filepath.Join(s.segDir, e.Name())
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			closeSegs(segs)
@@ -133,10 +134,78 @@ func (v *VM) listSegments() ([]*segment, error) {
 			closeSegs(segs)
 			return nil, err
 		}
-		segs = append(segs, &segment{seq: seq, path: path, f: f, size: st.Size()})
+		segs = append(segs, &segment{seq: seq, path: path, f: f, size: st.Size(), maxIDs: map[string]uint64{}})
 	}
 	sort.Slice(segs, func(i, j int) bool { return segs[i].seq < segs[j].seq })
 	return segs, nil
+}
+
+// loadSegments scans every segment in order and hands each record to its
+// VM, rebuilding their indexes.
+func (s *Store) loadSegments() error {
+	segs, err := s.listSegments()
+	if err != nil {
+		return fmt.Errorf("list segments: %w", err)
+	}
+	s.segs = segs
+	for i, seg := range segs {
+		s.used.Add(seg.size)
+		err := s.scanSegment(seg, i == len(segs)-1, func(h recHeader, off int64) error {
+			v := s.vms[h.vm]
+			if v == nil {
+				// Its directory is gone: the VM was removed.
+				return nil
+			}
+			seg.maxIDs[h.vm] = max(seg.maxIDs[h.vm], h.id)
+			return v.replay(seg, h, off)
+		})
+		if err != nil {
+			return err
+		}
+		s.nextSeq = seg.seq + 1
+	}
+	if n := len(segs); n > 0 {
+		s.active = segs[n-1]
+	}
+	return nil
+}
+
+// dropSegments deletes segments no VM needs any more (never the active
+// one, which appends keep using).
+func (s *Store) dropSegments() {
+	s.mu.Lock()
+	drop := map[string]uint64{}
+	for name, v := range s.vms {
+		v.mu.RLock()
+		drop[name] = v.m.DropThrough
+		v.mu.RUnlock()
+	}
+	s.mu.Unlock()
+	s.segMu.Lock()
+	var keep, gone []*segment
+	for _, seg := range s.segs {
+		dead := seg != s.active
+		for vm, id := range seg.maxIDs {
+			if t, ok := drop[vm]; ok && id > t {
+				dead = false
+			}
+		}
+		if dead {
+			gone = append(gone, seg)
+		} else {
+			keep = append(keep, seg)
+		}
+	}
+	s.segs = keep
+	s.segMu.Unlock()
+	for _, seg := range gone {
+		seg.f.Close()
+		if err := os.Remove(seg.path); err != nil {
+			s.log.Warn("remove journal segment", "segment", seg.path, "err", err.Error())
+			continue
+		}
+		s.release(seg.size)
+	}
 }
 
 func closeSegs(segs []*segment) {
@@ -148,7 +217,7 @@ func closeSegs(segs []*segment) {
 // scanSegment reads every record of seg, calling fn for each. A record that
 // does not check out ends the segment: in the newest segment that is a torn
 // tail and is cut (zeroed) and logged; in an older one it is corruption.
-func (v *VM) scanSegment(seg *segment, last bool, fn func(h recHeader, off int64) error) error {
+func (s *Store) scanSegment(seg *segment, last bool, fn func(h recHeader, off int64) error) error {
 	r := &recordReader{r: seg.f, size: seg.size}
 	for {
 		h, off, err := r.next()
@@ -163,11 +232,11 @@ func (v *VM) scanSegment(seg *segment, last bool, fn func(h recHeader, off int64
 			if !last {
 				return fmt.Errorf("%w: segment %s (not the newest): %v", ErrCorrupt, seg.path, err)
 			}
-			v.s.log.Warn("cutting torn journal tail", "vm", v.name, "segment", seg.path, "offset", off, "reason", err.Error())
+			s.log.Warn("cutting torn journal tail", "segment", seg.path, "offset", off, "reason", err.Error())
 			if err := cutTail(seg, off); err != nil {
 				return fmt.Errorf("cut torn tail of %s at %d: %w", seg.path, off, err)
 			}
-			if err := v.s.syncFile(seg.f); err != nil {
+			if err := s.syncFile(seg.f); err != nil {
 				return fmt.Errorf("fsync %s: %w", seg.path, err)
 			}
 			seg.tail = off

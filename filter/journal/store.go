@@ -35,6 +35,12 @@ type Store struct {
 	max    atomic.Int64
 
 	bufs sync.Pool // *[]byte record buffers
+
+	segDir  string
+	segMu   sync.Mutex
+	segs    []*segment
+	active  *segment
+	nextSeq uint64
 }
 
 type appendReq struct {
@@ -69,6 +75,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		reqs: make(chan *appendReq, 256),
 		quit: make(chan struct{}),
 		done: make(chan struct{}),
+
+		segDir:  filepath.Join(dir, "journal"),
+		nextSeq: 1,
+	}
+	if err := os.MkdirAll(s.segDir, 0o755); err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	s.max.Store(opts.MaxBytes)
 	ents, err := os.ReadDir(dir)
@@ -89,6 +101,10 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open journal %s: %w", dir, err)
 		}
 		s.vms[v.name] = v
+	}
+	if err := s.loadSegments(); err != nil {
+		s.closeVMs()
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	go s.committer()
 	return s, nil
@@ -128,6 +144,7 @@ func (s *Store) Close() error {
 func (s *Store) closeVMs() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	closeSegs(s.segs)
 	var first error
 	for _, v := range s.vms {
 		if err := v.close(); err != nil && first == nil {
@@ -245,7 +262,7 @@ func (s *Store) commit(batch []*appendReq) {
 	errs := make([]error, len(batch))
 	var touched []*segment
 	for i, r := range batch {
-		seg, off, err := r.vm.writeRecord(r.rec)
+		seg, off, err := s.writeRecord(r.rec)
 		if err != nil {
 			errs[i] = err
 			continue

@@ -32,11 +32,6 @@ type VM struct {
 	idx     map[int32]*diskIndex
 	layers  []*layer // ascending ID
 	scanID  uint64   // last record ID seen while scanning at open
-
-	segMu   sync.Mutex
-	segs    []*segment
-	active  *segment
-	nextSeq uint64
 }
 
 func vmDirName(vm string) string { return "vm-" + url.PathEscape(vm) }
@@ -67,7 +62,7 @@ func (s *Store) OpenVM(vm string, disks []DiskSpec) (*VM, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open vm %q: %w", vm, err)
 	}
-	v := &VM{s: s, name: vm, dir: dir, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}, nextSeq: 1}
+	v := &VM{s: s, name: vm, dir: dir, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}}
 	v.m = manifest{VM: vm, Disks: append([]DiskSpec(nil), disks...)}
 	for _, d := range disks {
 		if err := v.openBase(d, true); err != nil {
@@ -154,7 +149,7 @@ func loadVM(s *Store, dir string) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &VM{s: s, name: m.VM, dir: dir, m: *m, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}, nextSeq: 1}
+	v := &VM{s: s, name: m.VM, dir: dir, m: *m, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}}
 	fail := func(err error) (*VM, error) {
 		v.close()
 		return nil, fmt.Errorf("reopen vm %q: %w", m.VM, err)
@@ -173,34 +168,12 @@ func loadVM(s *Store, dir string) (*VM, error) {
 		s.used.Add(l.size)
 	}
 	v.lastID = m.LastID
-	segs, err := v.listSegments()
-	if err != nil {
-		return fail(err)
-	}
-	v.segs = segs
-	for i, seg := range segs {
-		s.used.Add(seg.size)
-		err := v.scanSegment(seg, i == len(segs)-1, func(h recHeader, off int64) error {
-			return v.replay(seg, h, off)
-		})
-		if err != nil {
-			return fail(err)
-		}
-		v.nextSeq = seg.seq + 1
-	}
-	if n := len(segs); n > 0 {
-		v.active = segs[n-1]
-	}
 	v.removeStrays()
 	return v, nil
 }
 
 // replay applies one scanned record to the in-memory state.
 func (v *VM) replay(seg *segment, h recHeader, off int64) error {
-	if h.vm != v.name {
-		return fmt.Errorf("%w: segment %s holds a record of vm %q", ErrCorrupt, seg.path, h.vm)
-	}
-	seg.maxID = max(seg.maxID, h.id)
 	if h.id <= v.m.DropThrough {
 		return nil // folded away already
 	}
@@ -293,7 +266,6 @@ func (v *VM) close() error {
 	for _, l := range v.layers {
 		l.f.Close()
 	}
-	closeSegs(v.segs)
 	return first
 }
 
@@ -419,9 +391,9 @@ func (v *VM) Append(ctx context.Context, p *Point) error {
 	if err != nil {
 		return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)
 	}
-	v.segMu.Lock()
-	req.seg.maxID = max(req.seg.maxID, p.ID)
-	v.segMu.Unlock()
+	v.s.segMu.Lock()
+	req.seg.maxIDs[v.name] = max(req.seg.maxIDs[v.name], p.ID)
+	v.s.segMu.Unlock()
 
 	v.mu.Lock()
 	v.lastID = p.ID
