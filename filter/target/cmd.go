@@ -1,0 +1,173 @@
+package target
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// EnvFilterAPI stands in for --filter-api.
+const EnvFilterAPI = "CONTINUUM_FILTER_API"
+
+type rpOpts struct {
+	api, output string
+}
+
+func (o *rpOpts) client() (*Client, error) {
+	if o.output != "table" && o.output != "json" {
+		return nil, fmt.Errorf("-o: want table or json, got %q", o.output)
+	}
+	api := o.api
+	if api == "" {
+		api = os.Getenv(EnvFilterAPI)
+	}
+	if api == "" {
+		return nil, errors.New("no target filter API given: use --filter-api http://HOST:PORT or set " + EnvFilterAPI)
+	}
+	return NewClient(api, nil)
+}
+
+func (o *rpOpts) print(w io.Writer, v any, table func(tw *tabwriter.Writer)) error {
+	if o.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+// NewRestorePointCommand is `restore-point`: list, export and serve the
+// restore points of a VM by talking to the target filter's admin API.
+func NewRestorePointCommand() *cobra.Command {
+	o := &rpOpts{}
+	root := &cobra.Command{
+		Use:   "restore-point",
+		Short: "List, export and serve restore points of a replicated VM",
+		Args:  cobra.NoArgs,
+	}
+	root.PersistentFlags().StringVar(&o.api, "filter-api", "", "target filter admin API URL (env "+EnvFilterAPI+")")
+	root.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+
+	list := &cobra.Command{
+		Use:   "list VM",
+		Short: "List a VM's restore points, oldest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			return runList(cmd.Context(), c, o, cmd.OutOrStdout(), args[0])
+		},
+	}
+
+	var disk int32
+	var point uint64
+	var out string
+	export := &cobra.Command{
+		Use:   "export VM --disk KEY --point ID --out FILE",
+		Short: "Write a disk of a VM at a restore point as a raw (sparse) image",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("disk") || !cmd.Flags().Changed("point") || out == "" {
+				return errors.New("--disk, --point and --out are required")
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			return runExport(cmd.Context(), c, o, cmd.OutOrStdout(), args[0], disk, point, out)
+		},
+	}
+	export.Flags().Int32Var(&disk, "disk", 0, "disk key")
+	export.Flags().Uint64Var(&point, "point", 0, "restore point ID")
+	export.Flags().StringVar(&out, "out", "", "output file")
+
+	var servePoint uint64
+	serve := &cobra.Command{
+		Use:   "serve VM --point ID",
+		Short: "Serve every disk of a VM at a restore point read-only over NBD",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("point") {
+				return errors.New("--point is required")
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), c, o, cmd.OutOrStdout(), args[0], servePoint)
+		},
+	}
+	serve.Flags().Uint64Var(&servePoint, "point", 0, "restore point ID")
+
+	root.AddCommand(list, export, serve)
+	return root
+}
+
+func ctxOr(ctx context.Context) context.Context {
+	if ctx == nil {
+		return context.Background()
+	}
+	return ctx
+}
+
+func runList(ctx context.Context, c *Client, o *rpOpts, w io.Writer, vm string) error {
+	pts, err := c.Points(ctxOr(ctx), vm)
+	if err != nil {
+		return fmt.Errorf("list restore points of %s: %w", vm, err)
+	}
+	return o.print(w, pts, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "ID\tTIME\tKIND")
+		for _, p := range pts {
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", p.ID, p.Time.UTC().Format(time.RFC3339Nano), p.Kind)
+		}
+	})
+}
+
+// ExportResultCLI is what `restore-point export -o json` prints.
+type ExportResultCLI struct {
+	VM    string `json:"vm"`
+	Disk  int32  `json:"disk"`
+	Point uint64 `json:"point"`
+	Path  string `json:"path"`
+	Bytes int64  `json:"bytes"`
+}
+
+func runExport(ctx context.Context, c *Client, o *rpOpts, w io.Writer, vm string, disk int32, point uint64, out string) error {
+	abs, err := filepath.Abs(out)
+	if err != nil {
+		return fmt.Errorf("--out %s: %w", out, err)
+	}
+	n, err := c.Export(ctxOr(ctx), vm, disk, point, abs)
+	if err != nil {
+		return err
+	}
+	res := ExportResultCLI{VM: vm, Disk: disk, Point: point, Path: abs, Bytes: n}
+	return o.print(w, res, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "exported %s disk %d at point %d to %s (%d bytes)\n", vm, disk, point, abs, n)
+	})
+}
+
+func runServe(ctx context.Context, c *Client, o *rpOpts, w io.Writer, vm string, point uint64) error {
+	res, err := c.Serve(ctxOr(ctx), vm, point)
+	if err != nil {
+		return fmt.Errorf("serve %s at point %d: %w", vm, point, err)
+	}
+	return o.print(w, res, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "DISK\tURI")
+		for _, e := range res.Exports {
+			fmt.Fprintf(tw, "%d\t%s\n", e.Disk, e.URI)
+		}
+	})
+}
