@@ -303,6 +303,11 @@ func TestSnapshotThroughRaft(t *testing.T) {
 		t.Fatalf("snapshot: %v", err)
 	}
 	apply(t, n, SetPolicyEnabled{ID: "pa", Enabled: false})
+	// An entry of a type from a newer release, flagged ignorable, is
+	// committed and skipped; it must not stop the node now or on replay.
+	if err := n.raft.Apply(append([]byte{0x70 | byte(IgnoreUnknownFlag)}, `{"future":true}`...), 5*time.Second).Error(); err != nil {
+		t.Fatalf("apply flagged unknown entry: %v", err)
+	}
 	apply(t, n, DeletePolicy{ID: "pb"})
 	want := nodeState(t, n)
 	applied := n.AppliedIndex()
