@@ -340,7 +340,9 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slo
 				return t.reject(log, "replayed", fmt.Errorf("point %d after %d", v.ID, last))
 			}
 			last = v.ID
-			ext, err := wire.DecodePoint(v, opts)
+			// Verified, decrypted and decompressed; the plain form shares
+			// the decoded bytes, so nothing is serialised twice.
+			out, _, err := wire.OpenPoint(v, opts)
 			if err != nil {
 				reason := "bad_point"
 				if errors.Is(err, wire.ErrAuth) || (v.Encrypted != (t.cfg.Sealer != nil)) {
@@ -356,10 +358,6 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slo
 					return fmt.Errorf("ack resent point %d: %w", v.ID, err)
 				}
 				continue
-			}
-			out := &wire.Point{ID: v.ID, Time: v.Time, Kind: v.Kind, Marker: v.Marker}
-			if err := wire.EncodePoint(out, ext, wire.PointOptions{Codec: wire.CodecNone}); err != nil {
-				return fmt.Errorf("re-encode point %d: %w", v.ID, err)
 			}
 			if err := dst.Send(out); err != nil {
 				return fmt.Errorf("forward point %d to target filter: %w", v.ID, err)

@@ -167,8 +167,30 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 }
 
 // DecodePoint verifies, decrypts and decompresses a point payload and
-// parses its extents. Extent data aliases one freshly allocated buffer.
+// parses its extents. Extent data aliases one freshly allocated buffer
+// (or, for an unsealed CodecNone point, p.Payload).
 func DecodePoint(p *Point, opts PointOptions) ([]Extent, error) {
+	_, ext, err := OpenPoint(p, opts)
+	return ext, err
+}
+
+// OpenPoint is DecodePoint that also returns the point in plain form
+// (CodecNone, not encrypted), sharing its payload with the extents, so a
+// relay can forward it without serialising the extents again.
+func OpenPoint(p *Point, opts PointOptions) (*Point, []Extent, error) {
+	raw, err := openRaw(p, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	ext, err := parseExtents(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: point %d: %w", ErrBadPoint, p.ID, err)
+	}
+	plain := &Point{ID: p.ID, Time: p.Time, Kind: p.Kind, Marker: p.Marker, Codec: CodecNone, RawLen: p.RawLen, Payload: raw}
+	return plain, ext, nil
+}
+
+func openRaw(p *Point, opts PointOptions) ([]byte, error) {
 	maxRaw := opts.MaxRawLen
 	if maxRaw <= 0 {
 		maxRaw = DefaultMaxRawLen
@@ -188,26 +210,20 @@ func DecodePoint(p *Point, opts PointOptions) ([]Extent, error) {
 	} else if opts.Sealer != nil {
 		return nil, fmt.Errorf("%w: point %d is not encrypted but encryption is required", ErrBadPoint, p.ID)
 	}
-	var raw []byte
 	switch p.Codec {
 	case CodecNone:
 		if len(body) != int(p.RawLen) {
 			return nil, fmt.Errorf("%w: point %d: %d bytes, raw length %d", ErrBadPoint, p.ID, len(body), p.RawLen)
 		}
-		raw = body
+		return body, nil
 	case CodecS2, CodecZstd:
-		var err error
-		if raw, err = decompressChunks(p.Codec, body, int(p.RawLen)); err != nil {
+		raw, err := decompressChunks(p.Codec, body, int(p.RawLen))
+		if err != nil {
 			return nil, fmt.Errorf("%w: point %d: %w", ErrBadPoint, p.ID, err)
 		}
-	default:
-		return nil, fmt.Errorf("%w: point %d: unknown codec %d", ErrBadPoint, p.ID, p.Codec)
+		return raw, nil
 	}
-	ext, err := parseExtents(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%w: point %d: %w", ErrBadPoint, p.ID, err)
-	}
-	return ext, nil
+	return nil, fmt.Errorf("%w: point %d: unknown codec %d", ErrBadPoint, p.ID, p.Codec)
 }
 
 func parseExtents(raw []byte) ([]Extent, error) {

@@ -149,3 +149,28 @@ func TestPointRejectsMalformed(t *testing.T) {
 		t.Error("accepted a 16-byte key")
 	}
 }
+
+func TestOpenPointGivesPlainForm(t *testing.T) {
+	ext := sampleExtents(rand.New(rand.NewPCG(3, 3)))
+	s, _ := NewSealer(testKey(9))
+	p := &Point{ID: 8, Time: 99, Kind: PointResync, Marker: MarkerResyncStart}
+	if err := EncodePoint(p, ext, PointOptions{Codec: CodecZstd, Sealer: s, VM: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	plain, got, err := OpenPoint(p, PointOptions{Sealer: s, VM: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.Codec != CodecNone || plain.Encrypted || plain.ID != 8 || plain.Time != 99 || plain.Kind != PointResync || plain.Marker != MarkerResyncStart {
+		t.Fatalf("plain header %+v", plain)
+	}
+	again, err := DecodePoint(plain, PointOptions{})
+	if err != nil || len(again) != len(got) {
+		t.Fatalf("plain form does not decode: %v", err)
+	}
+	for i := range got {
+		if !bytes.Equal(again[i].Data, ext[i].Data) || again[i].Len != ext[i].Len {
+			t.Fatalf("extent %d differs", i)
+		}
+	}
+}
