@@ -126,6 +126,21 @@ func TestMinorityCannotCommit(t *testing.T) {
 	if !errors.Is(err, model.ErrNoLeader) {
 		t.Fatalf("consistent read without quorum: got %v, want ErrNoLeader", err)
 	}
+
+	// One node back gives a quorum again: writes succeed and the two agree.
+	var back *testNode
+	for i, n := range nodes {
+		if i != li {
+			back = n
+			break
+		}
+	}
+	back.node = mustOpen(t, back.cfg)
+	ni := waitLeader(t, nodes)
+	apply(t, nodes[ni].node, PutVCenter{VCenter: testVCenter("vc3", "vc-three"), Create: true})
+	waitFor(t, "healed nodes agreeing", 10*time.Second, func() bool {
+		return bytes.Equal(nodeState(t, leader), nodeState(t, back.node))
+	})
 }
 
 // TestTLSTransferAndRemove runs a cluster over mutual TLS with certificates
