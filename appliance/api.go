@@ -267,7 +267,9 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 	sum := []byte(hashToken(secret))
 	now := time.Now()
 	var match model.TokenRole
+	var known int
 	s.store.Read(func(st *model.State) {
+		known = len(st.Tokens)
 		for _, t := range st.Tokens {
 			if !t.ExpiresAt.IsZero() && now.After(t.ExpiresAt) {
 				continue
@@ -286,6 +288,10 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 		return nil
 	case match != "":
 		return errForbidden(fmt.Sprintf("a %s token may not call this", match))
+	case known == 0:
+		// A cluster always holds its admin token; none means this node
+		// has not replayed or received the state yet.
+		return errUnavailable("this node is still catching up with the cluster state; retry")
 	}
 	return errUnauthorized("invalid token")
 }

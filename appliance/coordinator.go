@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -387,6 +388,7 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 	go func() { c.runner.Run(runCtx); close(runnerDone) }()
 	defer func() { stopRunner(); <-runnerDone }()
 
+	c.catchUp(ctx, 15*time.Second)
 	if o.Bootstrap {
 		if err := c.initTokens(ctx); err != nil {
 			c.shutdown()
@@ -416,6 +418,24 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 			return nil
 		}
 		return fmt.Errorf("serve API on %s: %w", o.APIAddr, err)
+	}
+}
+
+// catchUp waits (bounded) until the entries in the local log are applied,
+// so a restarted node answers from the state it had rather than an empty
+// one.
+func (c *Coordinator) catchUp(ctx context.Context, d time.Duration) {
+	last, _ := strconv.ParseUint(c.node.Stats()["last_log_index"], 10, 64)
+	deadline := time.Now().Add(d)
+	for c.node.AppliedIndex() < last && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if applied := c.node.AppliedIndex(); applied < last {
+		c.log.Warn("serving before the local log is applied", "applied", applied, "last", last)
 	}
 }
 
