@@ -25,7 +25,7 @@ import (
 var targetTestDisks = []wire.Disk{{Key: 2000, Capacity: 192 << 10}, {Key: 2001, Capacity: 64 << 10}}
 
 // targetTLS is a mutual TLS pair from a throwaway CA.
-func targetTLS(t *testing.T) *tls.Config {
+func targetTLS(t testing.TB) *tls.Config {
 	t.Helper()
 	ca, err := pki.NewCA("test-ca")
 	if err != nil {
@@ -41,7 +41,7 @@ func targetTLS(t *testing.T) *tls.Config {
 // targetRig is the real target side: target proxy and target filter, with
 // a test playing the source proxy.
 type targetRig struct {
-	t       *testing.T
+	t       testing.TB
 	tlsConf *tls.Config
 	dir     string
 	filter  atomic.Pointer[target.Service]
@@ -50,11 +50,12 @@ type targetRig struct {
 	addr    string
 	reg     *prometheus.Registry
 	sealer  *wire.Sealer
+	disks   []wire.Disk
 }
 
-func newTargetRig(t *testing.T, sealer *wire.Sealer, jopts journal.Options) *targetRig {
+func newTargetRig(t testing.TB, sealer *wire.Sealer, jopts journal.Options) *targetRig {
 	t.Helper()
-	r := &targetRig{t: t, tlsConf: targetTLS(t), dir: t.TempDir(), sealer: sealer, reg: prometheus.NewRegistry()}
+	r := &targetRig{t: t, tlsConf: targetTLS(t), dir: t.TempDir(), sealer: sealer, reg: prometheus.NewRegistry(), disks: targetTestDisks}
 	r.startFilter(jopts)
 	var err error
 	r.proxy, err = NewTarget(TargetConfig{
@@ -117,7 +118,7 @@ func (r *targetRig) vm(name string) *journal.VM {
 
 // src is the test's source proxy session.
 type src struct {
-	t  *testing.T
+	t  testing.TB
 	c  *wire.Conn
 	vm string
 	s  *wire.Sealer
@@ -132,7 +133,7 @@ func (r *targetRig) dial(vm string, sealer *wire.Sealer) (*src, *wire.HelloAck) 
 	}
 	c := wire.NewConn(nc)
 	r.t.Cleanup(func() { c.Close() })
-	if err := c.Send(&wire.Hello{Role: wire.RoleSourceProxy, NodeID: "sp", VM: vm, Disks: targetTestDisks}); err != nil {
+	if err := c.Send(&wire.Hello{Role: wire.RoleSourceProxy, NodeID: "sp", VM: vm, Disks: r.disks}); err != nil {
 		r.t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
