@@ -332,4 +332,3 @@ func (w *offWriter) Write(p []byte) (int, error) {
 	w.off += int64(n)
 	return n, err
 }
-
