@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
@@ -143,7 +144,7 @@ func (s *Server) initMetrics() {
 	s.reg = s.cfg.Registry
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
-		s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "continuum_http_requests_total", Help: "API requests by route and status code.",

@@ -155,7 +155,9 @@ func retryable(err error) bool {
 	if errors.As(err, &ae) {
 		return ae.Status == http.StatusServiceUnavailable || ae.Status == http.StatusBadGateway
 	}
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+	// A node that died mid-request resets or closes the connection.
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
 	}
 	var ne net.Error
