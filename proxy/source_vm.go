@@ -112,20 +112,31 @@ func (v *sourceVM) marker(m *wire.Marker) error {
 		p.mu.Unlock()
 		return nil
 	}
+	p.mu.Unlock()
+	// the marker's sequence and its cut are one step: an RPO cut in between
+	// would take the marker's ID and the flag would be lost
+	v.cutMu.Lock()
+	defer v.cutMu.Unlock()
+	p.mu.Lock()
 	v.received = m.Seq
 	if m.Kind == wire.MarkerInitialSyncDone {
 		v.initMarkerSeen = true
 	}
 	p.mu.Unlock()
-	return v.cut(m.Kind)
+	return v.cutLocked(m.Kind)
 }
 
 // cut closes the open interval as a point whose ID is the last sequence
 // received: a consistent prefix of the VM's write order.
 func (v *sourceVM) cut(marker uint8) error {
-	p := v.p
 	v.cutMu.Lock()
 	defer v.cutMu.Unlock()
+	return v.cutLocked(marker)
+}
+
+// cutLocked is cut with cutMu held.
+func (v *sourceVM) cutLocked(marker uint8) error {
+	p := v.p
 	p.mu.Lock()
 	id := v.received
 	if id <= v.lastCut || (marker == wire.MarkerNone && len(v.maps) == 0) {

@@ -34,6 +34,7 @@ type sinkVM struct {
 	initDone bool
 	disks    map[int32][]byte
 	checked  int
+	lastKind uint8
 }
 
 // modelSink plays the target proxy: it applies points to in-memory
@@ -142,6 +143,7 @@ func (s *modelSink) session(nc net.Conn) {
 				applyExtent(v.disks[e.Disk], e.Off, e.Len, e.Op, e.Data)
 			}
 			v.last = p.ID
+			v.lastKind = p.Kind
 			if p.Marker == wire.MarkerInitialSyncDone {
 				v.initDone = true
 			}
@@ -367,6 +369,9 @@ func runModel(t *testing.T, encrypt bool, seed int64) {
 			t.Fatalf("vm %s: no listed point was checked", vm.Name)
 		}
 		t.Logf("vm %s: %d listed points checked, last %d", vm.Name, v.checked, v.last)
+		if v.lastKind != wire.PointShortTerm {
+			t.Fatalf("vm %s: the last point %d is of kind %d, not listed", vm.Name, v.last, v.lastKind)
+		}
 		for _, dc := range vm.Disks {
 			d, _ := svc.Disk(vm.Name, dc.Key)
 			want, err := os.ReadFile(d.Path())

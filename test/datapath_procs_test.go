@@ -161,8 +161,8 @@ func (p *proc) restart() {
 
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
+	if n := 4000; len(b) > n && os.Getenv("DATAPATH_FULL_LOGS") == "" {
+		b = b[len(b)-n:]
 	}
 	return string(b)
 }
@@ -240,7 +240,7 @@ func startDatapath(t *testing.T, o dpOptions) *datapath {
 		"--listen", tpData, "--admin-addr", d.tpAdmin, "--target-filter", tfData}, tlsArgs...), encArgs...)...)
 	d.sproxy = startProc(t, dir, "source-proxy", d.spAdmin, append(append([]string{"proxy", "--role", "source",
 		"--listen", spData, "--admin-addr", d.spAdmin, "--target", tpData, "--rpo", "300ms",
-		"--spill-dir", filepath.Join(dir, "spill")}, tlsArgs...), encArgs...)...)
+		"--spill-dir", filepath.Join(dir, "spill"), "--log-level", "debug"}, tlsArgs...), encArgs...)...)
 	cfg := map[string]any{
 		"role": "source", "datastore": filepath.Join(dir, "source"), "proxy": spData,
 		"admin_addr": d.sfAdmin, "nbd_addr": d.nbdAddr, "grace": o.grace.String(), "buffer_bytes": 64 << 20,
@@ -255,6 +255,13 @@ func startDatapath(t *testing.T, o dpOptions) *datapath {
 		t.Fatal(err)
 	}
 	d.sfilter = startProc(t, dir, "source-filter", d.sfAdmin, append([]string{"filter", "--config", cfgPath}, tlsArgs...)...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range []*proc{d.sfilter, d.sproxy, d.tproxy, d.tfilter} {
+				t.Logf("%s log:\n%s", p.name, tail(p.log))
+			}
+		}
+	})
 	d.waitQuiet(90 * time.Second)
 	return d
 }
@@ -354,7 +361,14 @@ func (d *datapath) checkLatest() {
 		last := pts[len(pts)-1].ID
 		for _, k := range disks {
 			img := d.export(vm, k, last)
-			run(d.t, "qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", img, d.sourcePath(vm, k))
+			out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", img, d.sourcePath(vm, k)).CombinedOutput()
+			if err != nil {
+				var sp, vms any
+				getJSON(d.t, "http://"+d.spAdmin+"/v1/status", &sp)
+				getJSON(d.t, "http://"+d.tfAdmin+"/v1/vms", &vms)
+				d.t.Fatalf("%s disk %d: latest point %d differs from the source: %v\n%s\npoints %+v\nsource filter %+v\nsource proxy %+v\ntarget %+v",
+					vm, k, last, err, out, pts, d.status(), sp, vms)
+			}
 			os.Remove(img)
 		}
 	}
