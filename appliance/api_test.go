@@ -367,8 +367,9 @@ func TestCRUDEveryResource(t *testing.T) {
 		t.Fatalf("deleting a proxy a policy uses: %v", err)
 	}
 	created.RPO = model.Duration(30 * time.Second)
+	created.Enabled = false
 	upd, err := e.cl.UpdatePolicy(ctx, "p1", created)
-	if err != nil || upd.Generation != 2 || upd.RPO.D() != 30*time.Second {
+	if err != nil || upd.Generation != 2 || upd.RPO.D() != 30*time.Second || !upd.Enabled {
 		t.Fatalf("update policy: %+v %v", upd, err)
 	}
 	if _, err := e.cl.UpdatePolicy(ctx, "p1", created); !errors.Is(err, model.ErrPrecond) {

@@ -52,7 +52,7 @@ func (s *Server) routeTable() []route {
 		{Method: "GET", Path: v1 + "/policies", Summary: "List policies", Response: "Policy[]", Auth: authAdmin, Place: leaderRead, h: s.listPolicies},
 		{Method: "POST", Path: v1 + "/policies", Summary: "Create a policy", Request: "Policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.createPolicy},
 		{Method: "GET", Path: v1 + "/policies/{id}", Summary: "Get a policy by ID or name", Response: "Policy", Auth: authAdmin, Place: leaderRead, h: s.getPolicy},
-		{Method: "PUT", Path: v1 + "/policies/{id}", Summary: "Replace a policy's spec (generation must match)", Request: "Policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.updatePolicy},
+		{Method: "PUT", Path: v1 + "/policies/{id}", Summary: "Replace a policy's spec (generation must match; enabled is kept, see enable/disable)", Request: "Policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.updatePolicy},
 		{Method: "DELETE", Path: v1 + "/policies/{id}", Summary: "Delete a policy", Auth: authAdmin, Place: leaderRW, h: s.deletePolicy},
 		{Method: "POST", Path: v1 + "/policies/{id}/enable", Summary: "Enable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(true)},
 		{Method: "POST", Path: v1 + "/policies/{id}/disable", Summary: "Disable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(false)},
@@ -716,7 +716,9 @@ func (s *Server) updatePolicy(r *http.Request) (int, any, error) {
 		return 0, nil, model.Precond("generation", "policy %q is at generation %d, not %d", old.Name, old.Generation, p.Generation)
 	}
 	expect := p.Generation
-	p.ID, p.CreatedAt, p.UpdatedAt = old.ID, old.CreatedAt, time.Now().UTC()
+	// Enabling is its own action (enable/disable routes), so a PUT that
+	// leaves the field out does not switch protection off.
+	p.ID, p.CreatedAt, p.UpdatedAt, p.Enabled = old.ID, old.CreatedAt, time.Now().UTC(), old.Enabled
 	if err := s.checkPolicy(&p); err != nil {
 		return 0, nil, err
 	}
