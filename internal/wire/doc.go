@@ -10,5 +10,5 @@
 // their buffers. Anything malformed is an error and the caller drops the
 // connection: there is no resynchronisation inside a stream.
 //
-// It imports only internal/model and klauspost/compress.
+// It imports only the standard library and klauspost/compress.
 package wire
