@@ -10,7 +10,13 @@ import (
 	"github.com/continuum-cdp/continuum/internal/model"
 )
 
-// topLayerID is the newest layer's ID, or the base's.
+// Maintenance (long-term points, retention) runs beside appends: it plans
+// under the read lock, does the slow I/O with no lock (everything it reads
+// is immutable and only maintenance deletes files), then writes the
+// manifest and swaps the in-memory state in one step. Appends only ever add
+// records above what maintenance looks at.
+
+// topLayerID is the newest layer's ID, or the base's. Callers hold v.mu.
 func (v *VM) topLayerID() uint64 {
 	if n := len(v.layers); n > 0 {
 		return v.layers[n-1].id
@@ -23,8 +29,8 @@ func (v *VM) topLayerID() uint64 {
 // is written into a new delta disk. The short-term points stay listed
 // until retention folds them.
 func (v *VM) CreateLongTerm(t time.Time) (PointInfo, error) {
-	v.wmu.Lock()
-	defer v.wmu.Unlock()
+	v.fmu.Lock()
+	defer v.fmu.Unlock()
 	v.mu.RLock()
 	if !v.m.InitialSyncDone {
 		v.mu.RUnlock()
@@ -42,21 +48,22 @@ func (v *VM) CreateLongTerm(t time.Time) (PointInfo, error) {
 		v.mu.RUnlock()
 		return PointInfo{}, fmt.Errorf("long-term point of %s: %w: no short-term point since %d", v.name, model.ErrPrecond, prev)
 	}
-	l, err := v.writeLayer(id, t, true, view{hi: id, floor: prev})
+	plan := v.spans(view{hi: id, floor: prev})
 	m := v.cloneManifest()
 	v.mu.RUnlock()
+	l, err := v.writeLayer(id, t, true, plan)
 	if err != nil {
 		return PointInfo{}, fmt.Errorf("long-term point of %s: %w", v.name, err)
 	}
 	m.Layers = append(m.Layers, l.entry())
-	if err := v.s.writeManifest(v.dir, &m); err != nil {
+	err = v.commitManifest(&m, func() {
+		v.layers = append(v.layers, l)
+		v.m.Layers = m.Layers
+	})
+	if err != nil {
 		v.dropLayerFile(l)
 		return PointInfo{}, fmt.Errorf("long-term point of %s: %w", v.name, err)
 	}
-	v.mu.Lock()
-	v.layers = append(v.layers, l)
-	v.m = m
-	v.mu.Unlock()
 	v.s.log.Info("long-term point created", "vm", v.name, "point", id, "bytes", l.size)
 	return PointInfo{ID: id, Time: t, Kind: model.PointLongTerm}, nil
 }
@@ -87,8 +94,8 @@ func (v *VM) dropLayerFile(l *layer) {
 // the base. Segments with nothing left are deleted. The newest listed
 // point is always kept.
 func (v *VM) ApplyRetention(now time.Time, shortTerm, longTerm time.Duration) error {
-	v.wmu.Lock()
-	defer v.wmu.Unlock()
+	v.fmu.Lock()
+	defer v.fmu.Unlock()
 	if err := v.retainShort(now, shortTerm, longTerm); err != nil {
 		return fmt.Errorf("retention of %s: %w", v.name, err)
 	}
@@ -143,7 +150,9 @@ func (v *VM) retainShort(now time.Time, shortTerm, longTerm time.Duration) error
 			}
 		}
 	}
-	var fold, merged *layer
+	var plan []diskSpan
+	var merged *layer
+	foldNeeded := false
 	if x > m.ShortCut {
 		m.ShortCut = x
 		changed = true
@@ -166,21 +175,24 @@ func (v *VM) retainShort(now time.Time, shortTerm, longTerm time.Duration) error
 				w.layers = []*layer{prevLayer}
 				merged = prevLayer
 			}
-			l, err := v.writeLayer(x, now, false, w)
-			if err != nil {
-				v.mu.RUnlock()
-				return err
-			}
-			fold = l
+			plan = v.spans(w)
+			foldNeeded = true
 		}
 	}
 	v.mu.RUnlock()
 	if !changed {
 		return nil
 	}
+	var fold *layer
+	if foldNeeded {
+		var err error
+		if fold, err = v.writeLayer(x, now, false, plan); err != nil {
+			return err
+		}
+	}
 	var out []*layer
 	for _, l := range layers {
-		if l != merged {
+		if merged == nil || l.id != merged.id {
 			out = append(out, l)
 		}
 	}
@@ -192,16 +204,16 @@ func (v *VM) retainShort(now time.Time, shortTerm, longTerm time.Duration) error
 	for _, l := range out {
 		m.Layers = append(m.Layers, l.entry())
 	}
-	if err := v.s.writeManifest(v.dir, &m); err != nil {
+	err := v.commitManifest(&m, func() {
+		v.m = m
+		v.layers = out
+	})
+	if err != nil {
 		if fold != nil {
 			v.dropLayerFile(fold)
 		}
 		return err
 	}
-	v.mu.Lock()
-	v.m = m
-	v.layers = out
-	v.mu.Unlock()
 	if merged != nil {
 		v.dropLayerFile(merged)
 	}
@@ -233,12 +245,10 @@ func (v *VM) mergeIntoBase() error {
 		}
 	}
 	m := v.cloneManifest()
+	var plan []diskSpan
 	if len(merge) > 0 {
 		top := merge[0]
-		if err := v.applyLayers(merge); err != nil {
-			v.mu.RUnlock()
-			return err
-		}
+		plan = v.spans(view{hi: top.id, floor: top.id, layers: merge})
 		m.BaseID, m.BaseTime, m.BaseListed = top.id, top.time, top.listed
 		m.Layers = m.Layers[:0]
 		for _, l := range v.layers {
@@ -248,7 +258,8 @@ func (v *VM) mergeIntoBase() error {
 		}
 	}
 	// Records at or below the newest layer that no listed short-term point
-	// sits above are covered by that layer.
+	// sits above are covered by that layer. Appends running meanwhile only
+	// add points above all of these.
 	minShort := ^uint64(0)
 	for _, p := range listed {
 		if p.Kind == model.PointShortTerm {
@@ -267,20 +278,28 @@ func (v *VM) mergeIntoBase() error {
 	if same {
 		return nil
 	}
-	if err := v.s.writeManifest(v.dir, &m); err != nil {
-		return err
-	}
-	v.mu.Lock()
-	var keep []*layer
-	for _, l := range v.layers {
-		if l.id > m.BaseID {
-			keep = append(keep, l)
+	if len(merge) > 0 {
+		// The layers stay (in memory and in the manifest) until the
+		// manifest below is durable, and shadow every byte written here,
+		// so readers and a crash in between see the same.
+		if err := v.applyToBaseFiles(plan); err != nil {
+			return err
 		}
 	}
-	v.layers = keep
-	v.m = m
-	v.rebuildIndex()
-	v.mu.Unlock()
+	err := v.commitManifest(&m, func() {
+		var keep []*layer
+		for _, l := range v.layers {
+			if l.id > m.BaseID {
+				keep = append(keep, l)
+			}
+		}
+		v.layers = keep
+		v.m = m
+		v.rebuildIndex()
+	})
+	if err != nil {
+		return err
+	}
 	for _, l := range merge {
 		v.dropLayerFile(l)
 	}
@@ -291,17 +310,16 @@ func (v *VM) mergeIntoBase() error {
 	return nil
 }
 
-// applyLayers writes the given layers (newest first) into the base files
-// and makes them durable. Until the manifest says so, the layers stay and
-// shadow every byte written here, so a crash in between reads the same.
-func (v *VM) applyLayers(merge []*layer) error {
-	top := merge[0].id
-	spans := v.spans(view{hi: top, floor: top, layers: merge})
+// applyToBaseFiles writes planned spans into the base files and makes them
+// durable.
+func (v *VM) applyToBaseFiles(plan []diskSpan) error {
 	buf := v.s.getBuf(1 << 20)[:1<<20]
 	defer v.s.putBuf(buf)
 	touched := map[int32]bool{}
-	for _, s := range spans {
+	for _, s := range plan {
+		v.mu.RLock()
 		f := v.base[s.disk]
+		v.mu.RUnlock()
 		touched[s.disk] = true
 		switch s.src {
 		case srcZero:
@@ -315,7 +333,10 @@ func (v *VM) applyLayers(merge []*layer) error {
 		}
 	}
 	for d := range touched {
-		if err := v.s.syncFile(v.base[d]); err != nil {
+		v.mu.RLock()
+		f := v.base[d]
+		v.mu.RUnlock()
+		if err := v.s.syncFile(f); err != nil {
 			return fmt.Errorf("fsync base disk %d: %w", d, err)
 		}
 	}

@@ -131,10 +131,11 @@ func (v *VM) spans(w view) []diskSpan {
 	return out
 }
 
-// writeLayer writes the versions w sees as a new delta file, durable before
-// it returns.
-func (v *VM) writeLayer(id uint64, t time.Time, listed bool, w view) (*layer, error) {
-	spans := v.spans(w)
+// writeLayer writes planned spans (from v.spans) as a new delta file,
+// durable before it returns. It needs no lock: the files the spans point
+// into are immutable and only maintenance, which is serialised, deletes
+// them.
+func (v *VM) writeLayer(id uint64, t time.Time, listed bool, spans []diskSpan) (*layer, error) {
 	dataStart := int64(layerHeader + len(spans)*layerEntryBytes + 4)
 	var dataLen int64
 	for _, s := range spans {

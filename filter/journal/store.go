@@ -200,7 +200,18 @@ func (s *Store) submit(r *appendReq) error {
 	case <-s.quit:
 		return ErrClosed
 	}
-	return <-r.err
+	select {
+	case err := <-r.err:
+		return err
+	case <-s.done:
+		// The committer answers everything it took before it stops.
+		select {
+		case err := <-r.err:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
 }
 
 // committer is the single writer of every segment: it takes a batch of
@@ -276,6 +287,9 @@ func (s *Store) commit(batch []*appendReq) {
 	for _, seg := range touched {
 		if err := s.syncSeg(seg); err != nil {
 			failed[seg] = fmt.Errorf("fsync segment %s: %w", seg.path, err)
+			// After a failed fsync the file's state is unknown: zero this
+			// batch's records (best effort) and start a new segment.
+			s.abandon(seg, batch)
 		}
 	}
 	for i, r := range batch {
@@ -286,6 +300,22 @@ func (s *Store) commit(batch []*appendReq) {
 		}
 		r.err <- errs[i]
 	}
+}
+
+// abandon zeroes the records of batch in seg and makes the next append
+// start a new segment.
+func (s *Store) abandon(seg *segment, batch []*appendReq) {
+	for _, r := range batch {
+		if r.seg == seg {
+			_ = writeZeroes(seg.f, r.off, int64(len(r.rec)))
+		}
+	}
+	s.segMu.Lock()
+	if s.active == seg {
+		seg.tail = seg.size
+	}
+	s.segMu.Unlock()
+	s.log.Error("journal segment abandoned after a failed fsync", "segment", seg.path)
 }
 
 func containsSeg(l []*segment, s *segment) bool {

@@ -19,9 +19,12 @@ type VM struct {
 	name string
 	dir  string
 
-	// wmu serialises everything that changes durable state (appends,
-	// long-term points, retention, disks); IDs arrive in order.
-	wmu sync.Mutex
+	// wmu serialises appends (IDs arrive in order); fmu serialises
+	// maintenance (long-term points, retention, disks), which runs beside
+	// appends; manMu orders manifest writes with the in-memory swaps.
+	wmu   sync.Mutex
+	fmu   sync.Mutex
+	manMu sync.Mutex
 
 	// mu guards the in-memory state below against readers.
 	mu      sync.RWMutex
@@ -178,7 +181,10 @@ func (v *VM) replay(seg *segment, h recHeader, off int64) error {
 		return nil // folded away already
 	}
 	if h.id <= v.scanID {
-		return fmt.Errorf("%w: segment %s: point %d after %d", ErrCorrupt, seg.path, h.id, v.scanID)
+		// Only a point whose append failed (fsync error) and was sent
+		// again can repeat; its first copy is the same point.
+		v.s.log.Warn("skipping repeated journal record", "vm", v.name, "segment", seg.path, "point", h.id, "after", v.scanID)
+		return nil
 	}
 	v.scanID = h.id
 	v.lastID = max(v.lastID, h.id)
@@ -296,8 +302,12 @@ func (v *VM) Disks() []DiskSpec {
 // AddDisk adds a disk (its base starts empty, reading as zeroes at every
 // point, earlier ones included).
 func (v *VM) AddDisk(d DiskSpec) error {
+	v.fmu.Lock()
+	defer v.fmu.Unlock()
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
+	v.manMu.Lock()
+	defer v.manMu.Unlock()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err := checkDisks(append(append([]DiskSpec(nil), v.m.Disks...), d)); err != nil {
@@ -306,13 +316,40 @@ func (v *VM) AddDisk(d DiskSpec) error {
 	if err := v.openBase(d, true); err != nil {
 		return fmt.Errorf("add disk %d to %s: %w", d.Key, v.name, err)
 	}
-	m := v.m
-	m.Disks = append(append([]DiskSpec(nil), v.m.Disks...), d)
+	m := v.cloneManifest()
+	m.Disks = append(m.Disks, d)
 	if err := v.s.writeManifest(v.dir, &m); err != nil {
+		v.base[d.Key].Close()
+		delete(v.base, d.Key)
 		return fmt.Errorf("add disk %d to %s: %w", d.Key, v.name, err)
 	}
 	v.m = m
 	return nil
+}
+
+// commitManifest writes m and then, with the manifest durable, applies
+// swap to the in-memory state, so no other manifest write can come
+// between the two.
+func (v *VM) commitManifest(m *manifest, swap func()) error {
+	v.manMu.Lock()
+	defer v.manMu.Unlock()
+	if err := v.s.writeManifest(v.dir, m); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	swap()
+	v.mu.Unlock()
+	return nil
+}
+
+// saveManifest writes the current in-memory state.
+func (v *VM) saveManifest() error {
+	v.manMu.Lock()
+	defer v.manMu.Unlock()
+	v.mu.RLock()
+	m := v.cloneManifest()
+	v.mu.RUnlock()
+	return v.s.writeManifest(v.dir, &m)
 }
 
 // validate checks a point against the VM's disks before anything is written.
@@ -407,13 +444,11 @@ func (v *VM) Append(ctx context.Context, p *Point) error {
 			v.addRecord(&record{id: p.ID, time: p.Time, kind: p.Kind, marker: p.Marker, seg: req.seg, off: req.off, exts: h})
 		}
 	}
-	m := v.m
-	m.LastID = v.lastID
 	v.mu.Unlock()
 	if baseApplied && p.Marker == MarkerInitialSyncDone {
 		// The record already makes this durable; the manifest keeps it
 		// once the record's segment is folded away.
-		if err := v.s.writeManifest(v.dir, &m); err != nil {
+		if err := v.saveManifest(); err != nil {
 			v.s.log.Warn("manifest after initial sync", "vm", v.name, "err", err.Error())
 		}
 	}
