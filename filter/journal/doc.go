@@ -1,17 +1,18 @@
 // Package journal is the target side's transaction log: per VM, a base disk
-// (sparse flat file per disk), append-only preallocated segment files of
-// checksummed records (one record per restore point, group-committed with one
-// fsync per touched segment per batch), delta disks for long-term points, and
-// a small manifest replaced atomically. It rebuilds its in-memory indexes at
+// (sparse flat file per disk), delta disks for long-term points and a small
+// manifest replaced atomically; and, shared by all VMs of the store,
+// append-only preallocated segment files of checksummed records (one record
+// per restore point, group-committed: one fsync per touched segment per
+// batch, whatever the number of VMs in it). It rebuilds its in-memory indexes at
 // Open by scanning the segments, cuts torn tails, folds points into deltas or
 // the base under retention, and reads any listed point byte-exact.
 //
 // Layout of a store directory:
 //
-//	<dir>/<escaped vm>/manifest.json     listing, deltas, what is folded into the base
-//	<dir>/<escaped vm>/disk-<key>.base   base disk, full capacity, sparse
-//	<dir>/<escaped vm>/seg-<n>.log       journal segments
-//	<dir>/<escaped vm>/delta-<id>.dlt    delta disks (long-term points and folds)
+//	<dir>/journal/seg-<n>.log              journal segments (records name their VM)
+//	<dir>/vm-<escaped vm>/manifest.json    listing, deltas, what is folded into the base
+//	<dir>/vm-<escaped vm>/disk-<key>.base  base disk, full capacity, sparse
+//	<dir>/vm-<escaped vm>/delta-<id>.dlt   delta disks (long-term points and folds)
 //
 // Reading point P of a disk takes, for every byte, the newest version among
 // the journal records in (floor, P] where floor is the newest layer at or

@@ -490,3 +490,56 @@ func TestInitialSyncCrashResend(t *testing.T) {
 	checkPoint(t, r, v, 6, state)
 	checkExport(t, v, 6, state)
 }
+
+// TestAddDiskAndSparseExport: a disk added later reads as zeroes at older
+// points and as written at newer ones; exports leave zero ranges as holes.
+func TestAddDiskAndSparseExport(t *testing.T) {
+	dir := t.TempDir()
+	s, v, snaps, id := smallVM(t, dir, Options{SegmentBytes: 64 << 10}, 2)
+	defer func() { s.Close() }()
+	r := rand.New(rand.NewPCG(8, 8))
+	old := id
+	nd := DiskSpec{Key: 7, Capacity: 8 << 20}
+	if err := v.AddDisk(nd); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.AddDisk(nd); !errors.Is(err, model.ErrInvalid) {
+		t.Fatalf("adding a disk twice: %v", err)
+	}
+	state := snaps[id].clone()
+	state[7] = make([]byte, nd.Capacity)
+	id++
+	p := &Point{ID: id, Time: t0.Add(time.Hour), Kind: KindShortTerm, Extents: []Extent{{Disk: 7, Off: 5 << 20, Op: OpData, Len: 3, Data: []byte("end")}}}
+	mustAppend(t, v, p)
+	state.apply(p)
+	checkPoint(t, r, v, id, state)
+	pr, err := v.OpenPoint(old, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 3)
+	if _, err := pr.ReadAt(b, 5<<20); err != nil || string(b) != "\x00\x00\x00" {
+		t.Fatalf("new disk at an older point: %q %v", b, err)
+	}
+	path := filepath.Join(t.TempDir(), "d7.img")
+	if err := v.Export(id, 7, path); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != nd.Capacity || st.Blocks*512 >= nd.Capacity/2 {
+		t.Fatalf("export: size %d, %d bytes allocated; want a sparse %d-byte image", st.Size, st.Blocks*512, nd.Capacity)
+	}
+	s.Close()
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ = s.VM("vm-a")
+	if len(v.Disks()) != 2 {
+		t.Fatalf("disks after reopen: %v", v.Disks())
+	}
+	checkPoint(t, r, v, id, state)
+}
