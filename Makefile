@@ -41,3 +41,11 @@ fuzz:
 
 clean:
 	rm -rf bin .lab
+
+# The appliance OVA (out/continuum-VERSION.ova), built from Debian packages
+# and the continuum binary; test-ova builds it and boots it under qemu.
+ova:
+	./ova/image/build.sh $(CURDIR)/out $(VERSION)
+
+test-ova: test-deps ova
+	CONTINUUM_OVA=$(CURDIR)/out/continuum-$(VERSION).ova $(GO) test -count=1 -timeout 15m -run '^TestBoot' -v ./ova/

@@ -253,6 +253,9 @@ func splitList(s string) []string {
 	return out
 }
 
+// ProxyAdminPort serves a proxy appliance's /healthz and /metrics.
+const ProxyAdminPort = 9443
+
 // DataDir is where the appliance keeps its state (a partition of the disk).
 const DataDir = "/data"
 
@@ -270,9 +273,15 @@ func (c *Config) RoleArgs(addr net.IP) []string {
 		}
 		return append(args, "--join", c.JoinURL, "--join-token", c.JoinToken)
 	case roleProxy:
-		return []string{"proxy", "--role", c.ProxyRole, "--name", c.NodeID, "--data-dir", DataDir + "/proxy",
+		dir := DataDir + "/proxy"
+		args := []string{"proxy", "--role", c.ProxyRole, "--node-id", c.NodeID,
 			"--listen", net.JoinHostPort(host, strconv.Itoa(c.APIPort)),
-			"--coordinator", c.JoinURL, "--join-token", c.JoinToken}
+			"--admin-addr", net.JoinHostPort(host, strconv.Itoa(ProxyAdminPort)),
+			"--ca", dir + "/ca.pem", "--cert", dir + "/cert.pem", "--key", dir + "/key.pem"}
+		if c.ProxyRole == "source" {
+			args = append(args, "--spill-dir", dir+"/spill")
+		}
+		return args
 	}
 	return nil
 }

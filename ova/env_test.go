@@ -124,7 +124,7 @@ func TestParseConfig(t *testing.T) {
 		{name: "proxy", props: props("role", "proxy", "proxy_role", "target", "node_id", "p1", "join_address", "https://c:8443", "join_token", "t"),
 			check: func(t *testing.T, c *Config) {
 				args := strings.Join(c.RoleArgs(net.IPv4(10, 0, 2, 15)), " ")
-				if !strings.HasPrefix(args, "proxy --role target --name p1 ") || !strings.Contains(args, "--coordinator https://c:8443 --join-token t") {
+				if args != "proxy --role target --node-id p1 --listen 10.0.2.15:8443 --admin-addr 10.0.2.15:9443 --ca /data/proxy/ca.pem --cert /data/proxy/cert.pem --key /data/proxy/key.pem" {
 					t.Errorf("args = %s", args)
 				}
 			}},

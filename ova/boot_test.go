@@ -1,0 +1,234 @@
+package ova
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The boot tests start the appliance's disk under qemu (software emulation)
+// with an ISO carrying ovf-env.xml, as vSphere's ISO transport does. They
+// need a built OVA: `make test-ova` builds one and sets CONTINUUM_OVA.
+
+func ovaUnderTest(t *testing.T) string {
+	path := os.Getenv("CONTINUUM_OVA")
+	if path == "" {
+		t.Skip("CONTINUUM_OVA is not set: run `make test-ova` to build the OVA and boot it")
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "genisoimage"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed for the boot test (make test-deps): %v", tool, err)
+		}
+	}
+	return path
+}
+
+// extractDisk copies the OVA's VMDK into dir.
+func extractDisk(t *testing.T, ova, dir string) string {
+	t.Helper()
+	f, err := os.Open(ova)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("no VMDK in %s: %v", ova, err)
+		}
+		if strings.HasSuffix(h.Name, ".vmdk") {
+			out := filepath.Join(dir, "disk.vmdk")
+			w, err := os.Create(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(w, tr); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+	}
+}
+
+// envISO writes an ISO labelled OVF_ENV holding ovf-env.xml.
+func envISO(t *testing.T, dir string, props map[string]string) string {
+	t.Helper()
+	src := filepath.Join(dir, "iso")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "ovf-env.xml"), EnvironmentXML(props), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	iso := filepath.Join(dir, "env.iso")
+	if out, err := exec.Command("genisoimage", "-quiet", "-V", "OVF_ENV", "-r", "-J", "-o", iso, src).CombinedOutput(); err != nil {
+		t.Fatalf("genisoimage: %v: %s", err, out)
+	}
+	return iso
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type vm struct {
+	cmd     *exec.Cmd
+	console string
+	exited  chan struct{}
+}
+
+// bootVM starts qemu; it is killed by PID when the test ends, however it
+// ends, and dies with the test process (Pdeathsig) if that is killed.
+func bootVM(t *testing.T, disk, iso string, fwd map[int]int) *vm {
+	t.Helper()
+	dir := filepath.Dir(disk)
+	console := filepath.Join(dir, "console.log")
+	netdev := "user,id=n0,net=10.0.2.0/24"
+	for host, guest := range fwd {
+		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", host, guest)
+	}
+	cmd := exec.Command("qemu-system-x86_64",
+		"-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1",
+		"-display", "none", "-monitor", "none", "-serial", "file:"+console,
+		"-drive", "file="+disk+",format=vmdk,if=ide,snapshot=on",
+		"-drive", "file="+iso+",format=raw,media=cdrom,readonly=on",
+		"-netdev", netdev, "-device", "vmxnet3,netdev=n0",
+		"-no-reboot")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := os.Create(filepath.Join(dir, "qemu.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	v := &vm{cmd: cmd, console: console, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(v.exited) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		<-v.exited
+		out.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(console)
+			t.Logf("guest console:\n%s", tail(string(b), 6000))
+			q, _ := os.ReadFile(out.Name())
+			t.Logf("qemu output:\n%s", q)
+		}
+	})
+	return v
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// waitConsole waits until the guest console shows every string of want.
+func (v *vm) waitConsole(t *testing.T, timeout time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(v.console)
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(string(b), w)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-v.exited:
+			t.Fatal("qemu exited: the appliance went down")
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	t.Fatalf("console did not show %q within %v", want, timeout)
+}
+
+func TestBootCoordinatorFromISO(t *testing.T) {
+	ova := ovaUnderTest(t)
+	dir := t.TempDir()
+	disk := extractDisk(t, ova, dir)
+	iso := envISO(t, dir, props("role", "coordinator", "node_id", "ova-1", "hostname", "ova-1.lab",
+		"ip", "10.0.2.15", "netmask", "255.255.255.0", "gateway", "10.0.2.2", "dns", "10.0.2.3",
+		"bootstrap", "True", "join_address", "", "join_token", "", "ntp", ""))
+	port := freePort(t)
+	start := time.Now()
+	v := bootVM(t, disk, iso, map[int]int{port: 8443})
+
+	// The node's CA is created inside the guest; /healthz needs no trust in
+	// it to prove the node runs.
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	defer hc.CloseIdleConnections()
+	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var lastErr error
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Logf("boot to healthy: %v; /healthz: %s", time.Since(start).Round(100*time.Millisecond), strings.TrimSpace(string(body)))
+				break
+			}
+			err = fmt.Errorf("status %s: %s", resp.Status, body)
+		}
+		lastErr = err
+		select {
+		case <-v.exited:
+			t.Fatal("qemu exited before the coordinator was healthy")
+		case <-ctx.Done():
+			t.Fatalf("coordinator not healthy through the forwarded port: %v", lastErr)
+		case <-time.After(time.Second):
+		}
+	}
+	v.waitConsole(t, 10*time.Second, "role: coordinator", "node: ova-1", "address: 10.0.2.15 (static)", "data partition mounted")
+}
+
+func TestBootShowsBadProperties(t *testing.T) {
+	ova := ovaUnderTest(t)
+	dir := t.TempDir()
+	disk := extractDisk(t, ova, dir)
+	iso := envISO(t, dir, props("role", "coordinator", "node_id", "ova-2", "ip", "10.0.2.300", "netmask", "24",
+		"bootstrap", "false", "join_address", "", "join_token", ""))
+	v := bootVM(t, disk, iso, nil)
+	v.waitConsole(t, 4*time.Minute, "configuration needs attention", `continuum.ip = "10.0.2.300": not an IPv4 address`,
+		"continuum.join_address: required", "continuum.join_token: required")
+	// The appliance stays up for the admin: nothing was started, nothing died.
+	select {
+	case <-v.exited:
+		t.Fatal("the appliance powered off after reporting bad properties")
+	case <-time.After(3 * time.Second):
+	}
+	b, _ := os.ReadFile(v.console)
+	if strings.Contains(string(b), "starting") && strings.Contains(string(b), "process=\"continuum coordinator\"") {
+		t.Error("the role was started despite bad properties")
+	}
+}
