@@ -23,6 +23,7 @@ func TestCoordinatorLab(t *testing.T) {
 		t.Skip("starts real processes")
 	}
 	bin := continuumBinary(t)
+	t0 := time.Now()
 	dir := filepath.Join(t.TempDir(), "lab")
 	cmd := exec.Command(bin, "lab", "--dir", dir, "--no-demo")
 	logf, err := os.Create(filepath.Join(filepath.Dir(dir), "lab.log"))
@@ -64,6 +65,7 @@ func TestCoordinatorLab(t *testing.T) {
 		t.Fatal("lab not ready after 120s")
 	}
 
+	t.Logf("lab ready after %s", time.Since(t0))
 	env := map[string]string{}
 	b, err := os.ReadFile(filepath.Join(dir, "lab.env"))
 	if err != nil {
@@ -130,6 +132,7 @@ func TestCoordinatorLab(t *testing.T) {
 		return nil
 	})
 
+	t.Logf("restarted after %s", time.Since(t0))
 	// SIGTERM stops the lab and every child.
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -139,6 +142,7 @@ func TestCoordinatorLab(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("lab did not stop on SIGTERM")
 	}
+	t.Logf("stopped after %s", time.Since(t0))
 	for _, pid := range pids {
 		if pid == victim {
 			continue
