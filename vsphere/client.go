@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/pbm"
+	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/session"
 	"github.com/vmware/govmomi/session/keepalive"
 	"github.com/vmware/govmomi/vim25"
@@ -62,6 +63,13 @@ type Client struct {
 	rt    *reloginRT
 	pbmMu sync.Mutex
 	pbmC  *pbm.Client
+
+	pcs     chan *property.Collector
+	pcMu    sync.Mutex
+	pcCount int
+
+	placeMu sync.Mutex
+	placed  map[ReplicaSpec]placement // validated target placements (placementKey)
 }
 
 // Connect logs in. A wrong password gives ErrAuth, an address that does not
@@ -96,6 +104,12 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	u.User = nil
 	sc := soap.NewClient(u, cfg.Insecure)
+	// Parallel workers would otherwise churn through TLS handshakes: the
+	// default keeps only two idle connections per host.
+	sc.DefaultTransport().MaxIdleConnsPerHost = 64
+	// Parallel workers would otherwise churn through TLS handshakes: the
+	// default keeps only two idle connections per host.
+	sc.DefaultTransport().MaxIdleConnsPerHost = 64
 	if cfg.Thumbprint != "" {
 		sc.SetThumbprint(u.Host, cfg.Thumbprint)
 	}
@@ -123,7 +137,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if err := rt.login(ctx); err != nil {
 		return nil, wrap(op+" "+u.Host, err)
 	}
-	c := &Client{cfg: cfg, log: log, vc: vc, rt: rt}
+	c := &Client{cfg: cfg, log: log, vc: vc, rt: rt, pcs: make(chan *property.Collector, collectorPoolSize)}
 	vc.RoundTripper = rt
 	if cfg.KeepAlive > 0 {
 		c.ka = keepalive.NewHandlerSOAP(rt, cfg.KeepAlive, nil)

@@ -32,7 +32,7 @@ func (c *Client) InstallFilter(ctx context.Context, cluster string) (*FilterStat
 	}
 	cr := ref("ClusterComputeResource", cluster)
 	var m mo.ClusterComputeResource
-	if err := object.NewCommon(c.vc, cr).Properties(ctx, cr, []string{"name"}, &m); err != nil {
+	if err := c.props(ctx, cr, []string{"name"}, &m); err != nil {
 		return nil, wrap(op, err)
 	}
 	if c.vc.ServiceContent.IoFilterManager == nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/vmware/govmomi/object"
 	pbmtypes "github.com/vmware/govmomi/pbm/types"
 	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -127,14 +126,14 @@ func (c *Client) VM(ctx context.Context, moref string) (*VM, error) {
 	}
 	var m mo.VirtualMachine
 	r := ref("VirtualMachine", moref)
-	if err := object.NewCommon(c.vc, r).Properties(ctx, r, vmProps, &m); err != nil {
+	if err := c.props(ctx, r, vmProps, &m); err != nil {
 		return nil, wrap(op, err)
 	}
 	vm := toVM(&m)
 	if vm.Host != "" {
 		var h mo.HostSystem
 		hr := ref("HostSystem", vm.Host)
-		if err := object.NewCommon(c.vc, hr).Properties(ctx, hr, []string{"parent"}, &h); err != nil {
+		if err := c.props(ctx, hr, []string{"parent"}, &h); err != nil {
 			return nil, wrap(op, err)
 		}
 		if h.Parent != nil && h.Parent.Type == "ClusterComputeResource" {

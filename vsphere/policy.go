@@ -21,7 +21,7 @@ func (c *Client) ApplyPolicy(ctx context.Context, vm string, profileID string, d
 	}
 	var m mo.VirtualMachine
 	r := ref("VirtualMachine", vm)
-	if err := object.NewCommon(c.vc, r).Properties(ctx, r, []string{"config.hardware.device"}, &m); err != nil {
+	if err := c.props(ctx, r, []string{"config.hardware.device"}, &m); err != nil {
 		return wrap(op, err)
 	}
 	disks := map[int32]*types.VirtualDisk{}
@@ -97,7 +97,7 @@ func (c *Client) power(ctx context.Context, vm string, on bool) error {
 	}
 	var m mo.VirtualMachine
 	r := ref("VirtualMachine", vm)
-	if err := object.NewCommon(c.vc, r).Properties(ctx, r, []string{"runtime.powerState"}, &m); err != nil {
+	if err := c.props(ctx, r, []string{"runtime.powerState"}, &m); err != nil {
 		return wrap(op, err)
 	}
 	if m.Runtime.PowerState == want {
@@ -124,7 +124,7 @@ func (c *Client) RemapNetworks(ctx context.Context, vm string, mapping map[strin
 	op := "remap networks of " + vm
 	var m mo.VirtualMachine
 	r := ref("VirtualMachine", vm)
-	if err := object.NewCommon(c.vc, r).Properties(ctx, r, []string{"config.hardware.device"}, &m); err != nil {
+	if err := c.props(ctx, r, []string{"config.hardware.device"}, &m); err != nil {
 		return wrap(op, err)
 	}
 	var changes []types.BaseVirtualDeviceConfigSpec

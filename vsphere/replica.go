@@ -59,7 +59,7 @@ func (c *Client) EnsureReplica(ctx context.Context, spec ReplicaSpec) (*VM, erro
 	}
 	var src mo.VirtualMachine
 	sr := ref("VirtualMachine", spec.SourceVM)
-	if err := object.NewCommon(c.vc, sr).Properties(ctx, sr, []string{"name", "config"}, &src); err != nil {
+	if err := c.props(ctx, sr, []string{"name", "config"}, &src); err != nil {
 		return nil, wrap(op+": read source", err)
 	}
 	if src.Config == nil || src.Config.InstanceUuid == "" {
@@ -73,24 +73,22 @@ func (c *Client) EnsureReplica(ctx context.Context, spec ReplicaSpec) (*VM, erro
 		return c.completeReplica(ctx, op, vm, &src)
 	}
 
-	if err := c.validatePlacement(ctx, spec); err != nil {
+	dsName, err := c.validatePlacement(ctx, spec)
+	if err != nil {
 		return nil, wrap(op, err)
 	}
-	var dsm mo.Datastore
-	dr := ref("Datastore", spec.Datastore)
-	if err := object.NewCommon(c.vc, dr).Properties(ctx, dr, []string{"name"}, &dsm); err != nil {
-		return nil, wrap(op, err)
-	}
-	cfg := replicaConfig(&src, spec, dsm.Name, want)
+	cfg := replicaConfig(&src, spec, dsName, want)
 
 	folder := object.NewFolder(c.vc, ref("Folder", spec.Folder))
 	pool := object.NewResourcePool(c.vc, ref("ResourcePool", spec.Pool))
 	host := object.NewHostSystem(c.vc, ref("HostSystem", spec.Host))
 	task, err := folder.CreateVM(ctx, cfg, pool, host)
+	var result types.AnyType
 	if err == nil {
-		_, err = c.waitTask(ctx, task)
+		result, err = c.waitTask(ctx, task)
 	}
 	if err != nil {
+		c.forgetPlacement(spec)
 		// The create may have failed after the VM was registered, or lost
 		// a race with another coordinator: the marker tells.
 		c.log.Warn("create replica failed; looking for it by its marker", "source", spec.SourceVM, "err", err)
@@ -112,12 +110,13 @@ func (c *Client) EnsureReplica(ctx context.Context, spec ReplicaSpec) (*VM, erro
 		}
 		return nil, wrap(op+": create", err)
 	}
-	vm, err := c.findReplica(ctx, want, src.Config.InstanceUuid, spec.PolicyID)
+	created, ok := result.(types.ManagedObjectReference)
+	if !ok {
+		return nil, fail(op, ErrTaskFailed, fmt.Errorf("create task returned %T", result))
+	}
+	vm, err := c.VM(ctx, created.Value)
 	if err != nil {
 		return nil, wrap(op, err)
-	}
-	if vm == nil {
-		return nil, fail(op, ErrTaskFailed, errors.New("replica not found after create"))
 	}
 	c.log.Info("replica created", "source", spec.SourceVM, "replica", vm.MoRef, "name", spec.Name)
 	return vm, nil
@@ -208,7 +207,7 @@ func (c *Client) EnsureReplicaDisk(ctx context.Context, replica, sourceVM string
 	op := fmt.Sprintf("ensure replica disk %d of %s on %s", diskKey, sourceVM, replica)
 	var src mo.VirtualMachine
 	sr := ref("VirtualMachine", sourceVM)
-	if err := object.NewCommon(c.vc, sr).Properties(ctx, sr, []string{"config.hardware.device"}, &src); err != nil {
+	if err := c.props(ctx, sr, []string{"config.hardware.device"}, &src); err != nil {
 		return nil, wrap(op, err)
 	}
 	var disk *types.VirtualDisk
@@ -246,7 +245,7 @@ func (c *Client) EnsureReplicaDisk(ctx context.Context, replica, sourceVM string
 func (c *Client) addReplicaDisks(ctx context.Context, vm *VM, disks []*types.VirtualDisk) error {
 	var home mo.VirtualMachine
 	r := ref("VirtualMachine", vm.MoRef)
-	if err := object.NewCommon(c.vc, r).Properties(ctx, r, []string{"config.files", "config.hardware.device"}, &home); err != nil {
+	if err := c.props(ctx, r, []string{"config.files", "config.hardware.device"}, &home); err != nil {
 		return err
 	}
 	var dp object.DatastorePath
@@ -428,40 +427,83 @@ func (c *Client) DeleteReplica(ctx context.Context, replica string) error {
 	return nil
 }
 
+type placement struct {
+	datastoreName string
+	until         time.Time
+}
+
+// placementTTL bounds how long a validated placement is trusted. Controllers
+// place many replicas on the same host and datastore in a burst; re-reading
+// the target objects for each one would also queue behind the creates that
+// hold the folder.
+const placementTTL = 10 * time.Second
+
+func placementKey(spec ReplicaSpec) ReplicaSpec {
+	return ReplicaSpec{Host: spec.Host, Datastore: spec.Datastore, Pool: spec.Pool, Folder: spec.Folder}
+}
+
+func (c *Client) forgetPlacement(spec ReplicaSpec) {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	delete(c.placed, placementKey(spec))
+}
+
 // validatePlacement checks what vCenter would check, before calling it: the
 // simulator's create task kills the process when the host does not mount
-// the datastore, and a real vCenter fails the task halfway.
-func (c *Client) validatePlacement(ctx context.Context, spec ReplicaSpec) error {
+// the datastore, and a real vCenter fails the task halfway. It returns the
+// datastore's name.
+func (c *Client) validatePlacement(ctx context.Context, spec ReplicaSpec) (string, error) {
+	key := placementKey(spec)
+	c.placeMu.Lock()
+	p, ok := c.placed[key]
+	c.placeMu.Unlock()
+	if ok && time.Now().Before(p.until) {
+		return p.datastoreName, nil
+	}
+	name, err := c.readPlacement(ctx, spec)
+	if err != nil {
+		return "", err
+	}
+	c.placeMu.Lock()
+	if c.placed == nil {
+		c.placed = map[ReplicaSpec]placement{}
+	}
+	c.placed[key] = placement{datastoreName: name, until: time.Now().Add(placementTTL)}
+	c.placeMu.Unlock()
+	return name, nil
+}
+
+func (c *Client) readPlacement(ctx context.Context, spec ReplicaSpec) (string, error) {
 	var host mo.HostSystem
 	hr := ref("HostSystem", spec.Host)
-	if err := object.NewCommon(c.vc, hr).Properties(ctx, hr, []string{"name", "parent", "datastore"}, &host); err != nil {
-		return wrap("target host "+spec.Host, err)
+	if err := c.props(ctx, hr, []string{"name", "parent", "datastore"}, &host); err != nil {
+		return "", wrap("target host "+spec.Host, err)
 	}
 	var ds mo.Datastore
 	dr := ref("Datastore", spec.Datastore)
-	if err := object.NewCommon(c.vc, dr).Properties(ctx, dr, []string{"name"}, &ds); err != nil {
-		return wrap("target datastore "+spec.Datastore, err)
+	if err := c.props(ctx, dr, []string{"name"}, &ds); err != nil {
+		return "", wrap("target datastore "+spec.Datastore, err)
 	}
 	if !slices.Contains(values(host.Datastore), spec.Datastore) {
-		return fail("target placement", ErrDatastoreNotMounted, fmt.Errorf("host %s does not mount datastore %s", host.Name, ds.Name))
+		return "", fail("target placement", ErrDatastoreNotMounted, fmt.Errorf("host %s does not mount datastore %s", host.Name, ds.Name))
 	}
 	var pool mo.ResourcePool
 	pr := ref("ResourcePool", spec.Pool)
-	if err := object.NewCommon(c.vc, pr).Properties(ctx, pr, []string{"owner"}, &pool); err != nil {
-		return wrap("target resource pool "+spec.Pool, err)
+	if err := c.props(ctx, pr, []string{"owner"}, &pool); err != nil {
+		return "", wrap("target resource pool "+spec.Pool, err)
 	}
 	if host.Parent == nil || pool.Owner.Value != host.Parent.Value {
-		return fail("target placement", ErrInvalid, fmt.Errorf("resource pool %s does not belong to the compute resource of host %s", spec.Pool, host.Name))
+		return "", fail("target placement", ErrInvalid, fmt.Errorf("resource pool %s does not belong to the compute resource of host %s", spec.Pool, host.Name))
 	}
 	var folder mo.Folder
 	fr := ref("Folder", spec.Folder)
-	if err := object.NewCommon(c.vc, fr).Properties(ctx, fr, []string{"childType"}, &folder); err != nil {
-		return wrap("target folder "+spec.Folder, err)
+	if err := c.props(ctx, fr, []string{"childType"}, &folder); err != nil {
+		return "", wrap("target folder "+spec.Folder, err)
 	}
 	if !slices.Contains(folder.ChildType, "VirtualMachine") {
-		return fail("target placement", ErrInvalid, fmt.Errorf("folder %s does not hold VMs", spec.Folder))
+		return "", fail("target placement", ErrInvalid, fmt.Errorf("folder %s does not hold VMs", spec.Folder))
 	}
-	return nil
+	return ds.Name, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

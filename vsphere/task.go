@@ -10,6 +10,9 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
+// maxPoll caps the interval between polls of a running task.
+const maxPoll = 100 * time.Millisecond
+
 // waitTask polls the task's info rather than waiting on property updates:
 // a poll answers as soon as the task ends, while update batching (20 ms in
 // the simulator, more on a loaded vCenter) paces every waiter. The interval
@@ -19,7 +22,7 @@ func (c *Client) waitTask(ctx context.Context, t *object.Task) (types.AnyType, e
 	var m mo.Task
 	delay := time.Millisecond
 	for {
-		if err := t.Properties(ctx, r, []string{"info.state", "info.result", "info.error", "info.description"}, &m); err != nil {
+		if err := c.props(ctx, r, []string{"info.state", "info.result", "info.error", "info.description"}, &m); err != nil {
 			return nil, err
 		}
 		switch m.Info.State {
@@ -38,6 +41,6 @@ func (c *Client) waitTask(ctx context.Context, t *object.Task) (types.AnyType, e
 			return nil, ctx.Err()
 		case <-tm.C:
 		}
-		delay = min(delay*2, 500*time.Millisecond)
+		delay = min(delay*2, maxPoll)
 	}
 }

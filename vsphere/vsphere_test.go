@@ -537,9 +537,17 @@ func TestDeleteReplicaAndPower(t *testing.T) {
 
 func TestRelogin(t *testing.T) {
 	e := newEnv(t, vcsim.Options{ProtectedVMs: 1, ProxyVMs: -1})
+	vm := e.inv.VMByName(vcsim.ProtectedVMName(0))
+	if _, err := e.c.VM(e.ctx, vm.MoRef); err != nil {
+		t.Fatal(err)
+	}
 	n, err := e.srv.DropSessions(e.ctx)
 	if err != nil || n == 0 {
 		t.Fatalf("drop sessions: %d %v", n, err)
+	}
+	// The pooled property collector went with the session.
+	if _, err := e.c.VM(e.ctx, vm.MoRef); err != nil {
+		t.Fatalf("read after the session was dropped: %v", err)
 	}
 	if _, err := e.c.Inventory(e.ctx); err != nil {
 		t.Fatalf("inventory after the session was dropped: %v", err)
