@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"encoding/binary"
 	"io"
 	"math/rand/v2"
@@ -120,4 +121,52 @@ func BenchmarkNBDWrite(b *testing.B) {
 	nbd := float64(b.N) * benchChunk / 1e6 / elapsed.Seconds()
 	b.ReportMetric(baseline, "baseline-MB/s")
 	b.ReportMetric(nbd/baseline, "ratio")
+}
+
+// BenchmarkNBDWrite4K is the small-request case (many replies per second),
+// 32 requests in flight.
+func BenchmarkNBDWrite4K(b *testing.B) {
+	const chunk, depth, size = 4096, 32, 1 << 30
+	payload := make([]byte, chunk)
+	_, addr := startServer(b, nil, Export{Name: "null", Backend: discardBackend{size: size}})
+	c := dialExport(b, addr, "null")
+	slots := make(chan struct{}, depth)
+	sendErr := make(chan error, 1)
+	b.SetBytes(chunk)
+	b.ResetTimer()
+	go func() {
+		w := bufio.NewWriterSize(c.nc, 64<<10)
+		var h [requestHdrLen]byte
+		binary.BigEndian.PutUint32(h[0:], requestMagic)
+		binary.BigEndian.PutUint16(h[6:], cmdWrite)
+		binary.BigEndian.PutUint32(h[24:], chunk)
+		for i := range b.N {
+			select {
+			case slots <- struct{}{}:
+			default:
+				// Only wait with nothing left unsent.
+				if err := w.Flush(); err != nil {
+					sendErr <- err
+					return
+				}
+				slots <- struct{}{}
+			}
+			binary.BigEndian.PutUint64(h[8:], uint64(i))
+			binary.BigEndian.PutUint64(h[16:], uint64(i)*chunk%size)
+			w.Write(h[:])
+			w.Write(payload)
+		}
+		sendErr <- w.Flush()
+	}()
+	for range b.N {
+		_, code, err := c.recv()
+		if err != nil || code != 0 {
+			b.Fatalf("reply: code %d, %v", code, err)
+		}
+		<-slots
+	}
+	b.StopTimer()
+	if err := <-sendErr; err != nil {
+		b.Fatal(err)
+	}
 }

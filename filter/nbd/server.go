@@ -179,14 +179,15 @@ func (s *Server) Exports() []string {
 	return names
 }
 
-// Serve accepts connections on l until l is closed (then it returns nil) or
+// Serve accepts connections on l until l or the server is closed (then it
+// returns nil; a server closed before Serve closes l at once) or Accept
 // fails.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		l.Close()
-		return ErrServerClosed
+		return nil
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()
@@ -252,8 +253,15 @@ type conn struct {
 	log  *slog.Logger
 	done chan struct{}
 	ex   *export
+}
 
-	wmu sync.Mutex // serializes replies
+// reply is one simple reply on its way to the connection's writer, with the
+// pooled buffer and in-flight budget it frees once sent.
+type reply struct {
+	hdr    [simpleHdrLen]byte
+	data   []byte
+	buf    *[]byte
+	weight int64
 }
 
 // errAbort ends a connection the client asked to end during negotiation.
@@ -532,8 +540,17 @@ func (c *conn) transmit(ex *export) {
 		return
 	}
 	bud := newBudget(c.s.maxBytes, c.s.maxReqs)
+	// One writer owns the socket's write side, so replies are serialized and
+	// those that complete together share one system call.
+	replies := make(chan reply, c.s.maxReqs)
+	writerDone := make(chan struct{})
+	go c.writeReplies(replies, bud, writerDone)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		wg.Wait()
+		close(replies)
+		<-writerDone
+	}()
 	var hdr [requestHdrLen]byte
 	for {
 		if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
@@ -554,8 +571,8 @@ func (c *conn) transmit(ex *export) {
 		var weight int64
 		switch req.typ {
 		case cmdDisc:
-			// Replies to earlier requests go out before the close.
-			wg.Wait()
+			// Replies to earlier requests go out before the close (the
+			// deferred function waits for them).
 			c.log.Debug("nbd client disconnected")
 			return
 		case cmdWrite:
@@ -587,44 +604,62 @@ func (c *conn) transmit(ex *export) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer bud.release(weight)
-			defer putBuf(payload)
 			var p []byte
 			if payload != nil {
 				p = *payload
 			}
-			c.handle(ex, req, p)
+			r := c.handle(ex, req, p)
+			putBuf(payload)
+			r.weight = weight
+			replies <- r
 		}()
 	}
 }
 
-// handle runs one request against the backend and replies.
-func (c *conn) handle(ex *export, req request, payload []byte) {
+// writeReplies sends replies until the channel closes, flushing whenever
+// no other reply is waiting. After a write error it closes the connection
+// (which ends the reader) and only frees what still arrives.
+func (c *conn) writeReplies(replies <-chan reply, bud *budget, done chan<- struct{}) {
+	defer close(done)
+	w := bufio.NewWriterSize(c.nc, 256<<10)
+	var failed error
+	for r := range replies {
+		if failed == nil {
+			_, failed = w.Write(r.hdr[:])
+			if failed == nil && len(r.data) > 0 {
+				_, failed = w.Write(r.data)
+			}
+			if failed == nil && len(replies) == 0 {
+				failed = w.Flush()
+			}
+			if failed != nil {
+				c.log.Debug("send nbd reply", "err", failed)
+				c.nc.Close()
+			}
+		}
+		putBuf(r.buf)
+		bud.release(r.weight)
+	}
+	if failed == nil {
+		if err := w.Flush(); err != nil {
+			c.log.Debug("send nbd reply", "err", err)
+		}
+	}
+}
+
+// handle runs one request against the backend and builds its reply.
+func (c *conn) handle(ex *export, req request, payload []byte) reply {
 	op := cmdName(req.typ)
-	code, data, release := c.execute(ex, req, payload)
-	defer putBuf(release)
+	code, data, buf := c.execute(ex, req, payload)
 	if code != 0 {
 		c.s.m.errors.WithLabelValues(op).Inc()
 		data = nil
 	}
-	var h [simpleHdrLen]byte
-	binary.BigEndian.PutUint32(h[0:], simpleMagic)
-	binary.BigEndian.PutUint32(h[4:], code)
-	binary.BigEndian.PutUint64(h[8:], req.cookie)
-	c.wmu.Lock()
-	var err error
-	if len(data) == 0 {
-		_, err = c.nc.Write(h[:])
-	} else {
-		bufs := net.Buffers{h[:], data}
-		_, err = bufs.WriteTo(c.nc)
-	}
-	c.wmu.Unlock()
-	if err != nil {
-		// The reader notices the closed socket and ends the connection.
-		c.log.Debug("send nbd reply", "op", op, "err", err)
-		c.nc.Close()
-	}
+	r := reply{data: data, buf: buf}
+	binary.BigEndian.PutUint32(r.hdr[0:], simpleMagic)
+	binary.BigEndian.PutUint32(r.hdr[4:], code)
+	binary.BigEndian.PutUint64(r.hdr[8:], req.cookie)
+	return r
 }
 
 // execute returns the NBD error code and, for reads, the data (and the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -458,5 +459,26 @@ func TestIdleNegotiationIsDropped(t *testing.T) {
 	time.Sleep(400 * time.Millisecond)
 	if code := c.write(t, 0, []byte("late")); code != 0 {
 		t.Fatal(code)
+	}
+}
+
+func TestServeAfterClose(t *testing.T) {
+	s := NewServer(nil)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(l); err != nil {
+		t.Fatalf("serve after close: %v", err)
+	}
+	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("listener left open: %v", err)
+	}
+	ex, _ := fileExport(t, "late", 4096)
+	if err := s.AddExport(ex); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("add export after close: %v", err)
 	}
 }
