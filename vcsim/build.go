@@ -53,6 +53,15 @@ func (s *Server) build(ctx context.Context) error {
 		return err
 	}
 
+	// A second standard network, for failover's NIC remapping.
+	ns, err := dstHosts[0].ConfigManager().NetworkSystem(ctx)
+	if err != nil {
+		return fmt.Errorf("network system: %w", err)
+	}
+	if err := ns.AddPortGroup(ctx, types.HostPortGroupSpec{Name: TargetNetworkName, VswitchName: "vSwitch0"}); err != nil {
+		return fmt.Errorf("add network %s: %w", TargetNetworkName, err)
+	}
+
 	srcPool, err := finder.ResourcePool(ctx, SourceClusterName+"/Resources")
 	if err != nil {
 		return fmt.Errorf("source resource pool: %w", err)

@@ -105,6 +105,7 @@ const (
 	SourceClusterName = "src-cluster"
 	TargetClusterName = "dst-cluster"
 	NetworkName       = "VM Network"
+	TargetNetworkName = "DR Network" // on the first target host
 )
 
 // SourceHostName and friends name the lab's inventory objects.

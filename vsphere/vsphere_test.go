@@ -574,3 +574,30 @@ func TestTransientFaultRetried(t *testing.T) {
 		t.Fatal("a non-transient fault must not be retried away")
 	}
 }
+
+func TestRemapNetworks(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 1, ProxyVMs: -1})
+	spec := e.replicaSpec(t, vcsim.ProtectedVMName(0))
+	r, err := e.c.EnsureReplica(e.ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.RemapNetworks(e.ctx, r.MoRef, map[string]string{vcsim.NetworkName: vcsim.TargetNetworkName}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := e.c.VM(e.ctx, r.MoRef)
+	if len(got.Networks) != 1 || got.Networks[0] != vcsim.TargetNetworkName {
+		t.Fatalf("networks after remap %v", got.Networks)
+	}
+	// Again: nothing left to change.
+	if err := e.c.RemapNetworks(e.ctx, r.MoRef, map[string]string{vcsim.NetworkName: vcsim.TargetNetworkName}); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := e.c.VM(e.ctx, spec.SourceVM)
+	if src.Networks[0] != vcsim.NetworkName {
+		t.Fatalf("source networks changed: %v", src.Networks)
+	}
+	if err := e.c.RemapNetworks(e.ctx, r.MoRef, map[string]string{vcsim.TargetNetworkName: "no such network"}); !errors.Is(err, vsphere.ErrNotFound) {
+		t.Fatalf("unknown network: %v", err)
+	}
+}
