@@ -78,6 +78,23 @@ func runAppliance(ctx context.Context, envFile string) error {
 	fmt.Fprint(console, status)
 	_ = os.WriteFile(filepath.Join(runDir, "status"), []byte(status), 0o644)
 
+	if cfg.Role == roleProxy {
+		dir := DataDir + "/proxy"
+		addr := net.JoinHostPort(ip.String(), strconv.Itoa(cfg.APIPort))
+		for ctx.Err() == nil {
+			if _, err := os.Stat(filepath.Join(dir, "key.pem")); err == nil {
+				break
+			}
+			err := fetchProxyMaterial(ctx, cfg, addr, dir)
+			if err == nil {
+				log.Info("proxy certificate obtained from the cluster", "join", cfg.JoinURL)
+				break
+			}
+			log.Error("cannot obtain the proxy's certificate; retrying in 10 s", "err", err)
+			sleepCtx(ctx, 10*time.Second)
+		}
+	}
+
 	exe, err := os.Executable()
 	if err != nil {
 		exe = "/bin/continuum"

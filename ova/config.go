@@ -203,9 +203,11 @@ func ParseConfig(props map[string]string) (*Config, error) {
 				bad(PropJoinURL, c.JoinURL, "must look like https://HOST:PORT")
 			}
 		}
+		// Never echo a token's value.
 		if c.JoinToken == "" {
-			// Never echo a token, even an empty one.
 			bad(PropJoinToken, "", "required to join a cluster")
+		} else if _, err := parseJoinToken(c.JoinToken); err != nil {
+			bad(PropJoinToken, "", "%v", err)
 		}
 	}
 	if len(probs) > 0 {

@@ -76,6 +76,8 @@ func TestEnvironmentXMLRoundTrip(t *testing.T) {
 	}
 }
 
+var testToken = strings.Repeat("ab", 32) + ".secret"
+
 func props(kv ...string) map[string]string {
 	m := map[string]string{}
 	for i := 0; i < len(kv); i += 2 {
@@ -102,7 +104,7 @@ func TestParseConfig(t *testing.T) {
 		}},
 		{name: "join with static network", props: props("role", "coordinator", "hostname", "cdp-2.example.com",
 			"ip", "10.0.0.12", "netmask", "255.255.255.0", "gateway", "10.0.0.1", "dns", "10.0.0.2, 10.0.0.3",
-			"ntp", "pool.ntp.org,10.0.0.4", "bootstrap", "False", "join_address", "https://10.0.0.11:8443", "join_token", "tok"),
+			"ntp", "pool.ntp.org,10.0.0.4", "bootstrap", "False", "join_address", "https://10.0.0.11:8443", "join_token", testToken),
 			check: func(t *testing.T, c *Config) {
 				if c.DHCP() || !c.IP.Equal(net.IPv4(10, 0, 0, 12)) || c.NodeID != "cdp-2" || len(c.DNS) != 2 || len(c.NTP) != 2 {
 					t.Errorf("config = %+v", c)
@@ -111,7 +113,7 @@ func TestParseConfig(t *testing.T) {
 					t.Errorf("mask = %v", c.Mask)
 				}
 				args := strings.Join(c.RoleArgs(c.IP), " ")
-				want := "coordinator --node-id cdp-2 --data-dir /data/coordinator --api-addr 10.0.0.12:8443 --raft-addr 10.0.0.12:8300 --join https://10.0.0.11:8443 --join-token tok"
+				want := "coordinator --node-id cdp-2 --data-dir /data/coordinator --api-addr 10.0.0.12:8443 --raft-addr 10.0.0.12:8300 --join https://10.0.0.11:8443 --join-token " + testToken
 				if args != want {
 					t.Errorf("args = %s\nwant   %s", args, want)
 				}
@@ -121,7 +123,7 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("mask = %v", c.Mask)
 			}
 		}},
-		{name: "proxy", props: props("role", "proxy", "proxy_role", "target", "node_id", "p1", "join_address", "https://c:8443", "join_token", "t"),
+		{name: "proxy", props: props("role", "proxy", "proxy_role", "target", "node_id", "p1", "join_address", "https://c:8443", "join_token", testToken),
 			check: func(t *testing.T, c *Config) {
 				args := strings.Join(c.RoleArgs(net.IPv4(10, 0, 2, 15)), " ")
 				if args != "proxy --role target --node-id p1 --listen 10.0.2.15:8443 --admin-addr 10.0.2.15:9443 --ca /data/proxy/ca.pem --cert /data/proxy/cert.pem --key /data/proxy/key.pem" {
@@ -142,8 +144,9 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad bootstrap", props: with(boot, "bootstrap", "yes please"), bad: []string{"continuum.bootstrap", "continuum.join_address", "continuum.join_token"}},
 		{name: "bootstrap and join", props: with(boot, "join_address", "https://a:1"), bad: []string{"continuum.join_address"}},
 		{name: "join without token", props: props("role", "coordinator", "node_id", "c2", "join_address", "https://10.0.0.1:8443"), bad: []string{"continuum.join_token"}},
-		{name: "join address not https", props: props("role", "coordinator", "node_id", "c2", "join_address", "http://10.0.0.1:8443", "join_token", "t"), bad: []string{"continuum.join_address"}},
-		{name: "join address without port", props: props("role", "coordinator", "node_id", "c2", "join_address", "https://10.0.0.1", "join_token", "t"), bad: []string{"continuum.join_address"}},
+		{name: "malformed join token", props: props("role", "coordinator", "node_id", "c2", "join_address", "https://10.0.0.1:8443", "join_token", "abc.def"), bad: []string{"continuum.join_token"}},
+		{name: "join address not https", props: props("role", "coordinator", "node_id", "c2", "join_address", "http://10.0.0.1:8443", "join_token", testToken), bad: []string{"continuum.join_address"}},
+		{name: "join address without port", props: props("role", "coordinator", "node_id", "c2", "join_address", "https://10.0.0.1", "join_token", testToken), bad: []string{"continuum.join_address"}},
 		{name: "bad ports", props: with(boot, "api_port", "0", "raft_port", "70000"), bad: []string{"continuum.api_port", "continuum.raft_port"}},
 		{name: "same ports", props: with(boot, "api_port", "9000", "raft_port", "9000"), bad: []string{"continuum.raft_port"}},
 		{name: "proxy cannot bootstrap", props: props("role", "proxy", "node_id", "p", "proxy_role", "both", "bootstrap", "true"), bad: []string{"continuum.proxy_role", "continuum.bootstrap", "continuum.join_address", "continuum.join_token"}},
@@ -177,7 +180,7 @@ func TestParseConfig(t *testing.T) {
 }
 
 func TestConfigErrorNeverShowsToken(t *testing.T) {
-	_, err := ParseConfig(props("role", "coordinator", "node_id", "c", "join_address", "ftp://x", "join_token", "s3cret"))
+	_, err := ParseConfig(props("role", "coordinator", "node_id", "c", "join_address", "ftp://x", "join_token", "s3cret.s3cret"))
 	if err == nil || strings.Contains(err.Error(), "s3cret") {
 		t.Fatalf("err = %v", err)
 	}
