@@ -370,7 +370,18 @@ func (s *Service) handleRetention(w http.ResponseWriter, r *http.Request) {
 	}
 	rt := Retention{ShortTerm: req.ShortTerm.D(), LongTerm: req.LongTerm.D()}
 	s.mu.Lock()
+	prev, had := s.retention[v.Name()]
 	s.retention[v.Name()] = rt
+	if err := s.saveRetentionLocked(); err != nil {
+		if had {
+			s.retention[v.Name()] = prev
+		} else {
+			delete(s.retention, v.Name())
+		}
+		s.mu.Unlock()
+		writeErr(w, err)
+		return
+	}
 	s.mu.Unlock()
 	if err := v.ApplyRetention(time.Now(), rt.ShortTerm, rt.LongTerm); err != nil {
 		writeErr(w, err)

@@ -136,6 +136,9 @@ func New(cfg Config) (*Service, error) {
 		store.Close()
 		return nil, err
 	}
+	if err := s.loadRetention(); err != nil {
+		return fail(fmt.Errorf("target filter: %w", err))
+	}
 	if s.dataL, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return fail(fmt.Errorf("target filter: listen %s: %w", cfg.ListenAddr, err))
 	}

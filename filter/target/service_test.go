@@ -454,3 +454,33 @@ func TestTargetFilterServeNBD(t *testing.T) {
 		t.Fatalf("serving an unlisted point: %d", code)
 	}
 }
+
+func TestTargetFilterRetentionSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	s1, err := New(Config{JournalDir: dir, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s1.Run(t.Context()) }()
+	dialService(t, s1, "vm", testDisks)
+	if code, body := post(t, "http://"+s1.AdminAddr()+"/v1/vms/vm/retention", map[string]string{"short_term": "2h", "long_term": "336h"}, nil); code != 200 {
+		t.Fatalf("retention: %d %s", code, body)
+	}
+	s1.Close()
+	<-done
+	s2 := startService(t, Config{JournalDir: dir, ShortTerm: time.Hour})
+	var vms []VMInfo
+	getJSON(t, "http://"+s2.AdminAddr()+"/v1/vms", &vms)
+	if len(vms) != 1 || vms[0].Retention.ShortTerm.D() != 2*time.Hour || vms[0].Retention.LongTerm.D() != 336*time.Hour {
+		t.Fatalf("retention after restart: %+v", vms)
+	}
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, retentionFileName), []byte("{bad"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{JournalDir: bad, ListenAddr: "127.0.0.1:0"})
+	if err == nil || !strings.Contains(err.Error(), "retention") {
+		t.Fatalf("a corrupt retention file was not reported: %v", err)
+	}
+}
