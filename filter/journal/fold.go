@@ -51,6 +51,7 @@ func (v *VM) CreateLongTerm(t time.Time) (PointInfo, error) {
 	plan := v.spans(view{hi: id, floor: prev})
 	m := v.cloneManifest()
 	v.mu.RUnlock()
+	t = recordTime(t)
 	l, err := v.writeLayer(id, t, true, plan)
 	if err != nil {
 		return PointInfo{}, fmt.Errorf("long-term point of %s: %w", v.name, err)
@@ -186,7 +187,7 @@ func (v *VM) retainShort(now time.Time, shortTerm, longTerm time.Duration) error
 	var fold *layer
 	if foldNeeded {
 		var err error
-		if fold, err = v.writeLayer(x, now, false, plan); err != nil {
+		if fold, err = v.writeLayer(x, recordTime(now), false, plan); err != nil {
 			return err
 		}
 	}

@@ -175,7 +175,7 @@ func (v *VM) writeLayerFile(id uint64, t time.Time, listed bool, spans []diskSpa
 	hdr = binary.LittleEndian.AppendUint32(hdr, layerMagic)
 	hdr = append(hdr, layerVersion, 0, 0, 0)
 	hdr = binary.LittleEndian.AppendUint64(hdr, id)
-	hdr = binary.LittleEndian.AppendUint64(hdr, uint64(t.UnixNano()))
+	hdr = binary.LittleEndian.AppendUint64(hdr, uint64(unixNanos(t)))
 	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(spans)))
 	pos := dataStart
 	for _, s := range spans {

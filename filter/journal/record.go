@@ -84,7 +84,7 @@ func appendRecord(b []byte, vm string, p *Point, baseApplied bool) []byte {
 	b = binary.LittleEndian.AppendUint32(b, recMagic)
 	b = append(b, recVersion, byte(p.Kind), byte(p.Marker), flags)
 	b = binary.LittleEndian.AppendUint64(b, p.ID)
-	b = binary.LittleEndian.AppendUint64(b, uint64(p.Time.UnixNano()))
+	b = binary.LittleEndian.AppendUint64(b, uint64(unixNanos(p.Time)))
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(vm)))
 	b = append(b, vm...)
 	if baseApplied {
@@ -105,6 +105,18 @@ func appendRecord(b []byte, vm string, p *Point, baseApplied bool) []byte {
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[start:], castagnoli))
 }
+
+// unixNanos is t in Unix nanoseconds; the zero time is 0 (its UnixNano
+// would overflow).
+func unixNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// recordTime is a point time as a record stores and returns it.
+func recordTime(t time.Time) time.Time { return time.Unix(0, unixNanos(t)).UTC() }
 
 func normOp(o Op) Op {
 	if o == OpTrim {
@@ -139,7 +151,7 @@ func parseRecord(b []byte) (recHeader, error) {
 		return h, fmt.Errorf("%w: bad kind/marker/flags %d/%d/%d", errTorn, h.kind, h.marker, h.flags)
 	}
 	h.id = binary.LittleEndian.Uint64(b[12:])
-	h.time = time.Unix(0, int64(binary.LittleEndian.Uint64(b[20:])))
+	h.time = time.Unix(0, int64(binary.LittleEndian.Uint64(b[20:]))).UTC()
 	vmLen := int(binary.LittleEndian.Uint16(b[28:]))
 	p := recFixed
 	if p+vmLen+4 > len(body) {

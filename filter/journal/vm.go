@@ -436,12 +436,12 @@ func (v *VM) Append(ctx context.Context, p *Point) error {
 	v.lastID = p.ID
 	if baseApplied {
 		if p.Marker == MarkerInitialSyncDone {
-			v.initialSyncDone(p.ID, p.Time)
+			v.initialSyncDone(p.ID, recordTime(p.Time))
 		}
 	} else {
 		h, perr := parseRecordHeaderFromPoint(v.name, p)
 		if perr == nil {
-			v.addRecord(&record{id: p.ID, time: p.Time, kind: p.Kind, marker: p.Marker, seg: req.seg, off: req.off, exts: h})
+			v.addRecord(&record{id: p.ID, time: recordTime(p.Time), kind: p.Kind, marker: p.Marker, seg: req.seg, off: req.off, exts: h})
 		}
 	}
 	v.mu.Unlock()
