@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/continuum-cdp/continuum/filter/source"
+	"github.com/continuum-cdp/continuum/filter/target"
 	"github.com/continuum-cdp/continuum/internal/wire"
 	"github.com/continuum-cdp/continuum/proxy"
 )
@@ -176,12 +177,19 @@ func (s *modelSink) session(nc net.Conn) {
 func TestDatapathModel(t *testing.T) {
 	for _, enc := range []bool{false, true} {
 		t.Run(fmt.Sprintf("encrypt=%v", enc), func(t *testing.T) {
-			runModel(t, enc, int64(mrand.Uint64()))
+			runModel(t, enc, false, int64(mrand.Uint64()))
 		})
 	}
 }
 
-func runModel(t *testing.T, encrypt bool, seed int64) {
+// TestDatapathModelJournal is the same workload through the real target
+// proxy and target filter; at the end every listed point of the journal
+// is exported and compared with the model at that point.
+func TestDatapathModelJournal(t *testing.T) {
+	runModel(t, true, true, int64(mrand.Uint64()))
+}
+
+func runModel(t *testing.T, encrypt, journal bool, seed int64) {
 	t.Logf("seed %d", seed)
 	r := mrand.New(mrand.NewPCG(uint64(seed), 7))
 	dir := t.TempDir()
@@ -229,7 +237,23 @@ func runModel(t *testing.T, encrypt bool, seed int64) {
 		t.Fatal(err)
 	}
 	defer sl.Close()
-	go sink.serve(sl)
+	var tfilter *target.Service
+	if journal {
+		tfilter, err = target.New(target.Config{JournalDir: filepath.Join(dir, "journal"), ListenAddr: "127.0.0.1:0", Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go tfilter.Run(ctx)
+		tp, err := proxy.NewTarget(proxy.TargetConfig{FilterAddr: tfilter.Addr(), Sealer: sink.sealer, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go tp.Serve(ctx, sl)
+	} else {
+		go sink.serve(sl)
+	}
 
 	proxyAddr := freeAddr(t)
 	codecs := []wire.Codec{wire.CodecNone, wire.CodecS2, wire.CodecZstd}
@@ -360,6 +384,10 @@ func runModel(t *testing.T, encrypt bool, seed int64) {
 	quiesce(t, svc)
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
+	if journal {
+		checkJournal(t, tfilter, sink, vms, svc, dir)
+		return
+	}
 	if sink.fail != nil {
 		t.Fatal(sink.fail)
 	}
@@ -385,7 +413,49 @@ func runModel(t *testing.T, encrypt bool, seed int64) {
 	}
 }
 
-// quiesce waits until everything stamped is acknowledged and every VM is
+// checkJournal exports every listed point of every disk from the target
+// filter's journal and compares it with the model at that point; the last
+// one must also equal the source disk.
+func checkJournal(t *testing.T, tf *target.Service, sink *modelSink, vms []source.VMConfig, svc *source.Service, dir string) {
+	t.Helper()
+	for _, vm := range vms {
+		jv, ok := tf.Store().VM(vm.Name)
+		if !ok {
+			t.Fatalf("vm %s not in the journal", vm.Name)
+		}
+		pts := jv.List()
+		if len(pts) < 2 {
+			t.Fatalf("vm %s: %d listed points", vm.Name, len(pts))
+		}
+		for _, p := range pts {
+			want := sink.modelAt(vm.Name, p.ID)
+			for _, dc := range vm.Disks {
+				out := filepath.Join(dir, "export.raw")
+				if err := jv.Export(p.ID, dc.Key, out); err != nil {
+					t.Fatalf("export %s point %d disk %d: %v", vm.Name, p.ID, dc.Key, err)
+				}
+				got, err := os.ReadFile(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want[dc.Key]) {
+					t.Fatalf("vm %s: listed point %d (%s) disk %d differs from the model", vm.Name, p.ID, p.Kind, dc.Key)
+				}
+			}
+		}
+		last := pts[len(pts)-1].ID
+		t.Logf("vm %s: %d listed points restore equal to the model, last %d", vm.Name, len(pts), last)
+		for _, dc := range vm.Disks {
+			d, _ := svc.Disk(vm.Name, dc.Key)
+			src, _ := os.ReadFile(d.Path())
+			if !bytes.Equal(src, sink.modelAt(vm.Name, last)[dc.Key]) {
+				t.Fatalf("vm %s disk %d: the last listed point differs from the source disk", vm.Name, dc.Key)
+			}
+		}
+	}
+}
+
+
 // syncing.
 func quiesce(t *testing.T, svc *source.Service) {
 	t.Helper()
