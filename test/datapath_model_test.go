@@ -455,7 +455,6 @@ func checkJournal(t *testing.T, tf *target.Service, sink *modelSink, vms []sourc
 	}
 }
 
-
 // syncing.
 func quiesce(t *testing.T, svc *source.Service) {
 	t.Helper()
