@@ -455,6 +455,7 @@ func checkJournal(t *testing.T, tf *target.Service, sink *modelSink, vms []sourc
 	}
 }
 
+// quiesce waits until everything stamped is acknowledged and every VM is
 // syncing.
 func quiesce(t *testing.T, svc *source.Service) {
 	t.Helper()
