@@ -147,6 +147,9 @@ func BuildOVA(out, diskPath, version string, hw Hardware, modTime time.Time) err
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("build ova %s: %w", out, err)
 	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("build ova: %w", err)
+	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return fmt.Errorf("build ova: %w", err)
 	}
