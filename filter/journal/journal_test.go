@@ -372,6 +372,9 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 		t.Fatalf("%d fsyncs for %d appends: commits are not shared", fsyncs, vms*points)
 	}
 	t.Logf("%d appends, %d segment fsyncs", vms*points, fsyncs)
+	if st := s.Stats(); st.Appends < vms*(points+1) || st.Batches > st.Appends || st.Fsyncs != s.fsyncs.Load() || st.BytesWritten <= 0 {
+		t.Fatalf("stats %+v", st)
+	}
 	s.Close()
 	s, err = Open(dir, opts)
 	if err != nil {

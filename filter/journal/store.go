@@ -30,8 +30,11 @@ type Store struct {
 	done   chan struct{}
 	closed atomic.Bool
 
-	used   atomic.Int64 // bytes of segment and delta files, for MaxBytes
-	fsyncs atomic.Int64 // segment fsyncs, observed by tests
+	used    atomic.Int64 // bytes of segment and delta files, for MaxBytes
+	fsyncs  atomic.Int64 // segment fsyncs, observed by tests
+	appends atomic.Int64 // records committed
+	batches atomic.Int64 // committer batches
+	written atomic.Int64 // record bytes committed
 	max    atomic.Int64
 
 	bufs sync.Pool // *[]byte record buffers
@@ -116,6 +119,26 @@ func (s *Store) SetMaxBytes(n int64) { s.max.Store(n) }
 
 // UsedBytes is the size of the store's segment and delta files.
 func (s *Store) UsedBytes() int64 { return s.used.Load() }
+
+// Stats are cumulative counters of a store, for metrics.
+type Stats struct {
+	Appends      int64 // records made durable
+	Batches      int64 // group commits
+	Fsyncs       int64 // segment fsyncs
+	BytesWritten int64 // record bytes made durable
+	UsedBytes    int64 // segment and delta files now
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Appends:      s.appends.Load(),
+		Batches:      s.batches.Load(),
+		Fsyncs:       s.fsyncs.Load(),
+		BytesWritten: s.written.Load(),
+		UsedBytes:    s.used.Load(),
+	}
+}
 
 // reserve accounts for n more bytes of files, failing like a full disk when
 // MaxBytes would be exceeded.
@@ -292,11 +315,16 @@ func (s *Store) commit(batch []*appendReq) {
 			s.abandon(seg, batch)
 		}
 	}
+	s.batches.Add(1)
 	for i, r := range batch {
 		if errs[i] == nil && r.seg != nil {
 			if err, ok := failed[r.seg]; ok {
 				errs[i] = err
 			}
+		}
+		if errs[i] == nil {
+			s.appends.Add(1)
+			s.written.Add(int64(len(r.rec)))
 		}
 		r.err <- errs[i]
 	}
