@@ -20,8 +20,10 @@ const (
 	HeaderLen  = 9
 	TrailerLen = 4
 	// DefaultMaxPayload bounds a frame; a larger length is treated as
-	// corruption, so a bad length can never make a reader allocate much.
-	DefaultMaxPayload = 64 << 20
+	// corruption. It leaves room for a point cut at a byte limit plus the
+	// write that crossed it, sealed and framed. Readers allocate as bytes
+	// arrive, so a forged length cannot make them allocate it up front.
+	DefaultMaxPayload = 256 << 20
 )
 
 // FlagSkippable on a frame lets a reader that does not know its type skip
@@ -183,13 +185,7 @@ func (d *Decoder) Next() (Msg, error) {
 			return nil, err
 		}
 		total := HeaderLen + n + TrailerLen
-		if cap(d.buf) < total {
-			nb := make([]byte, total)
-			copy(nb, d.buf[:HeaderLen])
-			d.buf = nb
-		}
-		d.buf = d.buf[:total]
-		if _, err := io.ReadFull(d.r, d.buf[HeaderLen:]); err != nil {
+		if err := d.readBody(total); err != nil {
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				return nil, fmt.Errorf("%w: %s truncated", ErrCorrupt, t)
 			}
@@ -207,6 +203,28 @@ func (d *Decoder) Next() (Msg, error) {
 			return m, nil
 		}
 	}
+}
+
+// readBody reads the rest of a frame of total bytes into d.buf, growing
+// the buffer at most twofold per step as data actually arrives.
+func (d *Decoder) readBody(total int) error {
+	have := HeaderLen
+	for have < total {
+		if cap(d.buf) < total {
+			want := min(total, max(2*cap(d.buf), 1<<20))
+			nb := make([]byte, have, want)
+			copy(nb, d.buf[:have])
+			d.buf = nb
+		}
+		end := min(total, cap(d.buf))
+		d.buf = d.buf[:end]
+		if _, err := io.ReadFull(d.r, d.buf[have:end]); err != nil {
+			return err
+		}
+		have = end
+	}
+	d.buf = d.buf[:total]
+	return nil
 }
 
 // Conn is a framed connection. WriteMsg and Flush may be called from

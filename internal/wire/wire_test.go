@@ -175,3 +175,32 @@ func TestEncodeRejectsUnrepresentable(t *testing.T) {
 		}
 	}
 }
+
+func TestDecoderLargeFrameAndForgedLength(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 5<<20/16+3)
+	big := &Write{Seq: 1, Disk: 1, Op: OpData, Len: uint32(len(data)), Data: data}
+	b, err := AppendFrame(nil, big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = AppendFrame(b, &Ack{Seq: 2})
+	d := NewDecoder(bytes.NewReader(b), 0)
+	m, err := d.Next()
+	if err != nil || !bytes.Equal(m.(*Write).Data, data) {
+		t.Fatalf("large frame: %v", err)
+	}
+	if m, err := d.Next(); err != nil || m.(*Ack).Seq != 2 {
+		t.Fatalf("frame after a large one: %v", err)
+	}
+	// A header claiming 200 MiB followed by a few bytes: an error, and the
+	// reader never grew past what arrived (bounded by the 1 MiB step).
+	forged := []byte{Magic0, Magic1, Version, byte(TypeWrite), 0, 0, 0, 0, 0, 1, 2, 3}
+	be.PutUint32(forged[5:], 200<<20)
+	d = NewDecoder(bytes.NewReader(forged), 0)
+	if _, err := d.Next(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("forged length: %v", err)
+	}
+	if cap(d.buf) > 2<<20 {
+		t.Fatalf("decoder allocated %d bytes for a 3-byte body", cap(d.buf))
+	}
+}
