@@ -35,7 +35,7 @@ type Store struct {
 	appends atomic.Int64 // records committed
 	batches atomic.Int64 // committer batches
 	written atomic.Int64 // record bytes committed
-	max    atomic.Int64
+	max     atomic.Int64
 
 	bufs sync.Pool // *[]byte record buffers
 
