@@ -44,33 +44,6 @@ func (s *Server) build(ctx context.Context) error {
 	for i := 0; i < o.TargetDatastores; i++ {
 		dstDS = append(dstDS, TargetDatastoreName(i))
 	}
-	srcHosts, err := s.buildCluster(ctx, vc, folders.HostFolder, SourceClusterName, o.SourceHosts, SourceHostName, srcDS)
-	if err != nil {
-		return err
-	}
-	dstHosts, err := s.buildCluster(ctx, vc, folders.HostFolder, TargetClusterName, o.TargetHosts, TargetHostName, dstDS)
-	if err != nil {
-		return err
-	}
-
-	// A second standard network, for failover's NIC remapping.
-	ns, err := dstHosts[0].ConfigManager().NetworkSystem(ctx)
-	if err != nil {
-		return fmt.Errorf("network system: %w", err)
-	}
-	if err := ns.AddPortGroup(ctx, types.HostPortGroupSpec{Name: TargetNetworkName, VswitchName: "vSwitch0"}); err != nil {
-		return fmt.Errorf("add network %s: %w", TargetNetworkName, err)
-	}
-
-	srcPool, err := finder.ResourcePool(ctx, SourceClusterName+"/Resources")
-	if err != nil {
-		return fmt.Errorf("source resource pool: %w", err)
-	}
-	dstPool, err := finder.ResourcePool(ctx, TargetClusterName+"/Resources")
-	if err != nil {
-		return fmt.Errorf("target resource pool: %w", err)
-	}
-
 	type job struct {
 		name  string
 		ds    string
@@ -79,18 +52,46 @@ func (s *Server) build(ctx context.Context) error {
 		disks []int64
 	}
 	var jobs []job
-	for i := 0; i < o.ProxyVMs; i++ {
-		jobs = append(jobs,
-			job{SourceProxyName(i), srcDS[0], srcHosts[i%len(srcHosts)], srcPool, []int64{1024}},
-			job{TargetProxyName(i), dstDS[0], dstHosts[i%len(dstHosts)], dstPool, []int64{1024}})
-	}
-	for i := 0; i < o.ProtectedVMs; i++ {
-		n := 1 + i%3
-		disks := make([]int64, n)
-		for d := range disks {
-			disks[d] = o.DiskSizesMB[(i+d)%len(o.DiskSizesMB)]
+	if o.Site != SiteTarget {
+		hosts, err := s.buildCluster(ctx, vc, folders.HostFolder, SourceClusterName, o.SourceHosts, SourceHostName, srcDS)
+		if err != nil {
+			return err
 		}
-		jobs = append(jobs, job{ProtectedVMName(i), srcDS[i%len(srcDS)], srcHosts[i%len(srcHosts)], srcPool, disks})
+		pool, err := finder.ResourcePool(ctx, SourceClusterName+"/Resources")
+		if err != nil {
+			return fmt.Errorf("source resource pool: %w", err)
+		}
+		for i := 0; i < o.ProxyVMs; i++ {
+			jobs = append(jobs, job{SourceProxyName(i), srcDS[0], hosts[i%len(hosts)], pool, []int64{1024}})
+		}
+		for i := 0; i < o.ProtectedVMs; i++ {
+			disks := make([]int64, 1+i%3)
+			for d := range disks {
+				disks[d] = o.DiskSizesMB[(i+d)%len(o.DiskSizesMB)]
+			}
+			jobs = append(jobs, job{ProtectedVMName(i), srcDS[i%len(srcDS)], hosts[i%len(hosts)], pool, disks})
+		}
+	}
+	if o.Site != SiteSource {
+		hosts, err := s.buildCluster(ctx, vc, folders.HostFolder, TargetClusterName, o.TargetHosts, TargetHostName, dstDS)
+		if err != nil {
+			return err
+		}
+		// A second standard network, for failover's NIC remapping.
+		ns, err := hosts[0].ConfigManager().NetworkSystem(ctx)
+		if err != nil {
+			return fmt.Errorf("network system: %w", err)
+		}
+		if err := ns.AddPortGroup(ctx, types.HostPortGroupSpec{Name: TargetNetworkName, VswitchName: "vSwitch0"}); err != nil {
+			return fmt.Errorf("add network %s: %w", TargetNetworkName, err)
+		}
+		pool, err := finder.ResourcePool(ctx, TargetClusterName+"/Resources")
+		if err != nil {
+			return fmt.Errorf("target resource pool: %w", err)
+		}
+		for i := 0; i < o.ProxyVMs; i++ {
+			jobs = append(jobs, job{TargetProxyName(i), dstDS[0], hosts[i%len(hosts)], pool, []int64{1024}})
+		}
 	}
 
 	work := make(chan job)

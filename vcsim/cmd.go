@@ -72,6 +72,7 @@ interrupted. Datastores are directories under DIR/datastores.`,
 	f.IntVar(&o.TargetDatastores, "target-datastores", o.TargetDatastores, "datastores shared by the target hosts")
 	f.IntVar(&o.ProxyVMs, "proxy-vms", o.ProxyVMs, "VM proxies per cluster (negative: none)")
 	f.Int64SliceVar(&o.DiskSizesMB, "disk-sizes-mb", o.DiskSizesMB, "disk sizes cycled through for the protected VMs")
+	f.StringVar(&o.Site, "site", "", `serve one site only, "source" or "target" (run two for a vCenter per site)`)
 	f.BoolVar(&verbose, "verbose", false, "log at info level")
 	return cmd
 }

@@ -47,7 +47,18 @@ type Options struct {
 
 	// Workers creates the protected VMs in parallel.
 	Workers int
+
+	// Site limits the inventory to one site, for a lab with a vCenter per
+	// site: SiteSource (source cluster and protected VMs) or SiteTarget
+	// (target cluster). Empty means both clusters in one vCenter.
+	Site string
 }
+
+// Sites of a two-vCenter lab.
+const (
+	SiteSource = "source"
+	SiteTarget = "target"
+)
 
 // DefaultOptions is the lab of the product pages: a source cluster of three
 // hosts and a target cluster of two, two datastores each.
@@ -154,6 +165,9 @@ func Start(ctx context.Context, opts Options, log *slog.Logger) (*Server, error)
 		return nil, fmt.Errorf("start vcsim: listen address %q: only loopback addresses are served", listen)
 	}
 
+	if opts.Site != "" && opts.Site != SiteSource && opts.Site != SiteTarget {
+		return nil, fmt.Errorf("start vcsim: site %q: %w (want %q or %q)", opts.Site, ErrBadOption, SiteSource, SiteTarget)
+	}
 	s := &Server{Options: opts, log: log}
 	if opts.Dir == "" {
 		d, err := os.MkdirTemp("", "continuum-vcsim-")

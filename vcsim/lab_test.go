@@ -258,3 +258,38 @@ func TestStartRejectsNonLoopback(t *testing.T) {
 		t.Fatal("want an error for a non-loopback address")
 	}
 }
+
+func TestTwoSites(t *testing.T) {
+	src, ctx := startLab(t, Options{Site: SiteSource, ProtectedVMs: 2})
+	dst, _ := startLab(t, Options{Site: SiteTarget})
+	if src.URL.Host == dst.URL.Host {
+		t.Fatal("both sites on one address")
+	}
+	for _, tc := range []struct {
+		s             *Server
+		want, notWant string
+		vms           int
+	}{
+		{src, SourceClusterName, TargetClusterName, 3},
+		{dst, TargetClusterName, SourceClusterName, 1},
+	} {
+		c, err := tc.s.Client(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := find.NewFinder(c.Client, true)
+		if _, err := f.ClusterComputeResource(ctx, "/DC0/host/"+tc.want); err != nil {
+			t.Fatalf("%s: %v", tc.want, err)
+		}
+		if _, err := f.ClusterComputeResource(ctx, "/DC0/host/"+tc.notWant); err == nil {
+			t.Fatalf("%s must not be on this site", tc.notWant)
+		}
+		vms, err := f.VirtualMachineList(ctx, "/DC0/vm/*")
+		if err != nil || len(vms) != tc.vms {
+			t.Fatalf("%d VMs (%v), want %d", len(vms), err, tc.vms)
+		}
+	}
+	if _, err := Start(ctx, Options{Site: "moon"}, nil); err == nil {
+		t.Fatal("unknown site accepted")
+	}
+}
