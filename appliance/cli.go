@@ -34,7 +34,7 @@ type clientOpts struct {
 
 func addClientFlags(fs *pflag.FlagSet, o *clientOpts) {
 	fs.StringVar(&o.api, "api", "", "coordinator API URL(s), comma-separated (env "+EnvAPI+")")
-	fs.StringVar(&o.token, "token", "", "admin API token (env "+EnvToken+")")
+	fs.StringVar(&o.token, "token", "", "admin API token, or @FILE to read it from a file (env "+EnvToken+")")
 	fs.StringVar(&o.cacert, "cacert", "", "cluster CA certificate file, e.g. DATA/ca.pem (env "+EnvCACert+")")
 	fs.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 }
@@ -67,6 +67,13 @@ func (o *clientOpts) resolve() error {
 func (o *clientOpts) client() (*client.Client, error) {
 	if err := o.resolve(); err != nil {
 		return nil, err
+	}
+	if path, ok := strings.CutPrefix(o.token, "@"); ok {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read token file: %w", err)
+		}
+		o.token = strings.TrimSpace(string(b))
 	}
 	ca, err := os.ReadFile(o.cacert)
 	if err != nil {

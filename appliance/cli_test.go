@@ -135,6 +135,11 @@ func TestCLIAgainstServer(t *testing.T) {
 			t.Fatalf("%v: %v\n%s", args, err, out)
 		}
 	}
+	tokFile := filepath.Join(t.TempDir(), "admin.token")
+	os.WriteFile(tokFile, []byte(testAdmin+"\n"), 0o600)
+	if _, err := runCLI(t, "cluster", "status", "--token", "@"+tokFile); err != nil {
+		t.Fatalf("token from file: %v", err)
+	}
 	out, _ = runCLI(t, "cluster", "token", "create", "--role", "join")
 	if _, _, err := parseJoinToken(strings.TrimSpace(out)); err != nil {
 		t.Fatalf("join token %q: %v", out, err)
