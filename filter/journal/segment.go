@@ -36,7 +36,7 @@ func parseSegName(n string) (uint64, bool) {
 // rotating to a new segment when it does not fit. Only the committer calls
 // it. On failure the partial bytes are zeroed so nothing half-written can
 // be read back as a record.
-func (s *Store) writeRecord(rec []byte) (*segment, int64, error) {
+func (s *Store) writeRecord(vm string, id uint64, rec []byte) (*segment, int64, error) {
 	n := int64(len(rec))
 	s.segMu.Lock()
 	seg := s.active
@@ -48,6 +48,11 @@ func (s *Store) writeRecord(rec []byte) (*segment, int64, error) {
 			return nil, 0, fmt.Errorf("append to journal: %w", err)
 		}
 	}
+	// Mark the segment as holding this VM's point before writing it, so
+	// retention can never delete it from under an acknowledged point.
+	s.segMu.Lock()
+	seg.maxIDs[vm] = max(seg.maxIDs[vm], id)
+	s.segMu.Unlock()
 	off := seg.tail
 	if w, err := seg.f.WriteAt(rec, off); err != nil {
 		if w > 0 {

@@ -48,6 +48,7 @@ type Store struct {
 
 type appendReq struct {
 	vm  *VM
+	id  uint64
 	rec []byte
 	err chan error
 	// set by the committer
@@ -296,7 +297,7 @@ func (s *Store) commit(batch []*appendReq) {
 	errs := make([]error, len(batch))
 	var touched []*segment
 	for i, r := range batch {
-		seg, off, err := s.writeRecord(r.rec)
+		seg, off, err := s.writeRecord(r.vm.name, r.id, r.rec)
 		if err != nil {
 			errs[i] = err
 			continue

@@ -422,16 +422,12 @@ func (v *VM) Append(ctx context.Context, p *Point) error {
 	}
 	size := recordSize(v.name, p, baseApplied)
 	buf := appendRecord(v.s.getBuf(size), v.name, p, baseApplied)
-	req := &appendReq{vm: v, rec: buf}
+	req := &appendReq{vm: v, id: p.ID, rec: buf}
 	err = v.s.submit(req)
 	v.s.putBuf(buf)
 	if err != nil {
 		return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)
 	}
-	v.s.segMu.Lock()
-	req.seg.maxIDs[v.name] = max(req.seg.maxIDs[v.name], p.ID)
-	v.s.segMu.Unlock()
-
 	v.mu.Lock()
 	v.lastID = p.ID
 	if baseApplied {
