@@ -236,6 +236,10 @@ type RestorePoint struct {
 	Kind      PointKind `json:"kind"`
 	Time      time.Time `json:"time"`
 	ExpiresAt time.Time `json:"expires_at,omitempty"`
+	// Status is Success, or Warning when the pre-point hook failed (Reason
+	// then holds its output); empty for entries written before it existed.
+	Status VMStatus `json:"status,omitempty"`
+	Reason string   `json:"reason,omitempty"`
 }
 
 // TrafficRule applies to traffic between two address ranges.
