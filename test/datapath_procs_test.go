@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/continuum-cdp/continuum/filter/source"
 )
 
 // Helpers that run the continuum binary as real processes: the data path
@@ -37,7 +39,7 @@ func TestMain(m *testing.M) {
 }
 
 // continuumBinary builds cmd/continuum once per test process.
-func continuumBinary(t *testing.T) string {
+func continuumBinary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "continuum-bin-")
@@ -56,7 +58,7 @@ func continuumBinary(t *testing.T) string {
 	return binPath
 }
 
-func needTools(t *testing.T, tools ...string) {
+func needTools(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -67,7 +69,7 @@ func needTools(t *testing.T, tools ...string) {
 
 // proc is one running process with its arguments, so it can be restarted.
 type proc struct {
-	t     *testing.T
+	t     testing.TB
 	name  string
 	args  []string
 	log   string
@@ -78,7 +80,7 @@ type proc struct {
 	done  chan struct{}
 }
 
-func startProc(t *testing.T, dir, name, admin string, args ...string) *proc {
+func startProc(t testing.TB, dir, name, admin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, args: args, log: filepath.Join(dir, name+".log"), admin: admin}
 	p.start()
@@ -167,7 +169,7 @@ func tail(path string) string {
 	return string(b)
 }
 
-func getJSON(t *testing.T, url string, v any) error {
+func getJSON(t testing.TB, url string, v any) error {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -203,20 +205,27 @@ type pointInfo struct {
 
 // datapath is a running static data path.
 type datapath struct {
-	t                                  *testing.T
+	t                                  testing.TB
 	dir                                string
 	tfilter, tproxy, sproxy, sfilter   *proc
 	tfAdmin, tpAdmin, spAdmin, sfAdmin string
 	nbdAddr                            string
 	vms                                map[string][]int32
+	certs, spData                      string
 }
 
 type dpOptions struct {
 	encrypt bool
 	grace   time.Duration
+	rpo     time.Duration // default 300ms
+	// vms replaces the default VMs (vm-a: 2000, 2001; vm-b: 2000)
+	vms []source.VMConfig
+	// noSourceFilter leaves the source filter to the caller (in-process)
+	noSourceFilter bool
+	logLevel       string
 }
 
-func startDatapath(t *testing.T, o dpOptions) *datapath {
+func startDatapath(t testing.TB, o dpOptions) *datapath {
 	t.Helper()
 	bin := continuumBinary(t)
 	dir := t.TempDir()
@@ -229,8 +238,26 @@ func startDatapath(t *testing.T, o dpOptions) *datapath {
 	if o.encrypt {
 		encArgs = []string{"--encryption-key", filepath.Join(certs, "encryption.key")}
 	}
-	d := &datapath{t: t, dir: dir, vms: map[string][]int32{"vm-a": {2000, 2001}, "vm-b": {2000}}}
+	if o.rpo == 0 {
+		o.rpo = 300 * time.Millisecond
+	}
+	if o.logLevel == "" {
+		o.logLevel = "debug"
+	}
+	if o.vms == nil {
+		o.vms = []source.VMConfig{
+			{Name: "vm-a", Disks: []source.DiskConfig{{Key: 2000, Capacity: 48 << 20}, {Key: 2001, Capacity: 24 << 20}}},
+			{Name: "vm-b", Disks: []source.DiskConfig{{Key: 2000, Capacity: 32 << 20}}},
+		}
+	}
+	d := &datapath{t: t, dir: dir, vms: map[string][]int32{}, certs: certs}
+	for _, vm := range o.vms {
+		for _, dc := range vm.Disks {
+			d.vms[vm.Name] = append(d.vms[vm.Name], dc.Key)
+		}
+	}
 	tfData, tpData, spData := freeAddr(t), freeAddr(t), freeAddr(t)
+	d.spData = spData
 	d.tfAdmin, d.tpAdmin, d.spAdmin, d.sfAdmin = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	d.nbdAddr = freeAddr(t)
 	d.tfilter = startProc(t, dir, "target-filter", d.tfAdmin, append([]string{"filter", "--role", "target",
@@ -239,15 +266,15 @@ func startDatapath(t *testing.T, o dpOptions) *datapath {
 	d.tproxy = startProc(t, dir, "target-proxy", d.tpAdmin, append(append([]string{"proxy", "--role", "target",
 		"--listen", tpData, "--admin-addr", d.tpAdmin, "--target-filter", tfData}, tlsArgs...), encArgs...)...)
 	d.sproxy = startProc(t, dir, "source-proxy", d.spAdmin, append(append([]string{"proxy", "--role", "source",
-		"--listen", spData, "--admin-addr", d.spAdmin, "--target", tpData, "--rpo", "300ms",
-		"--spill-dir", filepath.Join(dir, "spill"), "--log-level", "debug"}, tlsArgs...), encArgs...)...)
+		"--listen", spData, "--admin-addr", d.spAdmin, "--target", tpData, "--rpo", o.rpo.String(),
+		"--spill-dir", filepath.Join(dir, "spill"), "--log-level", o.logLevel}, tlsArgs...), encArgs...)...)
 	cfg := map[string]any{
 		"role": "source", "datastore": filepath.Join(dir, "source"), "proxy": spData,
 		"admin_addr": d.sfAdmin, "nbd_addr": d.nbdAddr, "grace": o.grace.String(), "buffer_bytes": 64 << 20,
-		"vms": []map[string]any{
-			{"name": "vm-a", "disks": []map[string]any{{"key": 2000, "capacity": 48 << 20}, {"key": 2001, "capacity": 24 << 20}}},
-			{"name": "vm-b", "disks": []map[string]any{{"key": 2000, "capacity": 32 << 20}}},
-		},
+		"vms": o.vms,
+	}
+	if o.noSourceFilter {
+		return d
 	}
 	b, _ := json.Marshal(cfg)
 	cfgPath := filepath.Join(dir, "source-filter.json")
@@ -258,6 +285,9 @@ func startDatapath(t *testing.T, o dpOptions) *datapath {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range []*proc{d.sfilter, d.sproxy, d.tproxy, d.tfilter} {
+				if p == nil {
+					continue
+				}
 				t.Logf("%s log:\n%s", p.name, tail(p.log))
 			}
 		}
@@ -374,7 +404,7 @@ func (d *datapath) checkLatest() {
 	}
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -1,0 +1,300 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/s2"
+
+	"github.com/continuum-cdp/continuum/filter/source"
+	"github.com/continuum-cdp/continuum/proxy"
+)
+
+// mixedCorpus is a third zeroes, a third text and a third random bytes, in
+// 64 KiB blocks.
+func mixedCorpus(n int) []byte {
+	r := rand.New(rand.NewPCG(11, 12))
+	words := strings.Fields("the quick brown fox jumps over the lazy dog replication journal point extent block sequence proxy filter target source datastore")
+	b := make([]byte, n)
+	for off := 0; off < n; off += 64 << 10 {
+		blk := b[off:min(n, off+64<<10)]
+		switch (off / (64 << 10)) % 3 {
+		case 1:
+			var sb strings.Builder
+			for sb.Len() < len(blk) {
+				sb.WriteString(words[r.IntN(len(words))])
+				sb.WriteByte(' ')
+			}
+			copy(blk, sb.String())
+		case 2:
+			fillRandom(r, blk)
+		}
+	}
+	return b
+}
+
+// naiveBaseline is the reference pipeline in one process: compress each
+// 1 MiB with s2, send over loopback TCP, decompress, append to a file and
+// fsync every 8 MiB. It returns MB/s.
+func naiveBaseline(b *testing.B, corpus []byte, total int, dir string) float64 {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	f, err := os.Create(filepath.Join(dir, "baseline.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	recvErr := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			recvErr <- err
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReaderSize(c, 1<<20)
+		var hdr [4]byte
+		var buf, out []byte
+		since := 0
+		for {
+			if _, err := io.ReadFull(br, hdr[:]); err != nil {
+				recvErr <- nil
+				return
+			}
+			n := int(binary.BigEndian.Uint32(hdr[:]))
+			if cap(buf) < n {
+				buf = make([]byte, n)
+			}
+			buf = buf[:n]
+			if _, err := io.ReadFull(br, buf); err != nil {
+				recvErr <- err
+				return
+			}
+			if out, err = s2.Decode(out[:cap(out)], buf); err != nil {
+				recvErr <- err
+				return
+			}
+			if _, err := f.Write(out); err != nil {
+				recvErr <- err
+				return
+			}
+			if since += len(out); since >= 8<<20 {
+				f.Sync()
+				since = 0
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	bw := bufio.NewWriterSize(c, 1<<20)
+	var enc []byte
+	for off := 0; off < total; off += 1 << 20 {
+		p := corpus[off%len(corpus) : off%len(corpus)+1<<20]
+		enc = s2.Encode(enc[:cap(enc)], p)
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(enc)))
+		bw.Write(hdr[:])
+		bw.Write(enc)
+	}
+	bw.Flush()
+	c.Close()
+	if err := <-recvErr; err != nil {
+		b.Fatal(err)
+	}
+	f.Sync()
+	return float64(total) / 1e6 / time.Since(start).Seconds()
+}
+
+// peakRSS reads a process's peak resident set (VmHWM) in MB.
+func peakRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	sort.Float64s(v)
+	return v[min(len(v)-1, int(p*float64(len(v))))]
+}
+
+// BenchmarkDatapathEndToEnd measures, in one run on this machine, the
+// naive baseline, then guest writes end to end through separate processes
+// (source filter → source proxy → target proxy → target filter journal,
+// TLS, fsync on, s2) with fio over NBD and with an in-process generator,
+// the write-to-durable lag under a paced load with a 1 s RPO, and each
+// process's peak memory.
+func BenchmarkDatapathEndToEnd(b *testing.B) {
+	needTools(b, "fio")
+	const total = 256 << 20
+	corpus := mixedCorpus(64 << 20)
+	dir := b.TempDir()
+	vms := []source.VMConfig{{Name: "bench", Disks: []source.DiskConfig{{Key: 2000, Capacity: 1 << 30}}}}
+	for i := 0; i < b.N; i++ {
+		base := naiveBaseline(b, corpus, total, dir)
+		d := startDatapath(b, dpOptions{rpo: time.Second, grace: 30 * time.Second, vms: vms, logLevel: "warn"})
+
+		// fio through NBD: sequential 1 MiB writes, half compressible
+		start := time.Now()
+		run(b, "fio", "--name=w", "--ioengine=nbd", "--uri="+d.uri("bench", 2000), "--rw=write", "--bs=1M",
+			fmt.Sprintf("--size=%d", total), "--iodepth=8", "--buffer_compress_percentage=50", "--refill_buffers")
+		d.waitQuiet(5 * time.Minute)
+		fioMBs := float64(total) / 1e6 / time.Since(start).Seconds()
+
+		// in-process generator into the same proxies
+		tlsCfg, err := proxy.TLSConfig(filepath.Join(d.certs, "cert.pem"), filepath.Join(d.certs, "key.pem"), filepath.Join(d.certs, "ca.pem"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		type sample struct {
+			seq uint64
+			at  time.Time
+		}
+		var smu sync.Mutex
+		var samples []sample
+		svc, err := source.New(source.Options{
+			Datastore: filepath.Join(d.dir, "gen"), BufferBytes: 512 << 20,
+			VMs: []source.VMConfig{{Name: "gen", Disks: []source.DiskConfig{{Key: 2000, Capacity: 1 << 30}}}},
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return (&tls.Dialer{Config: tlsCfg}).DialContext(ctx, "tcp", d.spData)
+			},
+			OnStamp: func(s source.Stamp) {
+				smu.Lock()
+				samples = append(samples, sample{s.Seq, time.Now()})
+				smu.Unlock()
+			},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := svc.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		genQuiet := func() {
+			deadline := time.Now().Add(5 * time.Minute)
+			for {
+				st := svc.Status()[0]
+				if st.Mode == "syncing" && st.Acked == st.Seq && st.BufferEntries == 0 {
+					return
+				}
+				if time.Now().After(deadline) {
+					b.Fatalf("generator VM not quiet: %+v", st)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		genQuiet()
+		disk := svc.Disks()[0]
+		start = time.Now()
+		for off := 0; off < total; off += 1 << 20 {
+			p := corpus[off%len(corpus) : off%len(corpus)+1<<20]
+			if err := disk.WriteAt(p, int64(off), false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		genQuiet()
+		genMBs := float64(total) / 1e6 / time.Since(start).Seconds()
+		if st := svc.Status()[0]; st.CBTEntries > 0 {
+			b.Logf("generator VM entered CBT mode %d times", st.CBTEntries)
+		}
+
+		// lag under a paced load: 100 MB/s of 1 MiB writes for 4 s
+		smu.Lock()
+		samples = samples[:0]
+		smu.Unlock()
+		var lags []float64
+		stopPoll := make(chan struct{})
+		pollDone := make(chan struct{})
+		go func() {
+			defer close(pollDone)
+			next := 0
+			for {
+				select {
+				case <-stopPoll:
+					return
+				case <-time.After(2 * time.Millisecond):
+				}
+				acked := svc.Status()[0].Acked
+				now := time.Now()
+				smu.Lock()
+				for next < len(samples) && samples[next].seq <= acked {
+					lags = append(lags, now.Sub(samples[next].at).Seconds())
+					next++
+				}
+				smu.Unlock()
+			}
+		}()
+		const rate = 100e6
+		start = time.Now()
+		written := 0
+		for time.Since(start) < 4*time.Second {
+			want := int(time.Since(start).Seconds() * rate)
+			for written < want {
+				off := written % (512 << 20)
+				if err := disk.WriteAt(corpus[written%(63<<20):written%(63<<20)+1<<20], int64(off), false); err != nil {
+					b.Fatal(err)
+				}
+				written += 1 << 20
+			}
+			time.Sleep(time.Millisecond)
+		}
+		paced := float64(written) / 1e6 / time.Since(start).Seconds()
+		genQuiet()
+		time.Sleep(20 * time.Millisecond)
+		close(stopPoll)
+		<-pollDone
+
+		rssSF := peakRSS(d.sfilter.cmd.Process.Pid)
+		rssSP := peakRSS(d.sproxy.cmd.Process.Pid)
+		rssTP := peakRSS(d.tproxy.cmd.Process.Pid)
+		rssTF := peakRSS(d.tfilter.cmd.Process.Pid)
+		svc.Close()
+		for _, p := range []*proc{d.sfilter, d.sproxy, d.tproxy, d.tfilter} {
+			p.kill()
+		}
+
+		b.ReportMetric(base, "baseline-MB/s")
+		b.ReportMetric(fioMBs, "fio-MB/s")
+		b.ReportMetric(genMBs, "gen-MB/s")
+		b.ReportMetric(fioMBs/base, "fio/baseline")
+		b.ReportMetric(genMBs/base, "gen/baseline")
+		b.ReportMetric(percentile(lags, 0.5), "lag-p50-s")
+		b.ReportMetric(percentile(lags, 0.99), "lag-p99-s")
+		b.ReportMetric(rssSF, "rss-source-filter-MB")
+		b.ReportMetric(rssSP, "rss-source-proxy-MB")
+		b.ReportMetric(rssTP, "rss-target-proxy-MB")
+		b.ReportMetric(rssTF, "rss-target-filter-MB")
+		b.Logf("baseline %.0f MB/s; fio e2e %.0f MB/s (%.2fx); generator e2e %.0f MB/s (%.2fx); paced %.0f MB/s lag p50 %.3fs p99 %.3fs (%d samples); peak RSS MB: source filter %.0f, source proxy %.0f, target proxy %.0f, target filter %.0f",
+			base, fioMBs, fioMBs/base, genMBs, genMBs/base, paced, percentile(lags, 0.5), percentile(lags, 0.99), len(lags), rssSF, rssSP, rssTP, rssTF)
+	}
+}
