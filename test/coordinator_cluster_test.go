@@ -503,4 +503,33 @@ func TestCoordinatorCluster(t *testing.T) {
 	if _, err := c.cli(c1.url(), "policy", "delete", "gold"); err != nil {
 		t.Fatal(err)
 	}
+
+	// A token made with the CLI lets a fourth node join; removing it
+	// brings the cluster back to three voters.
+	tok, err := c.cli(c2.url(), "cluster", "token", "create", "--role", "join")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c4 := newCoordNode(t, c.root, "c4", "--join", c2.url(), "--join-token", strings.TrimSpace(tok))
+	c4.start()
+	c4.waitUp()
+	eventually(t, "4 members", func() error {
+		if n := len(c.status(c1.url()).Members); n != 4 {
+			return fmt.Errorf("%d members", n)
+		}
+		return nil
+	})
+	if _, err := c.cli(c1.url(), "cluster", "remove", "c4"); err != nil {
+		t.Fatal(err)
+	}
+	c4.kill()
+	st = c.status(c3.url())
+	if len(st.Members) != 3 {
+		t.Fatalf("after remove: %+v", st.Members)
+	}
+	for _, m := range st.Members {
+		if m.ID == "c4" {
+			t.Fatal("c4 still a member")
+		}
+	}
 }
