@@ -169,7 +169,7 @@ func writeMaterial(dir string, caPEM, caKeyPEM, certPEM, keyPEM []byte) error {
 	}{
 		{FileCAKey, caKeyPEM, 0o600},
 		{FileNodeKey, keyPEM, 0o600},
-		{FileNodeCert, certPEM, 0o644},
+		{FileNodeCert, certPEM, 0o600},
 		// ca.pem last: its presence marks the directory as initialised.
 		{FileCA, caPEM, 0o644},
 	} {
