@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/continuum-cdp/continuum/client"
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
 )
@@ -139,6 +140,15 @@ func TestCLIAgainstServer(t *testing.T) {
 	os.WriteFile(tokFile, []byte(testAdmin+"\n"), 0o600)
 	if _, err := runCLI(t, "cluster", "status", "--token", "@"+tokFile); err != nil {
 		t.Fatalf("token from file: %v", err)
+	}
+	cl, _ := client.New(e.url, testAdmin, pki.CertPEM(e.ca.Cert))
+	doc, err := cl.OpenAPI(context.Background())
+	if err != nil || doc["openapi"] == nil {
+		t.Fatalf("openapi through the client: %v", err)
+	}
+	jr, err := cl.Join(context.Background(), client.JoinRequest{NodeID: "n9", APIAddr: "127.0.0.1:9", RaftAddr: "127.0.0.1:10"})
+	if err != nil || jr.ClusterID == "" || jr.NodeCert == "" {
+		t.Fatalf("join through the client: %v", err)
 	}
 	out, _ = runCLI(t, "cluster", "token", "create", "--role", "join")
 	if _, _, err := parseJoinToken(strings.TrimSpace(out)); err != nil {

@@ -422,3 +422,17 @@ func (c *Client) CreateTrafficRule(ctx context.Context, tr *model.TrafficRule) (
 func (c *Client) DeleteTrafficRule(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/api/v1/traffic-rules/"+esc(id), nil, nil)
 }
+
+// OpenAPI returns the coordinator's OpenAPI 3 document.
+func (c *Client) OpenAPI(ctx context.Context) (map[string]any, error) {
+	var doc map[string]any
+	return doc, c.Do(ctx, http.MethodGet, "/api/openapi.json", nil, &doc)
+}
+
+// Join asks for a node's join material; the client's token must be a join
+// (or admin) token. A node that does not have the cluster CA yet joins
+// with the pinned exchange of "continuum coordinator --join" instead.
+func (c *Client) Join(ctx context.Context, r JoinRequest) (*JoinResponse, error) {
+	var out JoinResponse
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/cluster/join", r, &out)
+}
