@@ -55,10 +55,11 @@ type Target struct {
 	allowed map[string]bool
 	m       *targetMetrics
 
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-	closed bool
-	wg     sync.WaitGroup
+	mu        sync.Mutex
+	conns     map[net.Conn]bool
+	listeners map[net.Listener]bool
+	closed    bool
+	wg        sync.WaitGroup
 }
 
 type targetMetrics struct {
@@ -125,7 +126,7 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{cfg: cfg, log: cfg.Logger, m: m, conns: map[net.Conn]bool{}}
+	t := &Target{cfg: cfg, log: cfg.Logger, m: m, conns: map[net.Conn]bool{}, listeners: map[net.Listener]bool{}}
 	if len(cfg.VMs) > 0 {
 		t.allowed = map[string]bool{}
 		for _, vm := range cfg.VMs {
@@ -141,6 +142,13 @@ func (t *Target) Serve(ctx context.Context, l net.Listener) error {
 	if t.cfg.TLS != nil {
 		l = tls.NewListener(l, t.cfg.TLS)
 	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return errors.New("target proxy closed")
+	}
+	t.listeners[l] = true
+	t.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	defer t.closeAll()
@@ -184,6 +192,9 @@ func (t *Target) untrack(nc net.Conn) {
 func (t *Target) closeAll() {
 	t.mu.Lock()
 	t.closed = true
+	for l := range t.listeners {
+		l.Close()
+	}
 	for c := range t.conns {
 		c.Close()
 	}
@@ -191,7 +202,9 @@ func (t *Target) closeAll() {
 	t.wg.Wait()
 }
 
-// Close drops every session; Serve returns once its listener closes.
+// Close stops accepting, drops every session and waits for them to end.
+// Unacknowledged points are resent by the source proxies after they
+// reconnect.
 func (t *Target) Close() error {
 	t.closeAll()
 	return nil

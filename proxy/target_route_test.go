@@ -87,3 +87,37 @@ func TestTargetRequiresClientCertificate(t *testing.T) {
 		t.Fatal("a foreign source reached the journal")
 	}
 }
+
+func TestTargetCloseStopsServe(t *testing.T) {
+	tp, err := NewTarget(TargetConfig{FilterAddr: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- tp.Serve(context.Background(), l) }()
+	// A session whose target filter is unreachable is refused, not hung.
+	nc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := wire.NewConn(nc)
+	defer c.Close()
+	_ = c.Send(&wire.Hello{Role: wire.RoleSourceProxy, VM: "vm", Disks: targetTestDisks})
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if ack, err := wire.Expect[*wire.HelloAck](c); err != nil || ack.Err == "" {
+		t.Fatalf("unreachable filter: %+v %v", ack, err)
+	}
+	tp.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after Close")
+	}
+}
