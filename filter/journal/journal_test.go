@@ -633,3 +633,48 @@ func TestCrashDuringMergeIntoBase(t *testing.T) {
 		checkPoint(t, r, v, p.ID, snaps[p.ID])
 	}
 }
+
+// TestFailedFsync: an append whose fsync fails returns the error and is not
+// acknowledged; the segment is abandoned, the point is sent again and
+// lands once; a reopen reads every point exactly.
+func TestFailedFsync(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentBytes: 64 << 10, Logger: testLogger(t)}
+	s, v, snaps, id := smallVM(t, dir, opts, 3)
+	defer func() { s.Close() }()
+	r := rand.New(rand.NewPCG(6, 6))
+	state := snaps[id].clone()
+	p := &Point{ID: id + 1, Time: t0.Add(time.Hour), Kind: KindShortTerm, Extents: randomExtents(r, v.Disks(), 3, 500)}
+	var once sync.Once
+	s.syncErr = func() error {
+		var err error
+		once.Do(func() { err = syscall.EIO })
+		return err
+	}
+	if err := v.Append(context.Background(), p); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("append with a failing fsync: %v", err)
+	}
+	if v.LastID() != id {
+		t.Fatalf("LastID %d after a failed append, want %d", v.LastID(), id)
+	}
+	mustAppend(t, v, p)
+	id++
+	state.apply(p)
+	snaps[id] = state.clone()
+	q := &Point{ID: id + 1, Time: t0.Add(2 * time.Hour), Kind: KindShortTerm, Extents: randomExtents(r, v.Disks(), 3, 500)}
+	mustAppend(t, v, q)
+	id++
+	state.apply(q)
+	snaps[id] = state.clone()
+	s.Close()
+	if s, _ = Open(dir, opts); s == nil {
+		t.Fatal("reopen failed")
+	}
+	v, _ = s.VM("vm-a")
+	if v.LastID() != id {
+		t.Fatalf("LastID %d after reopen, want %d", v.LastID(), id)
+	}
+	for _, pi := range v.List() {
+		checkPoint(t, r, v, pi.ID, snaps[pi.ID])
+	}
+}

@@ -20,6 +20,9 @@ type segment struct {
 	size   int64             // preallocated size
 	tail   int64             // where the next record goes
 	maxIDs map[string]uint64 // per VM, the highest record ID in it
+	// abandoned: an fsync failed; nothing more is written to it and
+	// rotation does not wait on it.
+	abandoned bool
 }
 
 func segName(seq uint64) string { return fmt.Sprintf("seg-%016x.log", seq) }
@@ -79,7 +82,7 @@ func (s *Store) rotate(need int64) (*segment, error) {
 	old := s.active
 	seq := s.nextSeq
 	s.segMu.Unlock()
-	if old != nil {
+	if old != nil && !old.abandoned {
 		if err := s.syncSeg(old); err != nil {
 			s.release(size)
 			return nil, fmt.Errorf("fsync segment %s: %w", old.path, err)

@@ -39,6 +39,10 @@ type Store struct {
 
 	bufs sync.Pool // *[]byte record buffers
 
+	// syncErr, when set (tests only), is called before each segment fsync
+	// and a non-nil result stands for a failed fsync.
+	syncErr func() error
+
 	segDir  string
 	segMu   sync.Mutex
 	segs    []*segment
@@ -340,9 +344,8 @@ func (s *Store) abandon(seg *segment, batch []*appendReq) {
 		}
 	}
 	s.segMu.Lock()
-	if s.active == seg {
-		seg.tail = seg.size
-	}
+	seg.abandoned = true
+	seg.tail = seg.size
 	s.segMu.Unlock()
 	s.log.Error("journal segment abandoned after a failed fsync", "segment", seg.path)
 }
@@ -361,6 +364,11 @@ func (s *Store) syncSeg(seg *segment) error {
 		return nil
 	}
 	s.fsyncs.Add(1)
+	if s.syncErr != nil {
+		if err := s.syncErr(); err != nil {
+			return err
+		}
+	}
 	return seg.f.Sync()
 }
 
