@@ -206,6 +206,15 @@ func (s *Server) wrap(rt route) http.Handler {
 			s.requests.WithLabelValues(rt.Pattern(), strconv.Itoa(code)).Inc()
 		}()
 		if err := s.authenticate(r, rt.Auth); err != nil {
+			// A follower may not have applied a token created a moment
+			// ago; the leader's state decides.
+			if isUnauthorized(err) && r.Header.Get("Authorization") != "" && !s.store.IsLeader() &&
+				r.Header.Get(forwardedHeader) == "" {
+				if _, addr := s.leaderAPI(); addr != "" {
+					s.forward(rec, r)
+					return
+				}
+			}
 			writeError(rec, err)
 			return
 		}
@@ -253,8 +262,10 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 		return nil
 	}
 	// Other coordinators present their node certificate, issued by the
-	// cluster CA that the TLS layer already verified.
-	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+	// cluster CA that the TLS layer already verified. A request a follower
+	// forwards also arrives with that certificate, but it is the user's
+	// token that must be checked for it.
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.Header.Get(forwardedHeader) == "" {
 		return nil
 	}
 	h := r.Header.Get("Authorization")
@@ -295,6 +306,11 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 		return errUnavailable("this node is still catching up with the cluster state; retry")
 	}
 	return errUnauthorized("invalid token")
+}
+
+func isUnauthorized(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.status == http.StatusUnauthorized
 }
 
 func isStale(r *http.Request) bool {

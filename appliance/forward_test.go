@@ -64,10 +64,18 @@ func TestFollowerWithoutLeaderAnswersUnavailable(t *testing.T) {
 	if code, c := do("POST", "/api/v1/traffic-rules", nil); code != http.StatusServiceUnavailable || c != model.CodeUnavailable {
 		t.Fatalf("leader without address: %d %s", code, c)
 	}
+	// A token this follower does not know yet is left to the leader; with
+	// no leader address known, it is refused here.
+	if code, c := doTok(srv, "nope"); code != http.StatusUnauthorized || c != model.CodeUnauthorized {
+		t.Fatalf("unknown token without leader address: %d %s", code, c)
+	}
 	// A request already forwarded once is not forwarded again.
 	st.Coordinators["n1"] = &model.Coordinator{ID: "n1", APIAddr: "127.0.0.1:1"}
 	if code, _ := do("POST", "/api/v1/traffic-rules", map[string]string{forwardedHeader: "n3"}); code != http.StatusServiceUnavailable {
 		t.Fatalf("forward loop: %d", code)
+	}
+	if code, _ := doTok(srv, "nope"); code != http.StatusServiceUnavailable {
+		t.Fatalf("unknown token is sent to the (unreachable) leader: %d", code)
 	}
 	// An unreachable leader gives 503 so that clients retry.
 	if code, c := do("POST", "/api/v1/traffic-rules", nil); code != http.StatusServiceUnavailable || c != model.CodeUnavailable {
@@ -80,4 +88,14 @@ func TestFollowerWithoutLeaderAnswersUnavailable(t *testing.T) {
 	if len(st.TrafficRules) != 0 {
 		t.Fatal("follower changed state")
 	}
+}
+
+func doTok(srv *Server, tok string) (int, string) {
+	req := httptest.NewRequest("GET", "/api/v1/policies", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	rec := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(rec, req)
+	var eb client.ErrorBody
+	_ = json.Unmarshal(rec.Body.Bytes(), &eb)
+	return rec.Code, eb.Error.Code
 }
