@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/continuum-cdp/continuum/internal/pki"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
@@ -120,5 +123,65 @@ func TestClientLongTermAndRetention(t *testing.T) {
 	}
 	if _, err := NewClient("127.0.0.1:1", nil); err == nil {
 		t.Fatal("URL without scheme accepted")
+	}
+}
+
+func TestClientOverAdminTLS(t *testing.T) {
+	ca, err := pki.NewCA("admin-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("filter", []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := pki.RaftServerTLS(ca.Cert, leaf.TLSCertificate(ca.Cert))
+	s := startService(t, Config{JournalDir: t.TempDir(), AdminTLS: conf})
+	dialService(t, s, "vm", testDisks)
+	c, err := NewClient("https://"+s.AdminAddr(), &http.Client{Transport: &http.Transport{TLSClientConfig: conf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vms, err := c.VMs(t.Context()); err != nil || len(vms) != 1 {
+		t.Fatalf("vms over TLS: %+v %v", vms, err)
+	}
+	// Without a client certificate the API is closed.
+	plain, _ := NewClient("https://"+s.AdminAddr(), &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(ca.Cert, nil)}})
+	if _, err := plain.VMs(t.Context()); err == nil {
+		t.Fatal("admin API answered a client without a certificate")
+	}
+}
+
+func TestRestorePointCommandOverTLS(t *testing.T) {
+	ca, _ := pki.NewCA("admin-ca")
+	leaf, _ := ca.Issue("filter", []string{"127.0.0.1"}, time.Hour)
+	s := startService(t, Config{JournalDir: t.TempDir(), AdminTLS: pki.RaftServerTLS(ca.Cert, leaf.TLSCertificate(ca.Cert))})
+	pc, _ := dialService(t, s, "vm", testDisks)
+	sendWorkload(t, pc, rand.New(rand.NewPCG(13, 13)), testDisks, 1, wire.CodecNone)
+	dir := t.TempDir()
+	client, _ := ca.Issue("operator", nil, time.Hour)
+	keyPEM, _ := pki.KeyPEM(client.Key)
+	files := map[string][]byte{"ca.pem": pki.CertPEM(ca.Cert), "c.pem": pki.CertPEM(client.Cert), "c.key": keyPEM}
+	for n, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	api := "https://" + s.AdminAddr()
+	out, err := runCmd(t, "list", "vm", "--filter-api", api, "--filter-cacert", filepath.Join(dir, "ca.pem"),
+		"--filter-cert", filepath.Join(dir, "c.pem"), "--filter-key", filepath.Join(dir, "c.key"))
+	if err != nil || strings.Count(out, "-term") != 2 {
+		t.Fatalf("list over TLS: %v\n%s", err, out)
+	}
+	other, _ := pki.NewCA("other")
+	if err := os.WriteFile(filepath.Join(dir, "other.pem"), pki.CertPEM(other.Cert), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCmd(t, "list", "vm", "--filter-api", api, "--filter-cacert", filepath.Join(dir, "other.pem"),
+		"--filter-cert", filepath.Join(dir, "c.pem"), "--filter-key", filepath.Join(dir, "c.key")); err == nil {
+		t.Fatal("trusted a filter signed by another CA")
+	}
+	if _, err := runCmd(t, "list", "vm", "--filter-api", api, "--filter-cert", filepath.Join(dir, "c.pem")); err == nil {
+		t.Fatal("--cert without --key accepted")
 	}
 }

@@ -34,6 +34,9 @@ type Config struct {
 	// AdminAddr is the HTTP admin listener (/healthz, /metrics, /v1/...).
 	// It is meant for loopback or a management network.
 	AdminAddr string
+	// AdminTLS, when set, serves the admin API over TLS (with client
+	// certificates if it requires them).
+	AdminTLS *tls.Config
 	// NBDAddr is where served points are exported read-only. Default
 	// "127.0.0.1:0".
 	NBDAddr string
@@ -195,7 +198,11 @@ func (s *Service) Run(ctx context.Context) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := s.http.Serve(s.adminL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			l := s.adminL
+			if s.cfg.AdminTLS != nil {
+				l = tls.NewListener(l, s.cfg.AdminTLS)
+			}
+			if err := s.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("admin api: %w", err)
 			}
 		}()
