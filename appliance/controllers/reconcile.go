@@ -1,0 +1,974 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/raftstore"
+	"github.com/continuum-cdp/continuum/vsphere"
+)
+
+// Config configures the policy reconciler.
+type Config struct {
+	Store       Store
+	Inventories Inventories
+	Components  Components
+	Metrics     *Metrics // nil: unregistered collectors
+	Logger      *slog.Logger
+	Clock       Clock // nil: the system clock
+
+	// HeartbeatTimeout: a proxy not heard from for longer is dead
+	// (default 15s).
+	HeartbeatTimeout time.Duration
+	// Resync is how long after a success a policy is reconciled again
+	// (default 30s); PollEvery is how often the state is checked for
+	// edited policies and dead proxies (default 500ms).
+	Resync, PollEvery time.Duration
+	// BackoffBase and BackoffMax bound the retry delay after an error
+	// (defaults 200ms and 30s).
+	BackoffBase, BackoffMax time.Duration
+	// Workers is how many VMs of one policy are configured at once
+	// (default 16); PolicyWorkers how many policies (default 2).
+	Workers, PolicyWorkers int
+	// KeyFor returns the data-path key of a task; nil: no key is pushed.
+	KeyFor func(taskID string) []byte
+}
+
+// Result is the outcome of one reconcile.
+type Result struct {
+	// RequeueAfter, when positive, asks for another reconcile after it.
+	RequeueAfter time.Duration
+}
+
+// ErrTerminal marks a reconcile error that retrying cannot fix; the policy
+// is looked at again only when it changes or at the next resync.
+var ErrTerminal = errors.New("terminal")
+
+type ctxKey struct{}
+
+// ReconcileID returns the reconcile ID carried by ctx, or "".
+func ReconcileID(ctx context.Context) string {
+	s, _ := ctx.Value(ctxKey{}).(string)
+	return s
+}
+
+// PolicyReconciler runs the configuration algorithm for each policy.
+type PolicyReconciler struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu     sync.Mutex
+	pushed map[string]string // task ID → fingerprint of the last pushed configuration
+	q      *queue            // the running loop's queue, nil when not running
+}
+
+// NewPolicyReconciler checks cfg and fills its defaults.
+func NewPolicyReconciler(cfg Config) (*PolicyReconciler, error) {
+	if cfg.Store == nil || cfg.Inventories == nil || cfg.Components == nil {
+		return nil, fmt.Errorf("policy reconciler: %w: Store, Inventories and Components are required", model.ErrInvalid)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.HeartbeatTimeout, 15*time.Second)
+	def(&cfg.Resync, 30*time.Second)
+	def(&cfg.PollEvery, 500*time.Millisecond)
+	def(&cfg.BackoffBase, 200*time.Millisecond)
+	def(&cfg.BackoffMax, 30*time.Second)
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.PolicyWorkers <= 0 {
+		cfg.PolicyWorkers = 2
+	}
+	m := cfg.Metrics
+	if m == nil {
+		m, _ = NewMetrics(nil)
+	}
+	return &PolicyReconciler{cfg: cfg, log: cfg.Logger.With("controller", "policy"), metrics: m, pushed: map[string]string{}}, nil
+}
+
+// Enqueue asks for a reconcile of a policy (the API calls it after a write
+// so that nothing waits for the poll); a no-op when not running.
+func (r *PolicyReconciler) Enqueue(policyID string) {
+	r.mu.Lock()
+	q := r.q
+	r.mu.Unlock()
+	if q != nil {
+		q.Add(policyID)
+	}
+}
+
+// Run reconciles policies until ctx ends: every policy at start, then each
+// one when it changes, when a proxy it uses dies, when vCenter reports a
+// change to one of its VMs, after a backoff on error and at every resync.
+func (r *PolicyReconciler) Run(ctx context.Context) error {
+	q := newQueue(r.cfg.BackoffBase, r.cfg.BackoffMax)
+	r.mu.Lock()
+	r.q = q
+	// A new term re-pushes every configuration once: the components may
+	// have missed the previous leader's last pushes.
+	r.pushed = map[string]string{}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.q = nil
+		r.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer q.ShutDown()
+	defer cancel()
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.poll(ctx, q)
+	}()
+	for i := 0; i < r.cfg.PolicyWorkers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				id, ok := q.Get()
+				if !ok {
+					return
+				}
+				r.process(ctx, q, id)
+				q.Done(id)
+			}
+		}()
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (r *PolicyReconciler) process(ctx context.Context, q *queue, id string) {
+	res, err := r.Reconcile(ctx, id)
+	if ctx.Err() != nil {
+		return
+	}
+	switch {
+	case errors.Is(err, ErrTerminal):
+		q.Forget(id)
+		q.AddAfter(id, r.cfg.Resync)
+	case err != nil:
+		d := q.Backoff(id)
+		r.log.Info("reconcile failed; retrying", "policy", id, "err", err, "after", d)
+	case res.RequeueAfter > 0:
+		q.Forget(id)
+		q.AddAfter(id, res.RequeueAfter)
+	default:
+		q.Forget(id)
+	}
+}
+
+// poll watches the state for policies to reconcile and keeps a vCenter
+// change feed running for every source vCenter in use.
+func (r *PolicyReconciler) poll(ctx context.Context, q *queue) {
+	seen := map[string]string{}
+	dead := map[string]bool{}
+	watching := map[string]context.CancelFunc{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	t := time.NewTicker(r.cfg.PollEvery)
+	defer t.Stop()
+	for {
+		now := r.cfg.Clock.Now()
+		var add []string
+		vcs := map[string]bool{}
+		r.cfg.Store.Read(func(s *model.State) {
+			for id, p := range s.Policies {
+				fp := fmt.Sprint(p.Generation, p.Enabled)
+				if seen[id] != fp {
+					seen[id] = fp
+					add = append(add, id)
+				}
+				if p.Enabled {
+					vcs[p.VCenterID] = true
+				}
+			}
+			for id := range seen {
+				if _, ok := s.Policies[id]; !ok {
+					delete(seen, id)
+				}
+			}
+			nowDead := map[string]bool{}
+			for id, px := range s.Proxies {
+				if !Alive(px, now, r.cfg.HeartbeatTimeout) {
+					nowDead[id] = true
+				}
+			}
+			for _, tk := range s.Tasks {
+				for _, px := range []string{tk.SourceProxy, tk.TargetProxy} {
+					if px == "" {
+						continue
+					}
+					if _, known := s.Proxies[px]; (!known || nowDead[px]) && !dead[px] {
+						add = append(add, tk.PolicyID)
+					}
+				}
+			}
+			dead = nowDead
+		})
+		for _, id := range add {
+			q.Add(id)
+		}
+		for vc := range vcs {
+			if _, ok := watching[vc]; !ok {
+				wctx, cancel := context.WithCancel(ctx)
+				watching[vc] = cancel
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r.watch(wctx, q, vc)
+				}()
+			}
+		}
+		for vc, cancel := range watching {
+			if !vcs[vc] {
+				cancel()
+				delete(watching, vc)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// newReconcileID is a short random ID that ties the log lines of one
+// reconcile together.
+func newReconcileID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// snapshot is what one reconcile reads from the state.
+type snapshot struct {
+	policy  *model.Policy
+	tasks   map[string]*model.VMTask
+	replica map[string]*model.Replica
+	proxies map[string]*model.Proxy
+	rules   []model.TrafficRule
+	load    map[string]int // tasks per proxy, other policies included
+}
+
+func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, error) {
+	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, load: map[string]int{}}
+	err := r.cfg.Store.ReadConsistent(ctx, func(s *model.State) {
+		p, ok := s.Policies[id]
+		if !ok {
+			return
+		}
+		cp := *p
+		sn.policy = &cp
+		for tid, t := range s.Tasks {
+			if t.SourceProxy != "" {
+				sn.load[t.SourceProxy]++
+			}
+			if t.TargetProxy != "" {
+				sn.load[t.TargetProxy]++
+			}
+			if t.PolicyID == id {
+				ct := *t
+				ct.Disks = slices.Clone(t.Disks)
+				sn.tasks[tid] = &ct
+			}
+		}
+		for rid, rp := range s.Replicas {
+			if rp.PolicyID == id {
+				c := *rp
+				sn.replica[rid] = &c
+			}
+		}
+		for pid, px := range s.Proxies {
+			c := *px
+			sn.proxies[pid] = &c
+		}
+		for _, tr := range s.TrafficRules {
+			sn.rules = append(sn.rules, *tr)
+		}
+	})
+	sort.Slice(sn.rules, func(i, j int) bool { return sn.rules[i].ID < sn.rules[j].ID })
+	return sn, err
+}
+
+// Reconcile brings one policy to its desired state. It is safe to call
+// again at any time, by this leader or the next.
+func (r *PolicyReconciler) Reconcile(ctx context.Context, policyID string) (res Result, err error) {
+	rid := newReconcileID()
+	ctx = context.WithValue(ctx, ctxKey{}, rid)
+	log := r.log.With("policy", policyID, "reconcile_id", rid)
+	start := time.Now()
+	defer func() {
+		result := ResultSuccess
+		switch {
+		case errors.Is(err, ErrTerminal):
+			result = ResultTerminal
+		case err != nil:
+			result = ResultError
+		case res.RequeueAfter > 0 && res.RequeueAfter < r.cfg.Resync:
+			result = ResultRequeueAfter
+		}
+		r.metrics.Reconciles.WithLabelValues("policy", result).Inc()
+		log.Debug("reconciled", "result", result, "err", err, "took", time.Since(start))
+	}()
+
+	sn, err := r.read(ctx, policyID)
+	if err != nil {
+		return Result{}, fmt.Errorf("read policy %s: %w", policyID, err)
+	}
+	if sn.policy == nil {
+		return Result{}, nil // deleted: its tasks went with it
+	}
+	if !sn.policy.Enabled {
+		return Result{}, r.disable(ctx, sn)
+	}
+	return r.configure(ctx, log, sn)
+}
+
+// disable turns every task's status into the outcome of the CDP process and
+// releases its proxy choice, so that enabling the policy again selects
+// proxies afresh. Nothing is reconfigured.
+func (r *PolicyReconciler) disable(ctx context.Context, sn *snapshot) error {
+	var errs []error
+	for _, t := range sortedTasks(sn.tasks) {
+		st, reason := DisabledStatus(t)
+		if t.Status == st && t.Reason == reason && t.Generation == 0 {
+			continue
+		}
+		nt := *t
+		nt.Status, nt.Reason, nt.Generation, nt.UpdatedAt = st, reason, 0, r.cfg.Clock.Now()
+		if err := r.putTask(ctx, &nt); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortedTasks(m map[string]*model.VMTask) []*model.VMTask {
+	out := slices.Collect(maps.Values(m))
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (r *PolicyReconciler) putTask(ctx context.Context, t *model.VMTask) error {
+	if _, err := r.cfg.Store.Apply(ctx, raftstore.PutTask{Task: *t}); err != nil {
+		return fmt.Errorf("write task %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// TaskID is the ID of the task of a VM under a policy.
+func TaskID(policyID, vmKey string) string { return policyID + "/" + vmKey }
+
+// failAll records reason on every task and returns err for a retry.
+func (r *PolicyReconciler) failAll(ctx context.Context, sn *snapshot, err error) error {
+	var errs []error
+	for _, t := range sortedTasks(sn.tasks) {
+		errs = append(errs, r.failTask(ctx, t, err.Error()))
+	}
+	return errors.Join(append([]error{err}, errs...)...)
+}
+
+func (r *PolicyReconciler) failTask(ctx context.Context, t *model.VMTask, reason string) error {
+	if t.Status == model.StatusError && t.Reason == reason {
+		return nil
+	}
+	nt := *t
+	nt.Status, nt.Reason, nt.UpdatedAt = model.StatusError, reason, r.cfg.Clock.Now()
+	err := r.putTask(ctx, &nt)
+	if err == nil {
+		*t = nt
+	}
+	return err
+}
+
+// ensureTask creates the task of a VM if it has none (step one of the
+// algorithm) and returns the stored or new task.
+func (r *PolicyReconciler) ensureTask(ctx context.Context, sn *snapshot, id, moref, name string) (*model.VMTask, error) {
+	if t, ok := sn.tasks[id]; ok {
+		return t, nil
+	}
+	t := &model.VMTask{ID: id, PolicyID: sn.policy.ID, VMMoRef: moref, VMName: name, Status: model.StatusPending, UpdatedAt: r.cfg.Clock.Now()}
+	if err := r.putTask(ctx, t); err != nil {
+		return nil, err
+	}
+	sn.tasks[id] = t
+	return t, nil
+}
+
+// placement is where a policy's replicas go, resolved in the target vCenter.
+type placement struct {
+	cluster   *vsphere.Cluster
+	clusterID string
+	datastore string
+	hosts     []string // hosts of the cluster that mount the datastore
+	pool      string
+	folder    string
+}
+
+func byNameOrMoRef[T any](items []T, key string, name, moref func(T) string) *T {
+	for i := range items {
+		if moref(items[i]) == key {
+			return &items[i]
+		}
+	}
+	for i := range items {
+		if name(items[i]) == key {
+			return &items[i]
+		}
+	}
+	return nil
+}
+
+func resolvePlacement(inv *vsphere.Inventory, vcID string, t model.Target) (*placement, error) {
+	cl := byNameOrMoRef(inv.Clusters, t.Cluster, func(c vsphere.Cluster) string { return c.Name }, func(c vsphere.Cluster) string { return c.MoRef })
+	if cl == nil {
+		return nil, fmt.Errorf("target cluster %q not found in vCenter %s", t.Cluster, vcID)
+	}
+	ds := byNameOrMoRef(inv.Datastores, t.Datastore, func(d vsphere.Datastore) string { return d.Name }, func(d vsphere.Datastore) string { return d.MoRef })
+	if ds == nil {
+		return nil, fmt.Errorf("target datastore %q not found in vCenter %s", t.Datastore, vcID)
+	}
+	pl := &placement{cluster: cl, clusterID: vcID + "/" + cl.MoRef, datastore: ds.MoRef, pool: cl.ResourcePool}
+	for _, h := range cl.Hosts {
+		if slices.Contains(ds.Hosts, h) && (t.Host == "" || t.Host == h || hostName(inv, h) == t.Host) {
+			pl.hosts = append(pl.hosts, h)
+		}
+	}
+	if len(pl.hosts) == 0 {
+		if t.Host != "" {
+			return nil, fmt.Errorf("target host %q is not in cluster %s or does not mount datastore %s", t.Host, cl.Name, ds.Name)
+		}
+		return nil, fmt.Errorf("no host of target cluster %s mounts datastore %s", cl.Name, ds.Name)
+	}
+	if t.ResourcePool != "" {
+		rp := byNameOrMoRef(inv.ResourcePools, t.ResourcePool, func(p vsphere.ResourcePool) string { return p.Name }, func(p vsphere.ResourcePool) string { return p.MoRef })
+		if rp == nil {
+			return nil, fmt.Errorf("target resource pool %q not found", t.ResourcePool)
+		}
+		pl.pool = rp.MoRef
+	}
+	if t.Folder != "" {
+		f := byNameOrMoRef(inv.Folders, t.Folder, func(f vsphere.Folder) string { return f.Name }, func(f vsphere.Folder) string { return f.MoRef })
+		if f == nil {
+			return nil, fmt.Errorf("target folder %q not found", t.Folder)
+		}
+		pl.folder = f.MoRef
+	} else if len(inv.Datacenters) > 0 {
+		pl.folder = inv.Datacenters[0].VMFolder
+	}
+	return pl, nil
+}
+
+func hostName(inv *vsphere.Inventory, moref string) string {
+	for _, h := range inv.Hosts {
+		if h.MoRef == moref {
+			return h.Name
+		}
+	}
+	return ""
+}
+
+// spread picks a host for a VM's replica, stable for the VM.
+func (pl *placement) host(vm string) string {
+	h := fnv.New32a()
+	h.Write([]byte(vm))
+	return pl.hosts[int(h.Sum32()%uint32(len(pl.hosts)))]
+}
+
+// work is one VM's share of a reconcile.
+type work struct {
+	task *model.VMTask
+	vm   *vsphere.VM
+	next model.VMTask // the task as it should be stored
+	rep  *model.Replica
+	err  error
+}
+
+func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *snapshot) (Result, error) {
+	p := sn.policy
+	now := r.cfg.Clock.Now()
+
+	// 1. A task per VM: VMs named by MoRef get theirs before anything
+	// else; VMs named by name once vCenter has resolved the name.
+	for _, ref := range p.VMs {
+		if ref.MoRef != "" {
+			if _, err := r.ensureTask(ctx, sn, TaskID(p.ID, ref.MoRef), ref.MoRef, ref.Name); err != nil {
+				return Result{}, err
+			}
+		}
+	}
+
+	// 2. Components available: proxies first (known without vCenter).
+	for _, role := range []model.ProxyRole{model.RoleSource, model.RoleTarget} {
+		sel := Selection{Role: role, Manual: p.SourceProxies, Now: now, HeartbeatTimeout: r.cfg.HeartbeatTimeout}
+		if role == model.RoleTarget {
+			sel.Manual = p.TargetProxies
+		}
+		if !r.anyAlive(sn.proxies, sel) {
+			return Result{}, r.failAll(ctx, sn, fmt.Errorf("%w: no %s proxy is alive", ErrNoProxy, role))
+		}
+	}
+	if p.VCenterID != p.Target.VCenterID {
+		return Result{}, r.failAll(ctx, sn, fmt.Errorf("%w: replication between two vCenters (%s to %s) is not supported", ErrTerminal, p.VCenterID, p.Target.VCenterID))
+	}
+
+	// 3. Query the VMs and hosts.
+	vc, err := r.cfg.Inventories(ctx, p.VCenterID)
+	if err != nil {
+		return Result{}, r.failAll(ctx, sn, fmt.Errorf("connect to vCenter %s: %w", p.VCenterID, err))
+	}
+	inv, err := vc.Inventory(ctx)
+	if err != nil {
+		return Result{}, r.failAll(ctx, sn, fmt.Errorf("read inventory of vCenter %s: %w", p.VCenterID, err))
+	}
+	pl, err := resolvePlacement(inv, p.Target.VCenterID, p.Target)
+	if err != nil {
+		return Result{}, r.failAll(ctx, sn, err)
+	}
+	byMoRef := map[string]*vsphere.VM{}
+	for i := range inv.VMs {
+		byMoRef[inv.VMs[i].MoRef] = &inv.VMs[i]
+	}
+
+	// Resolve every VM of the policy; the desired task IDs follow.
+	var works []*work
+	want := map[string]bool{}
+	var errs []error
+	for _, ref := range p.VMs {
+		var vm *vsphere.VM
+		if ref.MoRef != "" {
+			vm = byMoRef[ref.MoRef]
+		} else if v := inv.VMByName(ref.Name); v != nil && v.Replica == nil {
+			vm = v
+		}
+		key := ref.Key()
+		if vm != nil {
+			key = vm.MoRef
+		}
+		id := TaskID(p.ID, key)
+		want[id] = true
+		t, err := r.ensureTask(ctx, sn, id, ref.MoRef, ref.Name)
+		if err != nil {
+			return Result{}, err
+		}
+		if vm == nil {
+			errs = append(errs, r.failTask(ctx, t, fmt.Sprintf("VM %q not found in vCenter %s", key, p.VCenterID)))
+			errs = append(errs, fmt.Errorf("VM %q of policy %s not found", key, p.Name))
+			continue
+		}
+		if vm.Replica != nil {
+			errs = append(errs, r.failTask(ctx, t, fmt.Sprintf("VM %s is itself a replica", vm.Name)))
+			errs = append(errs, fmt.Errorf("%w: VM %s is a replica", ErrTerminal, vm.Name))
+			continue
+		}
+		works = append(works, &work{task: t, vm: vm})
+	}
+	// VMs taken out of the policy lose their tasks; their replicas stay.
+	for id := range sn.tasks {
+		if !want[id] {
+			if _, err := r.cfg.Store.Apply(ctx, raftstore.DeleteTask{ID: id}); err != nil && !errors.Is(err, model.ErrNotFound) {
+				errs = append(errs, fmt.Errorf("delete task %s: %w", id, err))
+			}
+			delete(sn.tasks, id)
+		}
+	}
+
+	// 2 (cont.). The filter on the target cluster and every source cluster.
+	if ok, err := vc.FilterInstalled(ctx, pl.cluster.MoRef); err != nil {
+		return Result{}, r.failAll(ctx, sn, fmt.Errorf("check filter on target cluster %s: %w", pl.cluster.Name, err))
+	} else if !ok {
+		return Result{}, r.failAll(ctx, sn, fmt.Errorf("the filter is not installed on target cluster %s", pl.cluster.Name))
+	}
+	srcFilter := map[string]error{}
+	for _, w := range works {
+		cl := w.vm.Cluster
+		if _, done := srcFilter[cl]; done {
+			continue
+		}
+		ok, err := vc.FilterInstalled(ctx, cl)
+		switch {
+		case err != nil:
+			srcFilter[cl] = fmt.Errorf("check filter on source cluster %s: %w", cl, err)
+		case !ok:
+			srcFilter[cl] = fmt.Errorf("the filter is not installed on source cluster %s", clusterName(inv, cl))
+		default:
+			srcFilter[cl] = nil
+		}
+	}
+	profile, err := vc.EnsureProfile(ctx)
+	if err != nil {
+		return Result{}, r.failAll(ctx, sn, fmt.Errorf("find the CDP storage profile: %w", err))
+	}
+
+	// 4-5. Replicas and the storage policy, VMs in parallel.
+	var ready []*work
+	for _, w := range works {
+		if e := srcFilter[w.vm.Cluster]; e != nil {
+			w.err = e
+		}
+	}
+	r.parallel(works, func(w *work) {
+		if w.err == nil {
+			w.err = r.prepareVM(ctx, vc, p, pl, sn, profile, w)
+		}
+	})
+	for _, w := range works {
+		if w.err != nil {
+			errs = append(errs, r.failTask(ctx, w.task, w.err.Error()), w.err)
+			continue
+		}
+		ready = append(ready, w)
+	}
+
+	// 6. Select proxies, one VM at a time so that load counts are exact.
+	for _, w := range ready {
+		if err := r.selectProxies(sn, p, pl, inv, w, now); err != nil {
+			w.err = err
+			errs = append(errs, r.failTask(ctx, w.task, err.Error()), err)
+		}
+	}
+
+	// 7. Push configuration and record the outcome, VMs in parallel.
+	r.parallel(ready, func(w *work) {
+		if w.err == nil {
+			w.err = r.push(ctx, sn, w)
+		}
+	})
+	for _, w := range ready {
+		if w.err != nil && !errors.Is(w.err, ErrNoProxy) {
+			errs = append(errs, r.failTask(ctx, w.task, w.err.Error()), w.err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		log.Info("policy partly configured", "vms", len(p.VMs), "configured", countOK(ready), "err", err)
+		if onlyTerminal(errs) {
+			return Result{}, fmt.Errorf("%w: %w", ErrTerminal, err)
+		}
+		return Result{}, err
+	}
+	return Result{RequeueAfter: r.cfg.Resync}, nil
+}
+
+func onlyTerminal(errs []error) bool {
+	for _, e := range errs {
+		if e != nil && !errors.Is(e, ErrTerminal) {
+			return false
+		}
+	}
+	return true
+}
+
+func countOK(ws []*work) int {
+	n := 0
+	for _, w := range ws {
+		if w.err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func clusterName(inv *vsphere.Inventory, moref string) string {
+	for _, c := range inv.Clusters {
+		if c.MoRef == moref {
+			return c.Name
+		}
+	}
+	return moref
+}
+
+func (r *PolicyReconciler) anyAlive(proxies map[string]*model.Proxy, s Selection) bool {
+	s.Load = nil
+	manual := map[string]bool{}
+	for _, id := range s.Manual {
+		manual[id] = true
+	}
+	for _, px := range proxies {
+		if px.Role.Serves(s.Role) && Alive(px, s.Now, s.HeartbeatTimeout) && (len(manual) == 0 || manual[px.ID]) {
+			return true
+		}
+	}
+	return false
+}
+
+// parallel runs fn on every work item with at most Workers at once.
+func (r *PolicyReconciler) parallel(ws []*work, fn func(*work)) {
+	sem := make(chan struct{}, r.cfg.Workers)
+	var wg sync.WaitGroup
+	for _, w := range ws {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			fn(w)
+		}()
+	}
+	wg.Wait()
+}
+
+// upToDate reports whether the stored task already describes the VM as it
+// is: replica known, every disk paired with equal capacity and profiled.
+func upToDate(t *model.VMTask, vm *vsphere.VM, profile string, rep *model.Replica) bool {
+	if t.ReplicaID == "" || rep == nil || len(t.Disks) != len(vm.Disks) {
+		return false
+	}
+	for _, d := range vm.Disks {
+		i := slices.IndexFunc(t.Disks, func(m model.DiskMap) bool { return m.Key == d.Key })
+		if i < 0 || t.Disks[i].CapacityBytes != d.CapacityBytes || !t.Disks[i].ProfileApplied || d.ProfileID != profile {
+			return false
+		}
+	}
+	return true
+}
+
+// prepareVM creates the replica (found by its marker if it exists), gives
+// it any disk added to the source, and applies the storage profile to the
+// source disks.
+func (r *PolicyReconciler) prepareVM(ctx context.Context, vc Inventory, p *model.Policy, pl *placement, sn *snapshot, profile string, w *work) error {
+	vm := w.vm
+	w.next = *w.task
+	w.next.VMMoRef, w.next.VMName, w.next.InstanceUUID = vm.MoRef, vm.Name, vm.InstanceUUID
+	w.next.SourceHost = p.VCenterID + "/" + vm.Host
+	if upToDate(w.task, vm, profile, sn.replica[w.task.ReplicaID]) {
+		return nil // found as desired: no vCenter call
+	}
+	spec := vsphere.ReplicaSpec{
+		SourceVM: vm.MoRef, PolicyID: p.ID, Name: vm.Name + p.Target.ReplicaSuffix,
+		Host: pl.host(vm.MoRef), Datastore: pl.datastore, Pool: pl.pool, Folder: pl.folder,
+	}
+	if p.Target.ReplicaSuffix == "" {
+		spec.Name = vm.Name + "_replica"
+	}
+	rvm, err := vc.EnsureReplica(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("create replica of %s on %s: %w", vm.Name, spec.Host, err)
+	}
+	for _, d := range vm.Disks {
+		if rvm.Disk(d.Key) == nil {
+			rd, err := vc.EnsureReplicaDisk(ctx, rvm.MoRef, vm.MoRef, d.Key)
+			if err != nil {
+				return fmt.Errorf("create replica disk %d of %s: %w", d.Key, vm.Name, err)
+			}
+			rvm.Disks = append(rvm.Disks, *rd)
+		}
+	}
+	var missing []int32
+	for _, d := range vm.Disks {
+		if d.ProfileID != profile {
+			missing = append(missing, d.Key)
+		}
+	}
+	if len(missing) > 0 {
+		if err := vc.ApplyPolicy(ctx, vm.MoRef, profile, missing...); err != nil {
+			return fmt.Errorf("apply the CDP storage policy to disks %v of %s: %w", missing, vm.Name, err)
+		}
+	}
+	disks := make([]model.DiskMap, 0, len(vm.Disks))
+	var total int64
+	for _, d := range vm.Disks {
+		rd := rvm.Disk(d.Key)
+		if rd.CapacityBytes != d.CapacityBytes {
+			return fmt.Errorf("replica disk %d of %s has %d bytes, source %d", d.Key, vm.Name, rd.CapacityBytes, d.CapacityBytes)
+		}
+		disks = append(disks, model.DiskMap{Key: d.Key, CapacityBytes: d.CapacityBytes, SourceFile: d.FileName, ReplicaFile: rd.FileName, ProfileApplied: true})
+		total += d.CapacityBytes
+	}
+	rep := model.Replica{
+		ID: p.Target.VCenterID + "/" + rvm.MoRef, PolicyID: p.ID, SourceVM: vm.MoRef, SourceUUID: vm.InstanceUUID,
+		VCenterID: p.Target.VCenterID, MoRef: rvm.MoRef, Name: rvm.Name, Disks: disks, CreatedAt: r.cfg.Clock.Now(),
+	}
+	if old := sn.replica[rep.ID]; old != nil {
+		rep.CreatedAt = old.CreatedAt
+		rep.FailedOver = old.FailedOver
+	}
+	if old := sn.replica[rep.ID]; old == nil || !reflect.DeepEqual(*old, rep) {
+		if _, err := r.cfg.Store.Apply(ctx, raftstore.PutReplica{Replica: rep}); err != nil {
+			return fmt.Errorf("record replica %s: %w", rep.ID, err)
+		}
+	}
+	w.rep = &rep
+	w.next.ReplicaID, w.next.Disks, w.next.SyncTotalBytes = rep.ID, disks, total
+	return nil
+}
+
+// selectProxies keeps a task's proxies while the policy is unchanged and
+// they are alive; otherwise it selects again. A vMotion to another cluster
+// re-plans the source side.
+func (r *PolicyReconciler) selectProxies(sn *snapshot, p *model.Policy, pl *placement, inv *vsphere.Inventory, w *work, now time.Time) error {
+	srcCluster := p.VCenterID + "/" + w.vm.Cluster
+	movedCluster := w.task.SourceHost != "" && w.task.SourceHost != w.next.SourceHost &&
+		clusterOfHost(inv, trimVC(w.task.SourceHost)) != w.vm.Cluster
+	for _, side := range []struct {
+		role    model.ProxyRole
+		cluster string
+		manual  []string
+		cur     *string
+		replan  bool
+	}{
+		{model.RoleSource, srcCluster, p.SourceProxies, &w.next.SourceProxy, movedCluster},
+		{model.RoleTarget, pl.clusterID, p.TargetProxies, &w.next.TargetProxy, false},
+	} {
+		sel := Selection{Role: side.role, Cluster: side.cluster, Manual: side.manual, Load: sn.load, Now: now, HeartbeatTimeout: r.cfg.HeartbeatTimeout}
+		if p.ProxySelection != model.SelectManual {
+			sel.Manual = nil
+		}
+		if !side.replan && keepProxy(sn.proxies, *side.cur, w.task.Generation, p.Generation, sel) {
+			continue
+		}
+		if *side.cur != "" {
+			sn.load[*side.cur]--
+		}
+		px, err := SelectProxy(sn.proxies, sel)
+		if err != nil {
+			*side.cur = ""
+			return fmt.Errorf("select %s proxy for %s: %w", side.role, w.vm.Name, err)
+		}
+		*side.cur = px.ID
+		sn.load[px.ID]++
+	}
+	w.next.Generation = p.Generation
+	return nil
+}
+
+func trimVC(id string) string {
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] == '/' {
+			return id[i+1:]
+		}
+	}
+	return id
+}
+
+func clusterOfHost(inv *vsphere.Inventory, moref string) string {
+	for _, h := range inv.Hosts {
+		if h.MoRef == moref {
+			return h.Cluster
+		}
+	}
+	return ""
+}
+
+// push sends the data-path configuration when it differs from the last
+// one pushed in this term, then stores the task.
+func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) error {
+	p := sn.policy
+	dp := DataPath{
+		Task: w.next, Policy: *p, SourceHost: w.vm.Host,
+		SourceProxy: *sn.proxies[w.next.SourceProxy], TargetProxy: *sn.proxies[w.next.TargetProxy],
+		Rules: sn.rules,
+	}
+	if r.cfg.KeyFor != nil {
+		dp.Key = r.cfg.KeyFor(w.next.ID)
+	}
+	fp := fingerprint(dp)
+	r.mu.Lock()
+	same := r.pushed[w.next.ID] == fp
+	r.mu.Unlock()
+	if !same {
+		if err := r.cfg.Components.Configure(ctx, dp); err != nil {
+			return fmt.Errorf("push configuration of %s to proxies %s and %s: %w", w.vm.Name, dp.SourceProxy.Name, dp.TargetProxy.Name, err)
+		}
+		r.mu.Lock()
+		r.pushed[w.next.ID] = fp
+		r.mu.Unlock()
+	}
+	if configOwned(&w.next) {
+		w.next.Status, w.next.Reason = model.StatusInitialSync, ""
+		if w.next.SyncTotalBytes > 0 && w.next.SyncDoneBytes >= w.next.SyncTotalBytes {
+			w.next.Status = model.StatusSyncing
+		}
+	}
+	if reflect.DeepEqual(w.next, *w.task) {
+		return nil
+	}
+	w.next.UpdatedAt = r.cfg.Clock.Now()
+	if err := r.putTask(ctx, &w.next); err != nil {
+		return err
+	}
+	*w.task = w.next
+	return nil
+}
+
+// fingerprint identifies a configuration without its volatile fields.
+func fingerprint(dp DataPath) string {
+	t := dp.Task
+	t.Status, t.Reason, t.SyncDoneBytes, t.LagSeconds, t.LastPointAt, t.UpdatedAt = "", "", 0, 0, time.Time{}, time.Time{}
+	dp.Task = t
+	dp.SourceProxy.LastHeartbeat, dp.TargetProxy.LastHeartbeat = time.Time{}, time.Time{}
+	dp.Policy.UpdatedAt = time.Time{}
+	h := fnv.New128a()
+	fmt.Fprintf(h, "%+v", dp)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// ReportStatus records a data-path status reported by a component:
+// Initial sync with its progress, Syncing with its lag (the policy's RPO
+// thresholds turn a large lag into Warning or Error), or CBT mode.
+func (r *PolicyReconciler) ReportStatus(ctx context.Context, taskID string, status model.VMStatus, doneBytes int64, lag time.Duration) error {
+	switch status {
+	case model.StatusInitialSync, model.StatusSyncing, model.StatusCBT:
+	default:
+		return model.Invalid("status", "a component reports Initial sync, Syncing or CBT mode, not %q", status)
+	}
+	if doneBytes < 0 || lag < 0 {
+		return model.Invalid("progress", "progress and lag must not be negative")
+	}
+	var t model.VMTask
+	var p model.Policy
+	found := false
+	err := r.cfg.Store.ReadConsistent(ctx, func(s *model.State) {
+		if tk, ok := s.Tasks[taskID]; ok {
+			if pol, ok := s.Policies[tk.PolicyID]; ok {
+				t, p, found = *tk, *pol, true
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("read task %s: %w", taskID, err)
+	}
+	if !found {
+		return model.NotFound("task_id", "task", taskID)
+	}
+	t.SyncDoneBytes, t.LagSeconds = doneBytes, lag.Seconds()
+	t.Status, t.Reason = status, ""
+	switch status {
+	case model.StatusSyncing:
+		t.Status, t.Reason = LagStatus(&p, lag)
+		if t.SyncTotalBytes > 0 {
+			t.SyncDoneBytes = t.SyncTotalBytes
+		}
+	case model.StatusCBT:
+		t.Reason = "changes could not be delivered in time; dirty blocks are tracked and will be resent"
+	}
+	t.UpdatedAt = r.cfg.Clock.Now()
+	return r.putTask(ctx, &t)
+}
