@@ -134,7 +134,7 @@ func BenchmarkConfigure1000(b *testing.B) {
 			sources = append(sources, vm)
 		}
 	}
-	const workers = 8
+	const workers = 4
 	var seq, par time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

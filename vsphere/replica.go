@@ -59,7 +59,8 @@ func (c *Client) EnsureReplica(ctx context.Context, spec ReplicaSpec) (*VM, erro
 	}
 	var src mo.VirtualMachine
 	sr := ref("VirtualMachine", spec.SourceVM)
-	if err := c.props(ctx, sr, []string{"name", "config"}, &src); err != nil {
+	// Only what the replica copies: the whole config is much larger.
+	if err := c.props(ctx, sr, []string{"name", "config.instanceUuid", "config.guestId", "config.firmware", "config.hardware"}, &src); err != nil {
 		return nil, wrap(op+": read source", err)
 	}
 	if src.Config == nil || src.Config.InstanceUuid == "" {
@@ -114,10 +115,15 @@ func (c *Client) EnsureReplica(ctx context.Context, spec ReplicaSpec) (*VM, erro
 	if !ok {
 		return nil, fail(op, ErrTaskFailed, fmt.Errorf("create task returned %T", result))
 	}
-	vm, err := c.VM(ctx, created.Value)
-	if err != nil {
+	// One read of the new VM; its cluster is the placement's, and a new
+	// VM has no storage profile to ask SPBM about.
+	var m mo.VirtualMachine
+	if err := c.props(ctx, created, vmProps, &m); err != nil {
 		return nil, wrap(op, err)
 	}
+	v := toVM(&m)
+	v.Cluster = c.placementCluster(spec)
+	vm := &v
 	c.log.Info("replica created", "source", spec.SourceVM, "replica", vm.MoRef, "name", spec.Name)
 	return vm, nil
 }
@@ -429,6 +435,7 @@ func (c *Client) DeleteReplica(ctx context.Context, replica string) error {
 
 type placement struct {
 	datastoreName string
+	cluster       string // the host's compute resource
 	until         time.Time
 }
 
@@ -460,7 +467,7 @@ func (c *Client) validatePlacement(ctx context.Context, spec ReplicaSpec) (strin
 	if ok && time.Now().Before(p.until) {
 		return p.datastoreName, nil
 	}
-	name, err := c.readPlacement(ctx, spec)
+	name, cluster, err := c.readPlacement(ctx, spec)
 	if err != nil {
 		return "", err
 	}
@@ -468,42 +475,52 @@ func (c *Client) validatePlacement(ctx context.Context, spec ReplicaSpec) (strin
 	if c.placed == nil {
 		c.placed = map[ReplicaSpec]placement{}
 	}
-	c.placed[key] = placement{datastoreName: name, until: time.Now().Add(placementTTL)}
+	c.placed[key] = placement{datastoreName: name, cluster: cluster, until: time.Now().Add(placementTTL)}
 	c.placeMu.Unlock()
 	return name, nil
 }
 
-func (c *Client) readPlacement(ctx context.Context, spec ReplicaSpec) (string, error) {
+func (c *Client) placementCluster(spec ReplicaSpec) string {
+	c.placeMu.Lock()
+	defer c.placeMu.Unlock()
+	return c.placed[placementKey(spec)].cluster
+}
+
+func (c *Client) readPlacement(ctx context.Context, spec ReplicaSpec) (string, string, error) {
 	var host mo.HostSystem
 	hr := ref("HostSystem", spec.Host)
 	if err := c.props(ctx, hr, []string{"name", "parent", "datastore"}, &host); err != nil {
-		return "", wrap("target host "+spec.Host, err)
+		return "", "", wrap("target host "+spec.Host, err)
 	}
 	var ds mo.Datastore
 	dr := ref("Datastore", spec.Datastore)
 	if err := c.props(ctx, dr, []string{"name"}, &ds); err != nil {
-		return "", wrap("target datastore "+spec.Datastore, err)
+		return "", "", wrap("target datastore "+spec.Datastore, err)
 	}
 	if !slices.Contains(values(host.Datastore), spec.Datastore) {
-		return "", fail("target placement", ErrDatastoreNotMounted, fmt.Errorf("host %s does not mount datastore %s", host.Name, ds.Name))
+		return "", "", fail("target placement", ErrDatastoreNotMounted, fmt.Errorf("host %s does not mount datastore %s", host.Name, ds.Name))
 	}
 	var pool mo.ResourcePool
 	pr := ref("ResourcePool", spec.Pool)
 	if err := c.props(ctx, pr, []string{"owner"}, &pool); err != nil {
-		return "", wrap("target resource pool "+spec.Pool, err)
+		return "", "", wrap("target resource pool "+spec.Pool, err)
 	}
 	if host.Parent == nil || pool.Owner.Value != host.Parent.Value {
-		return "", fail("target placement", ErrInvalid, fmt.Errorf("resource pool %s does not belong to the compute resource of host %s", spec.Pool, host.Name))
+		return "", "", fail("target placement", ErrInvalid, fmt.Errorf("resource pool %s does not belong to the compute resource of host %s", spec.Pool, host.Name))
 	}
 	var folder mo.Folder
 	fr := ref("Folder", spec.Folder)
 	if err := c.props(ctx, fr, []string{"childType"}, &folder); err != nil {
-		return "", wrap("target folder "+spec.Folder, err)
+		return "", "", wrap("target folder "+spec.Folder, err)
 	}
 	if !slices.Contains(folder.ChildType, "VirtualMachine") {
-		return "", fail("target placement", ErrInvalid, fmt.Errorf("folder %s does not hold VMs", spec.Folder))
+		return "", "", fail("target placement", ErrInvalid, fmt.Errorf("folder %s does not hold VMs", spec.Folder))
 	}
-	return ds.Name, nil
+	cluster := ""
+	if host.Parent.Type == "ClusterComputeResource" {
+		cluster = host.Parent.Value
+	}
+	return ds.Name, cluster, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -20,7 +20,7 @@ const maxPoll = 100 * time.Millisecond
 func (c *Client) waitTask(ctx context.Context, t *object.Task) (types.AnyType, error) {
 	r := t.Reference()
 	var m mo.Task
-	delay := time.Millisecond
+	delay := 2 * time.Millisecond
 	for {
 		if err := c.props(ctx, r, []string{"info.state", "info.result", "info.error", "info.description"}, &m); err != nil {
 			return nil, err
