@@ -268,6 +268,7 @@ func (s *Service) exportPath(p string) (string, error) {
 
 // served is one point exported over NBD, a read-only export per disk.
 type served struct {
+	vm      string
 	res     ServeResult
 	readers []journal.PointReader
 	names   []string
@@ -301,7 +302,7 @@ func (s *Service) handleServe(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, sv.res)
 		return
 	}
-	sv := &served{s: s, res: ServeResult{Point: req.Point, Exports: []ServedDisk{}}}
+	sv := &served{s: s, vm: v.Name(), res: ServeResult{Point: req.Point, Exports: []ServedDisk{}}}
 	for _, d := range v.Disks() {
 		pr, err := v.OpenPoint(req.Point, d.Key)
 		if err != nil {
@@ -383,6 +384,11 @@ func (s *Service) handleRetention(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Unlock()
+	if s.isServing(v.Name()) {
+		// Applied by the retention loop once nothing is served.
+		writeJSON(w, http.StatusOK, req)
+		return
+	}
 	if err := v.ApplyRetention(time.Now(), rt.ShortTerm, rt.LongTerm); err != nil {
 		writeErr(w, err)
 		return

@@ -32,6 +32,11 @@ func (s *Service) applyRetention(now time.Time) {
 		if rt.ShortTerm == 0 && rt.LongTerm == 0 {
 			continue
 		}
+		if s.isServing(name) {
+			// A point served over NBD must stay readable until unserved.
+			s.m.retentionRuns.WithLabelValues("deferred").Inc()
+			continue
+		}
 		if err := v.ApplyRetention(now, rt.ShortTerm, rt.LongTerm); err != nil {
 			s.m.retentionRuns.WithLabelValues("error").Inc()
 			s.log.Warn("retention", "vm", name, "err", err)
@@ -39,4 +44,16 @@ func (s *Service) applyRetention(now time.Time) {
 		}
 		s.m.retentionRuns.WithLabelValues("ok").Inc()
 	}
+}
+
+// isServing reports whether any point of vm is exported over NBD.
+func (s *Service) isServing(vm string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sv := range s.served {
+		if sv.vm == vm {
+			return true
+		}
+	}
+	return false
 }

@@ -484,3 +484,38 @@ func TestTargetFilterRetentionSurvivesRestart(t *testing.T) {
 		t.Fatalf("a corrupt retention file was not reported: %v", err)
 	}
 }
+
+func TestTargetFilterRetentionWaitsForServedPoints(t *testing.T) {
+	s := startService(t, Config{JournalDir: t.TempDir(), RetentionInterval: 20 * time.Millisecond})
+	base := "http://" + s.AdminAddr()
+	pc, _ := dialService(t, s, "vm", testDisks)
+	m := sendWorkload(t, pc, rand.New(rand.NewPCG(14, 14)), testDisks, 4, wire.CodecNone)
+	if code, body := post(t, base+"/v1/vms/vm/serve", ServeRequest{Point: 3}, nil); code != 200 {
+		t.Fatalf("serve: %d %s", code, body)
+	}
+	if code, body := post(t, base+"/v1/vms/vm/retention", map[string]string{"short_term": "1ns", "long_term": "0s"}, nil); code != 200 {
+		t.Fatalf("retention: %d %s", code, body)
+	}
+	time.Sleep(200 * time.Millisecond) // several loop passes
+	vm, _ := s.Store().VM("vm")
+	if len(vm.List()) != 5 {
+		t.Fatalf("retention ran under a served point: %+v", vm.List())
+	}
+	if got := readImage(t, s, "vm", 3, 2000); !bytes.Equal(got, m.at[3][2000]) {
+		t.Fatal("served point changed")
+	}
+	req, _ := http.NewRequest(http.MethodDelete, base+"/v1/vms/vm/serve/3", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(vm.List()) > 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("retention did not resume after unserve: %+v", vm.List())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	checkPoints(t, s, "vm", m)
+}
