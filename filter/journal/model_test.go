@@ -44,6 +44,18 @@ func runModel(t *testing.T, seed uint64, steps int, noSync bool) {
 	if l := v.List(); len(l) != 1 || l[0].ID != id || l[0].Kind != model.PointLongTerm {
 		t.Fatalf("after initial sync: %s", ids(l))
 	}
+	// A second VM shares the segments: retention of one must never delete
+	// what the other still needs.
+	other := []DiskSpec{{Key: 1, Capacity: 50<<10 + 1}}
+	v2, err := s.OpenVM("vm-2", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state2 := newModel(other)
+	var id2 uint64
+	clock2 := t0
+	initialSync(t, r, v2, other, state2, &id2, &clock2)
+	last2 := state2.clone()
 	const st, lt = 12 * time.Second, 40 * time.Second
 	var lastRet time.Time
 	longTerm := map[uint64]time.Time{id: clock}
@@ -99,6 +111,11 @@ func runModel(t *testing.T, seed uint64, steps int, noSync bool) {
 				t.Fatalf("retention: %v", err)
 			}
 			lastRet = clock
+			if r.IntN(2) == 0 {
+				if err := v2.ApplyRetention(clock2, 3*time.Second, 0); err != nil {
+					t.Fatalf("retention of the other vm: %v", err)
+				}
+			}
 		default:
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
@@ -110,6 +127,22 @@ func runModel(t *testing.T, seed uint64, steps int, noSync bool) {
 			if v, ok = s.VM("vm-1"); !ok {
 				t.Fatal("vm lost on reopen")
 			}
+			if v2, ok = s.VM("vm-2"); !ok {
+				t.Fatal("vm lost on reopen")
+			}
+		}
+		if r.IntN(2) == 0 {
+			id2++
+			clock2 = clock2.Add(time.Second)
+			p := &Point{ID: id2, Time: clock2, Kind: KindShortTerm, Extents: randomExtents(r, other, 2, 5000)}
+			state2.apply(p)
+			mustAppend(t, v2, p)
+			last2 = state2.clone()
+		}
+		if l2 := v2.List(); l2[len(l2)-1].ID != id2 || v2.LastID() != id2 {
+			t.Fatalf("step %d: other vm at %d, list %s", step, id2, ids(l2))
+		} else if checkAll {
+			checkPoint(t, r, v2, id2, last2)
 		}
 		if v.LastID() != id {
 			t.Fatalf("step %d: LastID %d, want %d", step, v.LastID(), id)
