@@ -47,5 +47,6 @@ clean:
 ova:
 	./ova/image/build.sh $(CURDIR)/out $(VERSION)
 
-test-ova: test-deps ova
-	CONTINUUM_OVA=$(CURDIR)/out/continuum-$(VERSION).ova $(GO) test -count=1 -timeout 15m -run '^TestBoot' -v ./ova/
+test-ova: test-deps
+	v="$(VERSION)"; ./ova/image/build.sh $(CURDIR)/out "$$v" && \
+	CONTINUUM_OVA=$(CURDIR)/out/continuum-$$v.ova $(GO) test -count=1 -timeout 15m -run '^TestBoot' -v ./ova/

@@ -121,4 +121,4 @@ rm -f "$raw"
 ova="$out/continuum-$version.ova"
 "$GO" run "$repo/ova/mkova" -disk "$img/disk.vmdk" -out "$ova" -version "$version" \
 	-capacity-mib "$disk_mib" -mtime "${SOURCE_DATE_EPOCH:-0}"
-echo "$ova"
+echo "$ova ($(stat -c %s "$ova") bytes, built in ${SECONDS}s)"
