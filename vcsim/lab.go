@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/simulator"
@@ -52,6 +53,10 @@ type Options struct {
 	// site: SiteSource (source cluster and protected VMs) or SiteTarget
 	// (target cluster). Empty means both clusters in one vCenter.
 	Site string
+
+	// SessionTimeout expires idle sessions, as vCenter does (default:
+	// never).
+	SessionTimeout time.Duration
 }
 
 // Sites of a two-vCenter lab.
@@ -205,6 +210,10 @@ func Start(ctx context.Context, opts Options, log *slog.Logger) (*Server, error)
 		return nil, fmt.Errorf("start vcsim: create model: %w", err)
 	}
 	s.model = m
+	if opts.SessionTimeout > 0 {
+		om := m.Map().OptionManager()
+		om.Setting = append(om.Setting, &types.OptionValue{Key: "config.vmacore.soap.sessionTimeout", Value: opts.SessionTimeout.String()})
+	}
 	m.Service.Listen = &url.URL{Host: net.JoinHostPort(host, port), User: url.UserPassword(Username, Password)}
 	m.Service.RegisterEndpoints = true
 	m.Service.TLS = new(tls.Config)

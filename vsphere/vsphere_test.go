@@ -601,3 +601,29 @@ func TestRemapNetworks(t *testing.T) {
 		t.Fatalf("unknown network: %v", err)
 	}
 }
+
+func TestKeepAliveAndSessionTimeout(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 1, ProxyVMs: -1, SessionTimeout: 300 * time.Millisecond})
+	vm := e.inv.VMByName(vcsim.ProtectedVMName(0))
+	kept := connectCfg(e.srv)
+	kept.KeepAlive = 50 * time.Millisecond
+	c, err := vsphere.Connect(e.ctx, kept)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(e.ctx)
+	time.Sleep(time.Second) // idle for longer than the session timeout
+	if _, err := c.VM(e.ctx, vm.MoRef); err != nil {
+		t.Fatal(err)
+	}
+	if c.Relogins() != 0 {
+		t.Fatalf("keep-alive did not keep the session: %d relogins", c.Relogins())
+	}
+	// e.c has no keep-alive: its session expired and it logs in again.
+	if _, err := e.c.VM(e.ctx, vm.MoRef); err != nil {
+		t.Fatalf("after the session expired: %v", err)
+	}
+	if e.c.Relogins() != 1 {
+		t.Fatalf("relogins without keep-alive = %d, want 1", e.c.Relogins())
+	}
+}
