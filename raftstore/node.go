@@ -56,6 +56,7 @@ const (
 	nodeFileFormat = 1
 
 	defaultApplyTimeout = 10 * time.Second
+	closeTimeout        = 15 * time.Second
 )
 
 // nodeFile is DATA/node.json: which cluster and node a data directory
@@ -352,6 +353,11 @@ func (n *Node) start() error {
 		MaxPool: 3,
 		Timeout: 5 * time.Second,
 		Logger:  hl.Named("net"),
+		// One RPC in flight turns off pipelined replication. With the
+		// default of 2 the pipeline can deadlock when a follower rejects an
+		// append (the response reader waits for a consumer that has quit),
+		// which stops replication to that follower and hangs Shutdown.
+		MaxRPCsInFlight: 1,
 	})
 
 	store, err := raftboltdb.New(raftboltdb.Options{
@@ -507,11 +513,30 @@ func (n *Node) closeStores() {
 // cluster: the node is expected to come back.
 func (n *Node) Close() error {
 	var errs []error
-	if err := n.raft.Shutdown().Error(); err != nil {
-		errs = append(errs, fmt.Errorf("shutdown raft: %w", err))
+	done := make(chan error, 1)
+	go func() { done <- n.raft.Shutdown().Error() }()
+	var shutErr error
+	stopped := true
+	select {
+	case shutErr = <-done:
+	case <-time.After(closeTimeout):
+		// Closing the transport fails any RPC raft may be stuck on.
+		_ = n.trans.Close()
+		select {
+		case shutErr = <-done:
+		case <-time.After(closeTimeout / 3):
+			stopped = false
+		}
+	}
+	if shutErr != nil {
+		errs = append(errs, fmt.Errorf("shutdown raft: %w", shutErr))
 	}
 	if err := n.trans.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close transport: %w", err))
+	}
+	if !stopped {
+		// The log store stays open: raft may still write to it.
+		return errors.Join(append(errs, fmt.Errorf("raft did not shut down within %s", closeTimeout+closeTimeout/3))...)
 	}
 	if err := n.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close %s: %w", raftDBName, err))
@@ -549,8 +574,17 @@ func ctxTimeout(ctx context.Context) time.Duration {
 	return defaultApplyTimeout
 }
 
-// wait blocks on a raft future until it completes or ctx ends.
+// wait blocks on a raft future until it completes or ctx ends; a context
+// without a deadline gets the default timeout, so no call waits forever.
 func wait(ctx context.Context, f raft.Future) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
+		defer cancel()
+	}
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
 	select {
@@ -728,7 +762,7 @@ func (n *Node) TransferLeadership(ctx context.Context, toID string) error {
 // Members lists the servers of the latest raft configuration.
 func (n *Node) Members() ([]Member, error) {
 	f := n.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
+	if err := wait(context.Background(), f); err != nil {
 		return nil, fmt.Errorf("read raft configuration: %w", err)
 	}
 	_, leader := n.raft.LeaderWithID()
