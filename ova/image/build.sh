@@ -98,6 +98,7 @@ mcopy -i "$img/boot.fat" "$img/vmlinuz" "$img/initrd.gz" "$here/syslinux.cfg" ::
 # Data partition: ext4, empty, labelled so the appliance finds it.
 data_mib=$((disk_mib - boot_mib - 1))
 rm -f "$img/data.ext4"
+truncate -s "${data_mib}M" "$img/data.ext4"
 mkfs.ext4 -q -F -L continuum-data -U 434f4e54-4355-4d00-0000-000000000001 -E root_owner=0:0 "$img/data.ext4" "${data_mib}M"
 
 # Disk: MBR with syslinux's boot code, the two partitions at their offsets.
