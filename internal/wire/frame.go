@@ -113,7 +113,7 @@ func DecodeFrame(b []byte, maxPayload int) (Msg, int, error) {
 	if len(b) < total {
 		return nil, 0, io.ErrUnexpectedEOF
 	}
-	m, err := decodeBody(t, flags, b[:total])
+	m, _, err := decodeBody(t, flags, b[:total], false)
 	return m, total, err
 }
 
@@ -134,24 +134,34 @@ func parseHeader(h []byte, maxPayload int) (MsgType, uint8, int, error) {
 	return MsgType(h[3]), h[4], int(n), nil
 }
 
+// ownedDecoder is a message that can keep its bulk data as a slice of the
+// frame instead of copying it out.
+type ownedDecoder interface{ decodeOwned(p []byte) error }
+
 // decodeBody checks the CRC of a whole frame f and decodes its payload. It
-// returns (nil, nil) for a skippable frame of unknown type.
-func decodeBody(t MsgType, flags uint8, f []byte) (Msg, error) {
+// returns (nil, false, nil) for a skippable frame of unknown type. With
+// give, the message may keep f; kept says it did.
+func decodeBody(t MsgType, flags uint8, f []byte, give bool) (m Msg, kept bool, err error) {
 	body := f[:len(f)-TrailerLen]
 	if got, want := crc32.Checksum(body, castagnoli), be.Uint32(f[len(f)-TrailerLen:]); got != want {
-		return nil, fmt.Errorf("%w: %s: checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+		return nil, false, fmt.Errorf("%w: %s: checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
 	}
-	m := newMsg(t)
+	m = newMsg(t)
 	if m == nil {
 		if flags&FlagSkippable != 0 {
-			return nil, nil
+			return nil, false, nil
 		}
-		return nil, fmt.Errorf("%w: unknown type %d", ErrCorrupt, uint8(t))
+		return nil, false, fmt.Errorf("%w: unknown type %d", ErrCorrupt, uint8(t))
 	}
-	if err := m.decode(body[HeaderLen:]); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, t, err)
+	if od, ok := m.(ownedDecoder); ok && give {
+		err, kept = od.decodeOwned(body[HeaderLen:]), true
+	} else {
+		err = m.decode(body[HeaderLen:])
 	}
-	return m, nil
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %s: %w", ErrCorrupt, t, err)
+	}
+	return m, kept, nil
 }
 
 // Decoder reads frames from a stream, reusing one buffer.
@@ -191,9 +201,11 @@ func (d *Decoder) Next() (Msg, error) {
 			}
 			return nil, err
 		}
-		m, err := decodeBody(t, flags, d.buf)
-		// Do not pin a huge buffer after a rare big frame.
-		if cap(d.buf) > 8<<20 {
+		// A big frame's buffer goes to the message rather than being
+		// copied; small frames are copied so the buffer is reused.
+		m, kept, err := decodeBody(t, flags, d.buf, total > giveAway)
+		if kept || cap(d.buf) > 8<<20 {
+			// Do not pin (or share) a big buffer.
 			d.buf = make([]byte, 0, 64<<10)
 		}
 		if err != nil {
@@ -205,13 +217,24 @@ func (d *Decoder) Next() (Msg, error) {
 	}
 }
 
-// readBody reads the rest of a frame of total bytes into d.buf, growing
-// the buffer at most twofold per step as data actually arrives.
+// giveAway is the frame size above which a decoded message keeps the
+// read buffer instead of copying its bulk data.
+const giveAway = 256 << 10
+
+// directAlloc is the frame size up to which the read buffer is allocated
+// at once; beyond it the buffer grows (doubling from 1 MiB) as bytes
+// arrive, so a forged length cannot make a reader allocate it up front.
+const directAlloc = 64 << 20
+
+// readBody reads the rest of a frame of total bytes into d.buf.
 func (d *Decoder) readBody(total int) error {
 	have := HeaderLen
 	for have < total {
 		if cap(d.buf) < total {
-			want := min(total, max(2*cap(d.buf), 1<<20))
+			want := total
+			if total > directAlloc {
+				want = min(total, max(2*cap(d.buf), 1<<20))
+			}
 			nb := make([]byte, have, want)
 			copy(nb, d.buf[:have])
 			d.buf = nb

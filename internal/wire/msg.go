@@ -376,8 +376,13 @@ func (m *Write) appendFixed(b []byte) []byte {
 	b = be.AppendUint32(b, m.Len)
 	return append(b, m.Flags)
 }
-func (m *Write) tail() []byte { return m.Data }
-func (m *Write) decode(p []byte) error {
+func (m *Write) tail() []byte          { return m.Data }
+func (m *Write) decode(p []byte) error { return m.decodeAlias(p, false) }
+
+// decodeOwned keeps Data as a slice of p, which the caller gives up.
+func (m *Write) decodeOwned(p []byte) error { return m.decodeAlias(p, true) }
+
+func (m *Write) decodeAlias(p []byte, alias bool) error {
 	r := reader{b: p}
 	m.Seq = r.u64()
 	m.Disk = int32(r.u32())
@@ -388,10 +393,10 @@ func (m *Write) decode(p []byte) error {
 	if r.err != nil {
 		return r.err
 	}
-	return m.setData(r.b)
+	return m.setData(r.b, alias)
 }
 
-func (m *Write) setData(rest []byte) error {
+func (m *Write) setData(rest []byte, alias bool) error {
 	if m.Off < 0 {
 		return fmt.Errorf("write seq %d: negative offset", m.Seq)
 	}
@@ -400,7 +405,11 @@ func (m *Write) setData(rest []byte) error {
 		if int64(len(rest)) != int64(m.Len) {
 			return fmt.Errorf("write seq %d: data length %d, header says %d", m.Seq, len(rest), m.Len)
 		}
-		m.Data = append(m.Data[:0:0], rest...)
+		if alias {
+			m.Data = rest
+		} else {
+			m.Data = append(m.Data[:0:0], rest...)
+		}
 	case OpZero, OpTrim:
 		if len(rest) != 0 {
 			return fmt.Errorf("write seq %d: %d data bytes on a zero/trim", m.Seq, len(rest))
@@ -462,8 +471,13 @@ func (m *Point) appendFixed(b []byte) []byte {
 	b = appendBool(b, m.Encrypted)
 	return be.AppendUint32(b, m.RawLen)
 }
-func (m *Point) tail() []byte { return m.Payload }
-func (m *Point) decode(p []byte) error {
+func (m *Point) tail() []byte          { return m.Payload }
+func (m *Point) decode(p []byte) error { return m.decodeAlias(p, false) }
+
+// decodeOwned keeps Payload as a slice of p, which the caller gives up.
+func (m *Point) decodeOwned(p []byte) error { return m.decodeAlias(p, true) }
+
+func (m *Point) decodeAlias(p []byte, alias bool) error {
 	r := reader{b: p}
 	m.ID = r.u64()
 	m.Time = int64(r.u64())
@@ -484,7 +498,11 @@ func (m *Point) decode(p []byte) error {
 	if m.Codec > codecMax {
 		return fmt.Errorf("point %d: unknown codec %d", m.ID, m.Codec)
 	}
-	m.Payload = append(m.Payload[:0:0], r.b...)
+	if alias {
+		m.Payload = r.b
+	} else {
+		m.Payload = append(m.Payload[:0:0], r.b...)
+	}
 	return nil
 }
 

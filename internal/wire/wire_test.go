@@ -192,8 +192,9 @@ func TestDecoderLargeFrameAndForgedLength(t *testing.T) {
 	if m, err := d.Next(); err != nil || m.(*Ack).Seq != 2 {
 		t.Fatalf("frame after a large one: %v", err)
 	}
-	// A header claiming 200 MiB followed by a few bytes: an error, and the
-	// reader never grew past what arrived (bounded by the 1 MiB step).
+	// A header claiming 200 MiB (above the size allocated at once)
+	// followed by a few bytes: an error, and the reader never grew past
+	// what arrived (bounded by the 1 MiB first step).
 	forged := []byte{Magic0, Magic1, Version, byte(TypeWrite), 0, 0, 0, 0, 0, 1, 2, 3}
 	be.PutUint32(forged[5:], 200<<20)
 	d = NewDecoder(bytes.NewReader(forged), 0)
@@ -202,5 +203,32 @@ func TestDecoderLargeFrameAndForgedLength(t *testing.T) {
 	}
 	if cap(d.buf) > 2<<20 {
 		t.Fatalf("decoder allocated %d bytes for a 3-byte body", cap(d.buf))
+	}
+}
+
+// A big frame's message keeps the read buffer; the next read must not
+// overwrite it.
+func TestDecoderGivesAwayBigBuffers(t *testing.T) {
+	var b []byte
+	var want [][]byte
+	for i := range 3 {
+		data := bytes.Repeat([]byte{byte('a' + i)}, giveAway+100)
+		want = append(want, data)
+		b, _ = AppendFrame(b, &Point{ID: uint64(i + 1), Kind: PointShortTerm, RawLen: uint32(len(data)), Payload: data})
+		b, _ = AppendFrame(b, &Write{Seq: uint64(i + 1), Op: OpData, Len: uint32(len(data)), Data: data})
+	}
+	d := NewDecoder(bytes.NewReader(b), 0)
+	var got []Msg
+	for range 6 {
+		m, err := d.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	for i := range 3 {
+		if !bytes.Equal(got[2*i].(*Point).Payload, want[i]) || !bytes.Equal(got[2*i+1].(*Write).Data, want[i]) {
+			t.Fatalf("message %d was overwritten by a later read", i)
+		}
 	}
 }
