@@ -3,9 +3,11 @@ package appliance
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -159,10 +161,9 @@ func RunLab(ctx context.Context, o LabOptions) error {
 	if err != nil {
 		return err
 	}
-	// Ports are picked afresh on every run, and raft remembers its
-	// members' addresses, so an old lab directory cannot be reused.
-	if have, _ := exists(filepath.Join(dir, "coord-1")); have {
-		return fmt.Errorf("%s already holds a lab; remove it or pick another --dir", dir)
+	layout, err := loadLabLayout(dir, o.Nodes, o.WithVcsim)
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return fmt.Errorf("create lab directory: %w", err)
@@ -201,11 +202,13 @@ func RunLab(ctx context.Context, o LabOptions) error {
 
 	env := map[string]string{}
 	if o.WithVcsim {
-		addr, err := freeLoopbackAddr()
-		if err != nil {
-			return err
-		}
+		addr := layout.Vcsim
 		vdir := filepath.Join(dir, "vcsim")
+		// The simulator builds its inventory afresh and refuses files of
+		// an earlier run, so a restarted lab gives it a clean directory.
+		if err := os.RemoveAll(vdir); err != nil {
+			return fmt.Errorf("clear the simulator directory: %w", err)
+		}
 		p := &labProc{name: "vcsim", args: []string{"vcsim", "--listen", addr, "--dir", vdir},
 			log: filepath.Join(dir, "logs", "vcsim.log"), ready: "vcsim ready"}
 		ready, err := launch(p)
@@ -234,16 +237,8 @@ func RunLab(ctx context.Context, o LabOptions) error {
 
 	type node struct{ id, api, raft, data string }
 	var nodes []node
-	for i := 1; i <= o.Nodes; i++ {
-		api, err := freeLoopbackAddr()
-		if err != nil {
-			return err
-		}
-		raft, err := freeLoopbackAddr()
-		if err != nil {
-			return err
-		}
-		nodes = append(nodes, node{id: fmt.Sprintf("coord-%d", i), api: api, raft: raft, data: filepath.Join(dir, fmt.Sprintf("coord-%d", i))})
+	for _, n := range layout.Nodes {
+		nodes = append(nodes, node{id: n.ID, api: n.API, raft: n.Raft, data: filepath.Join(dir, n.ID)})
 	}
 	first := nodes[0]
 	var coordProcs []*labProc
@@ -361,6 +356,90 @@ func RunLab(ctx context.Context, o LabOptions) error {
 			log.Error("restart coordinator", "node", p.name, "err", err)
 		}
 	}
+}
+
+// labLayout is DIR/lab.json: the addresses of a lab, kept so that running
+// the lab again on the same directory restarts the same cluster (raft
+// remembers its members by address).
+type labLayout struct {
+	Vcsim string        `json:"vcsim,omitempty"`
+	Nodes []labNodeAddr `json:"nodes"`
+}
+
+type labNodeAddr struct {
+	ID   string `json:"id"`
+	API  string `json:"api"`
+	Raft string `json:"raft"`
+}
+
+// loadLabLayout reads DIR/lab.json, checking its addresses are free, or
+// picks free loopback ports for a new lab and writes it.
+func loadLabLayout(dir string, nodes int, withVcsim bool) (*labLayout, error) {
+	path := filepath.Join(dir, "lab.json")
+	var l labLayout
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &l); err != nil || len(l.Nodes) == 0 {
+			return nil, fmt.Errorf("%s is damaged (%v); remove %s to start a new lab", path, err, dir)
+		}
+		addrs := []string{}
+		for _, n := range l.Nodes {
+			addrs = append(addrs, n.API, n.Raft)
+		}
+		if withVcsim && l.Vcsim != "" {
+			addrs = append(addrs, l.Vcsim)
+		}
+		for _, a := range addrs {
+			ln, err := net.Listen("tcp", a)
+			if err != nil {
+				return nil, fmt.Errorf("address %s of the lab in %s is in use (is that lab still running?): stop it, or remove %s", a, dir, dir)
+			}
+			ln.Close()
+		}
+		if withVcsim && l.Vcsim == "" {
+			if l.Vcsim, err = freeLoopbackAddr(); err != nil {
+				return nil, err
+			}
+		}
+		return &l, writeLayout(path, &l)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if have, _ := exists(filepath.Join(dir, "coord-1")); have {
+		return nil, fmt.Errorf("%s holds coordinator data but no lab.json; remove it or pick another --dir", dir)
+	}
+	for i := 1; i <= nodes; i++ {
+		api, err := freeLoopbackAddr()
+		if err != nil {
+			return nil, err
+		}
+		raft, err := freeLoopbackAddr()
+		if err != nil {
+			return nil, err
+		}
+		l.Nodes = append(l.Nodes, labNodeAddr{ID: fmt.Sprintf("coord-%d", i), API: api, Raft: raft})
+	}
+	if withVcsim {
+		if l.Vcsim, err = freeLoopbackAddr(); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create lab directory: %w", err)
+	}
+	return &l, writeLayout(path, &l)
+}
+
+func writeLayout(path string, l *labLayout) error {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // waitCoordinator waits until a started node answers /healthz (and, for the

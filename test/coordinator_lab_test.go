@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/continuum-cdp/continuum/client"
+	"github.com/continuum-cdp/continuum/internal/model"
 )
 
 // TestCoordinatorLab starts "continuum lab", uses it through lab.env, and
@@ -25,46 +26,7 @@ func TestCoordinatorLab(t *testing.T) {
 	bin := continuumBinary(t)
 	t0 := time.Now()
 	dir := filepath.Join(t.TempDir(), "lab")
-	cmd := exec.Command(bin, "lab", "--dir", dir, "--no-demo")
-	logf, err := os.Create(filepath.Join(filepath.Dir(dir), "lab.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		closed := false
-		for sc.Scan() {
-			if !closed && strings.Contains(sc.Text(), "lab ready") {
-				close(ready)
-				closed = true
-			}
-		}
-		done <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		b, _ := os.ReadFile(logf.Name())
-		t.Fatalf("lab exited before ready: %v\n%s", err, b)
-	case <-time.After(120 * time.Second):
-		t.Fatal("lab not ready after 120s")
-	}
-
+	lab := startLab(t, bin, dir)
 	t.Logf("lab ready after %s", time.Since(t0))
 	env := map[string]string{}
 	b, err := os.ReadFile(filepath.Join(dir, "lab.env"))
@@ -133,15 +95,12 @@ func TestCoordinatorLab(t *testing.T) {
 	})
 
 	t.Logf("restarted after %s", time.Since(t0))
-	// SIGTERM stops the lab and every child.
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	// Something to find after a restart of the whole lab.
+	if _, err := cl.CreateTrafficRule(context.Background(), &model.TrafficRule{Name: "survives", SourceCIDR: "10.0.0.0/8", TargetCIDR: "10.1.0.0/16"}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("lab did not stop on SIGTERM")
-	}
+	// SIGTERM stops the lab and every child.
+	lab.stop()
 	t.Logf("stopped after %s", time.Since(t0))
 	for _, pid := range pids {
 		if pid == victim {
@@ -153,6 +112,89 @@ func TestCoordinatorLab(t *testing.T) {
 			}
 			return nil
 		})
+	}
+
+	// Running the lab again on the same directory restarts the same
+	// cluster with its state.
+	lab = startLab(t, bin, dir)
+	cl2, err := client.New(env["CONTINUUM_API"], env["CONTINUUM_TOKEN"], ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl2.Close()
+	rules, err := cl2.ListTrafficRules(context.Background())
+	if err != nil || len(rules) != 1 || rules[0].Name != "survives" {
+		t.Fatalf("after a lab restart: %v %v", rules, err)
+	}
+	// A second lab on a directory whose lab runs is refused.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "lab", "--dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "in use") {
+		t.Fatalf("second lab on a running lab's directory: %v\n%s", err, out)
+	}
+	lab.stop()
+	t.Logf("restarted lab stopped after %s", time.Since(t0))
+}
+
+type labProcess struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	done  chan error
+	ready chan struct{}
+}
+
+// startLab runs "continuum lab" and waits for "lab ready".
+func startLab(t *testing.T, bin, dir string) *labProcess {
+	t.Helper()
+	cmd := exec.Command(bin, "lab", "--dir", dir, "--no-demo")
+	logf, err := os.OpenFile(dir+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	l := &labProcess{t: t, cmd: cmd, done: make(chan error, 1), ready: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		closed := false
+		for sc.Scan() {
+			if !closed && strings.Contains(sc.Text(), "lab ready") {
+				close(l.ready)
+				closed = true
+			}
+		}
+		l.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	select {
+	case <-l.ready:
+	case err := <-l.done:
+		b, _ := os.ReadFile(dir + ".log")
+		t.Fatalf("lab exited before ready: %v\n%s", err, b)
+	case <-time.After(120 * time.Second):
+		t.Fatal("lab not ready after 120s")
+	}
+	return l
+}
+
+func (l *labProcess) stop() {
+	l.t.Helper()
+	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		l.t.Fatal(err)
+	}
+	select {
+	case <-l.done:
+	case <-time.After(60 * time.Second):
+		l.t.Fatal("lab did not stop on SIGTERM")
 	}
 }
 
