@@ -255,6 +255,9 @@ func transient(err error) bool {
 	if fault.Is(err, &types.HostCommunication{}) || fault.Is(err, &types.RequestCanceled{}) {
 		return true
 	}
+	if soap.IsCertificateUntrusted(err) {
+		return false
+	}
 	return isNetwork(err)
 }
 

@@ -3,7 +3,8 @@
 // the only package besides vcsim that sees govmomi types; callers get small
 // types of ours (VM, Disk, Inventory, Change) and errors that match the
 // kinds ErrNotFound, ErrAuth, ErrUnreachable, ErrDatastoreNotMounted,
-// ErrInvalid, ErrConflict, ErrTaskFailed with errors.Is, the vSphere fault
+// ErrCertificate, ErrInvalid, ErrConflict, ErrTaskFailed, ErrFault with
+// errors.Is, the vSphere fault
 // staying beneath for fault.Is.
 //
 // A Client logs in with a URL, credentials and a thumbprint or CA bundle,

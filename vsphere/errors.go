@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/task"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -23,6 +24,7 @@ var (
 	ErrConflict            = errors.New("conflict")
 	ErrTaskFailed          = errors.New("task failed")
 	ErrFault               = errors.New("vSphere fault")
+	ErrCertificate         = errors.New("vCenter certificate not trusted")
 )
 
 // opError carries what was being done, the kind, and the cause.
@@ -73,6 +75,8 @@ func classify(err error) error {
 		return ErrInvalid
 	case fault.Is(err, &types.DuplicateName{}), fault.Is(err, &types.AlreadyExists{}), fault.Is(err, &types.FileAlreadyExists{}):
 		return ErrConflict
+	case soap.IsCertificateUntrusted(err):
+		return ErrCertificate
 	case isNetwork(err):
 		return ErrUnreachable
 	}

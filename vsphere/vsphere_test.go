@@ -136,8 +136,8 @@ func TestConnectErrors(t *testing.T) {
 	strict := connectCfg(e.srv)
 	strict.Insecure = false
 	strict.RetryBackoff = time.Millisecond
-	if _, err := vsphere.Connect(ctx, strict); err == nil {
-		t.Fatal("an unknown self-signed certificate must be refused")
+	if _, err := vsphere.Connect(ctx, strict); !errors.Is(err, vsphere.ErrCertificate) {
+		t.Fatalf("an unknown self-signed certificate: %v, want ErrCertificate", err)
 	}
 }
 
