@@ -4,8 +4,7 @@
 // types of ours (VM, Disk, Inventory, Change) and errors that match the
 // kinds ErrNotFound, ErrAuth, ErrUnreachable, ErrDatastoreNotMounted,
 // ErrCertificate, ErrInvalid, ErrConflict, ErrTaskFailed, ErrFault with
-// errors.Is, the vSphere fault
-// staying beneath for fault.Is.
+// errors.Is, the vSphere fault staying beneath for fault.Is.
 //
 // A Client logs in with a URL, credentials and a thumbprint or CA bundle,
 // keeps its session alive, logs in again when vCenter dropped the session,
