@@ -104,7 +104,8 @@ func bootVM(t *testing.T, disk, iso string, fwd map[int]int) *vm {
 	t.Helper()
 	dir := filepath.Dir(disk)
 	console := filepath.Join(dir, "console.log")
-	netdev := "user,id=n0,net=10.0.2.0/24"
+	// restrict=on: the guest reaches nothing but its forwarded ports.
+	netdev := "user,id=n0,net=10.0.2.0/24,restrict=on"
 	for host, guest := range fwd {
 		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", host, guest)
 	}
@@ -231,5 +232,21 @@ func TestBootShowsBadProperties(t *testing.T) {
 	b, _ := os.ReadFile(v.console)
 	if strings.Contains(string(b), "starting") && strings.Contains(string(b), "process=\"continuum coordinator\"") {
 		t.Error("the role was started despite bad properties")
+	}
+}
+
+func TestBootRestartsDeadRole(t *testing.T) {
+	ova := ovaUnderTest(t)
+	dir := t.TempDir()
+	disk := extractDisk(t, ova, dir)
+	// A join through an address nobody answers on: the coordinator gives
+	// up and exits, and the supervisor must start it again.
+	iso := envISO(t, dir, props("role", "coordinator", "node_id", "ova-3", "ip", "10.0.2.15", "netmask", "24",
+		"bootstrap", "false", "join_address", "https://10.0.2.2:9", "join_token", testToken))
+	v := bootVM(t, disk, iso, nil)
+	v.waitConsole(t, 5*time.Minute, "role: coordinator", "process exited; restarting", `process="continuum coordinator" run=2`)
+	b, _ := os.ReadFile(v.console)
+	if strings.Contains(string(b), strings.TrimSuffix(testToken, ".secret")+".secret") {
+		t.Error("the console shows the join token")
 	}
 }
