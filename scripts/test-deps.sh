@@ -7,7 +7,7 @@ pkgs=(
 	qemu-utils libnbd-bin fio
 	# the OVA build and boot test
 	qemu-system-x86 syslinux syslinux-common extlinux mtools dosfstools
-	busybox-static genisoimage cpio fdisk kmod
+	busybox-static genisoimage cpio fdisk kmod e2fsprogs
 	# a real Prometheus server scraping the lab
 	prometheus
 )
