@@ -22,7 +22,7 @@ type hooks struct {
 	mu               sync.Mutex
 	slow             map[string]time.Duration
 	failAfterCreate  int
-	createdThenFaild int
+	createdThenFailed int
 }
 
 func (h *hooks) handle(assoc *profileAssociations) func(*simulator.Context, *simulator.Method) (mo.Reference, types.BaseMethodFault) {
@@ -85,7 +85,7 @@ func (s *Server) FailCreateVMAfterCreate(n int) {
 func (s *Server) CreatedThenFailed() int {
 	s.hooks.mu.Lock()
 	defer s.hooks.mu.Unlock()
-	return s.hooks.createdThenFaild
+	return s.hooks.createdThenFailed
 }
 
 // FailMethod makes the next count calls of a SOAP method fail with fault
@@ -159,7 +159,7 @@ func (f *failingFolder) CreateVMTask(ctx *simulator.Context, req *types.CreateVM
 			innerTask.Wait()
 		}
 		f.h.mu.Lock()
-		f.h.createdThenFaild++
+		f.h.createdThenFailed++
 		f.h.mu.Unlock()
 		return nil, systemError("lab fault: host connection lost after the VM was created")
 	})
