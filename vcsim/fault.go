@@ -19,9 +19,9 @@ import (
 // simulator's own fault injector cannot express (slow calls, a task that
 // fails after its work is done).
 type hooks struct {
-	mu               sync.Mutex
-	slow             map[string]time.Duration
-	failAfterCreate  int
+	mu                sync.Mutex
+	slow              map[string]time.Duration
+	failAfterCreate   int
 	createdThenFailed int
 }
 
