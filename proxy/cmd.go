@@ -116,7 +116,7 @@ Without a coordinator, the configuration is static: flags or --config FILE
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.Target, "target", "", "source role: address of the target proxy")
 	f.Var(durationValue{&cfg.RPO}, "rpo", "source role: interval between restore points")
-	f.Int64Var(&cfg.CutBytes, "cut-bytes", 64<<20, "source role: cut early when a VM's open interval holds this many bytes")
+	f.Int64Var(&cfg.CutBytes, "cut-bytes", 16<<20, "source role: cut early when a VM's open interval holds this many bytes")
 	f.StringVar(&cfg.Codec, "codec", cfg.Codec, "source role: compression (none, s2, zstd)")
 	f.Int64Var(&cfg.ThrottleBytesPerSec, "throttle", 0, "source role: bandwidth limit toward the target in bytes/s (0: none)")
 	f.Int64Var(&cfg.MemoryBytes, "memory-bytes", 512<<20, "source role: memory for open intervals and unacknowledged points")

@@ -22,7 +22,8 @@ type SourceConfig struct {
 	// RPO is the interval between cuts. Default 5s.
 	RPO time.Duration
 	// CutBytes cuts early when the open interval holds this much data, so a
-	// large initial sync does not pile up. Default 64 MiB.
+	// large initial sync does not pile up; smaller points also keep the hops
+	// busy at the same time. Default 16 MiB.
 	CutBytes int64
 	Codec    wire.Codec
 	// Sealer encrypts points (AES-256-GCM); nil sends them in clear.
@@ -47,7 +48,7 @@ func (c *SourceConfig) setDefaults() {
 		c.RPO = 5 * time.Second
 	}
 	if c.CutBytes <= 0 {
-		c.CutBytes = 64 << 20
+		c.CutBytes = 16 << 20
 	}
 	if c.MemoryBytes <= 0 {
 		c.MemoryBytes = 512 << 20

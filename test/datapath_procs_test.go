@@ -223,12 +223,17 @@ type dpOptions struct {
 	// noSourceFilter leaves the source filter to the caller (in-process)
 	noSourceFilter bool
 	logLevel       string
+	// dir holds every process's data; default t.TempDir()
+	dir string
 }
 
 func startDatapath(t testing.TB, o dpOptions) *datapath {
 	t.Helper()
 	bin := continuumBinary(t)
-	dir := t.TempDir()
+	dir := o.dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	certs := filepath.Join(dir, "certs")
 	if out, err := exec.Command(bin, "filter", "--gen-certs", certs).CombinedOutput(); err != nil {
 		t.Fatalf("gen certs: %v\n%s", err, out)
