@@ -37,8 +37,8 @@ func benchPointExtents(r *rand.Rand, capacity int64) []wire.Extent {
 	return out
 }
 
-// BenchmarkTargetPath measures points per second into the journal (fsync
-// on) through the target proxy (TLS, s2, optionally AES-GCM) against the
+// BenchmarkTargetPath measures points per second into the journal
+// through the target proxy (TLS, s2, optionally AES-GCM) against the
 // baseline of the same points sent straight to the target filter in
 // clear, in the same run. Compare the MB/s of the sub-benchmarks.
 // Run: go test -run XXX -bench TargetPath -benchtime 40x ./proxy/
@@ -51,8 +51,8 @@ func BenchmarkTargetPath(b *testing.B) {
 	}
 	raw := int64(wire.RawSize(points[0]))
 	disks := []wire.Disk{{Key: 2000, Capacity: capacity}}
-	run := func(b *testing.B, direct bool, sealer *wire.Sealer) {
-		rig := newTargetRig(b, sealer, journal.Options{})
+	run := func(b *testing.B, direct bool, sealer *wire.Sealer, jopts journal.Options) {
+		rig := newTargetRig(b, sealer, jopts)
 		rig.disks = disks
 		var c *wire.Conn
 		codec := wire.CodecS2
@@ -122,8 +122,16 @@ func BenchmarkTargetPath(b *testing.B) {
 		}
 		b.StopTimer()
 	}
-	b.Run("baseline-direct", func(b *testing.B) { run(b, true, nil) })
-	b.Run("proxy-s2", func(b *testing.B) { run(b, false, nil) })
 	key, _ := wire.NewSealer(bytes.Repeat([]byte{1}, wire.KeySize))
-	b.Run("proxy-s2-aes", func(b *testing.B) { run(b, false, key) })
+	// fsync on is the real path; fsync off shows the relay's own CPU cost.
+	for _, sync := range []bool{true, false} {
+		jopts := journal.Options{NoSync: !sync}
+		pre := "fsync/"
+		if !sync {
+			pre = "nofsync/"
+		}
+		b.Run(pre+"baseline-direct", func(b *testing.B) { run(b, true, nil, jopts) })
+		b.Run(pre+"proxy-s2", func(b *testing.B) { run(b, false, nil, jopts) })
+		b.Run(pre+"proxy-s2-aes", func(b *testing.B) { run(b, false, key, jopts) })
+	}
 }
