@@ -66,12 +66,10 @@ func runAppliance(ctx context.Context, envFile string) error {
 		return ctx.Err()
 	}
 	if len(cfg.NTP) > 0 {
-		args := []string{"-n"}
-		for _, s := range cfg.NTP {
-			args = append(args, "-p", s)
-		}
-		go (&Supervisor{Name: "ntpd", Log: log, MinBackoff: time.Second, MaxBackoff: time.Minute, Healthy: time.Minute,
-			Command: func(ctx context.Context) *exec.Cmd { return exec.CommandContext(ctx, "ntpd", args...) }}).Run(ctx)
+		go keepTime(ctx, log, cfg.NTP, 15*time.Minute, 500*time.Millisecond, func(off time.Duration) error {
+			tv := syscall.NsecToTimeval(time.Now().Add(off).UnixNano())
+			return syscall.Settimeofday(&tv)
+		})
 	}
 
 	status := Banner(cfg, ip, version)
