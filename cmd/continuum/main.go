@@ -22,14 +22,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := appliance.NewRootCommand(proxy.NewCommand(), filter.NewCommand())
-	for _, c := range vcsim.Commands() {
-		// The simulator package's own lab supervisor, when it has one,
-		// takes the place of the coordinator-only lab.
-		if old, _, err := root.Find([]string{c.Name()}); err == nil && old != root && old.Name() == c.Name() {
-			root.RemoveCommand(old)
-		}
-		root.AddCommand(c)
-	}
+	root.AddCommand(vcsim.Commands()...)
 	root.AddCommand(ova.Command())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
