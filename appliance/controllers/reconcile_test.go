@@ -1,0 +1,371 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/raftstore"
+	"github.com/continuum-cdp/continuum/vcsim"
+	"github.com/continuum-cdp/continuum/vsphere"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// checkConfigured asserts that every task of the policy has a replica with
+// equal disk capacities, the CDP profile on its source disks, proxies and
+// a pushed configuration.
+func checkConfigured(t *testing.T, l *lab, st Store, comps *fakeComponents, p model.Policy) map[string]model.VMTask {
+	t.Helper()
+	profile, err := l.c.EnsureProfile(l.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks := tasksOf(st, p.ID)
+	if len(tasks) != len(p.VMs) {
+		t.Fatalf("%d tasks for %d VMs", len(tasks), len(p.VMs))
+	}
+	for id, tk := range tasks {
+		if tk.Status != model.StatusInitialSync || tk.Reason != "" {
+			t.Fatalf("task %s: status %s %q", id, tk.Status, tk.Reason)
+		}
+		if tk.SourceProxy == "" || tk.TargetProxy == "" || tk.Generation != p.Generation {
+			t.Fatalf("task %s: proxies %q %q generation %d", id, tk.SourceProxy, tk.TargetProxy, tk.Generation)
+		}
+		src, err := l.c.VM(l.ctx, tk.VMMoRef)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep *model.Replica
+		st.Read(func(s *model.State) {
+			if r, ok := s.Replicas[tk.ReplicaID]; ok {
+				c := *r
+				rep = &c
+			}
+		})
+		if rep == nil {
+			t.Fatalf("task %s: replica %q not recorded", id, tk.ReplicaID)
+		}
+		rvm, err := l.c.VM(l.ctx, rep.MoRef)
+		if err != nil {
+			t.Fatalf("replica %s: %v", rep.MoRef, err)
+		}
+		if rvm.Replica == nil || rvm.Replica.PolicyID != p.ID || rvm.Replica.SourceInstanceUUID != src.InstanceUUID {
+			t.Fatalf("replica marker %+v", rvm.Replica)
+		}
+		if len(rvm.Disks) != len(src.Disks) || len(tk.Disks) != len(src.Disks) {
+			t.Fatalf("task %s: replica %d disks, task %d, source %d", id, len(rvm.Disks), len(tk.Disks), len(src.Disks))
+		}
+		for _, d := range src.Disks {
+			if rd := rvm.Disk(d.Key); rd == nil || rd.CapacityBytes != d.CapacityBytes {
+				t.Fatalf("replica disk %d: %+v, source %d bytes", d.Key, rd, d.CapacityBytes)
+			}
+			if d.ProfileID != profile {
+				t.Fatalf("source disk %d of %s has profile %q, want %q", d.Key, src.Name, d.ProfileID, profile)
+			}
+		}
+		dp, ok := comps.last(id)
+		if !ok {
+			t.Fatalf("task %s: no configuration pushed", id)
+		}
+		if dp.SourceProxy.ID != tk.SourceProxy || dp.TargetProxy.ID != tk.TargetProxy || dp.Policy.RPO != p.RPO || dp.SourceHost != src.Host {
+			t.Fatalf("pushed %+v for task %+v", dp, tk)
+		}
+	}
+	return tasks
+}
+
+func TestReconcileConfiguresPolicyOnce(t *testing.T) {
+	l := newLab(t, 3, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 3)
+	r := newReconciler(t, st, l, comps)
+	res, err := r.Reconcile(l.ctx, p.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter <= 0 {
+		t.Fatalf("a configured policy is polled again: %+v", res)
+	}
+	checkConfigured(t, l, st, comps, p)
+	if got := counter(t, r.metrics.Reconciles.WithLabelValues("policy", ResultSuccess)); got != 1 {
+		t.Fatalf("success counted %v times", got)
+	}
+
+	// Again: found as desired, nothing created, nothing pushed, nothing written.
+	pushes, applies := comps.pushCount(), st.applies
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if comps.pushCount() != pushes || st.applies != applies {
+		t.Fatalf("second reconcile pushed %d and wrote %d", comps.pushCount()-pushes, st.applies-applies)
+	}
+
+	// A new leader (a fresh reconciler, even with the tasks' replica IDs
+	// lost) finds the replicas by their marker.
+	st.mu.Lock()
+	for _, tk := range st.s.Tasks {
+		c := *tk
+		c.ReplicaID = ""
+		st.s.Tasks[c.ID] = &c
+	}
+	st.mu.Unlock()
+	r2 := newReconciler(t, st, l, comps)
+	if _, err := r2.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	checkConfigured(t, l, st, comps, p)
+	for src, n := range l.replicas() {
+		if n != 1 {
+			t.Fatalf("source %s has %d replicas", src, n)
+		}
+	}
+	if len(l.replicas()) != 3 {
+		t.Fatalf("replicas of %d VMs, want 3", len(l.replicas()))
+	}
+}
+
+func TestReconcileVCenterFaults(t *testing.T) {
+	l := newLab(t, 2, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 2)
+	r := newReconciler(t, st, l, comps)
+	// The simulator's fault injector draws from an unsynchronised random
+	// source: while a rule is active, calls must not run concurrently.
+	r.cfg.Workers = 1
+
+	l.setDown(vsphere.ErrUnreachable)
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil {
+		t.Fatal("reconcile with vCenter down succeeded")
+	}
+	for _, tk := range tasksOf(st, p.ID) {
+		if tk.Status != model.StatusError || !strings.Contains(tk.Reason, "vCenter unreachable") {
+			t.Fatalf("task with vCenter down: %s %q", tk.Status, tk.Reason)
+		}
+	}
+	if st, _ := PolicyStatus(&p, ptrs(tasksOf(st, p.ID))); st != model.StatusError {
+		t.Fatalf("policy status %s", st)
+	}
+	l.setDown(nil)
+
+	// vCenter fails the create, then creates the VM but reports failure.
+	l.srv.FailMethod("CreateVM_Task", 0, &types.HostCommunication{})
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil {
+		t.Fatal("reconcile with failing creates succeeded")
+	}
+	for _, tk := range tasksOf(st, p.ID) {
+		if tk.Status != model.StatusError || !strings.Contains(tk.Reason, "create replica of") {
+			t.Fatalf("task with failing create: %s %q", tk.Status, tk.Reason)
+		}
+	}
+	l.srv.ClearFaults()
+	l.srv.FailCreateVMAfterCreate(2)
+	_, _ = r.Reconcile(l.ctx, p.ID)
+	for i := 0; i < 3; i++ {
+		if _, err := r.Reconcile(l.ctx, p.ID); err == nil {
+			break
+		}
+	}
+	checkConfigured(t, l, st, comps, p)
+	if got := l.replicas(); len(got) != 2 {
+		t.Fatalf("replicas %v", got)
+	}
+	for src, n := range l.replicas() {
+		if n != 1 {
+			t.Fatalf("source %s has %d replicas after faults", src, n)
+		}
+	}
+	if counter(t, r.metrics.Reconciles.WithLabelValues("policy", ResultError)) < 2 {
+		t.Fatal("errors not counted")
+	}
+}
+
+func ptrs(m map[string]model.VMTask) []*model.VMTask {
+	var out []*model.VMTask
+	for _, t := range m {
+		c := t
+		out = append(out, &c)
+	}
+	return out
+}
+
+func TestReconcileBadReferences(t *testing.T) {
+	l := newLab(t, 2, false) // no filter on the target cluster
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 1)
+	r := newReconciler(t, st, l, comps)
+	reason := func() string {
+		for _, tk := range tasksOf(st, p.ID) {
+			if tk.Status != model.StatusError {
+				t.Fatalf("task %s: %s", tk.ID, tk.Status)
+			}
+			return tk.Reason
+		}
+		t.Fatal("no task")
+		return ""
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil || !strings.Contains(reason(), "not installed on target cluster") {
+		t.Fatalf("no filter on target: %v, %q", err, reason())
+	}
+	if _, err := l.c.InstallFilter(l.ctx, l.cluster(vcsim.TargetClusterName)); err != nil {
+		t.Fatal(err)
+	}
+
+	p.Target.Cluster = "no-such-cluster"
+	mustApply(t, st, raftstore.PutPolicy{Policy: p})
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil || !strings.Contains(reason(), `target cluster "no-such-cluster" not found`) {
+		t.Fatalf("missing cluster: %v, %q", err, reason())
+	}
+	p.Target.Cluster = vcsim.TargetClusterName
+	p.VMs = []model.VMRef{{Name: "no-such-vm"}}
+	mustApply(t, st, raftstore.PutPolicy{Policy: p})
+	p = policyOf(t, st, p.ID)
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil || !strings.Contains(reason(), `VM "no-such-vm" not found`) {
+		t.Fatalf("missing VM: %v, %q", err, reason())
+	}
+	if n := len(tasksOf(st, p.ID)); n != 1 {
+		t.Fatalf("the task of the VM removed from the policy stays: %d tasks", n)
+	}
+	if len(l.replicas()) != 0 || comps.pushCount() != 0 {
+		t.Fatal("bad references created replicas or pushed configuration")
+	}
+
+	// No proxy alive: configuration waits, with a reason.
+	p.VMs = []model.VMRef{{Name: vcsim.ProtectedVMName(0)}}
+	mustApply(t, st, raftstore.PutPolicy{Policy: p})
+	for _, id := range []string{"src-phys", "dst-phys"} {
+		px := proxy(id, model.RoleSource, model.KindPhysical, "", 0)
+		if id == "dst-phys" {
+			px.Role = model.RoleTarget
+		}
+		px.LastHeartbeat = time.Now().Add(-time.Hour)
+		mustApply(t, st, raftstore.PutProxy{Proxy: px})
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); !errors.Is(err, ErrNoProxy) || !strings.Contains(reason(), "no source proxy is alive") {
+		t.Fatalf("no proxy: %v, %q", err, reason())
+	}
+}
+
+func TestReconfigureWhileProtected(t *testing.T) {
+	l := newLab(t, 3, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 2)
+	r := newReconciler(t, st, l, comps)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	vm0 := l.vm(vcsim.ProtectedVMName(0))
+	tid := TaskID(p.ID, vm0.MoRef)
+
+	// A disk added to a source VM gets its replica disk and the profile.
+	l.addDisk(vm0.MoRef, 2010, 10, 6)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	tasks := checkConfigured(t, l, st, comps, p)
+	if n := len(tasks[tid].Disks); n != len(vm0.Disks)+1 {
+		t.Fatalf("task has %d disks after add", n)
+	}
+
+	// vMotion within the source cluster: the source host changes and the
+	// configuration is pushed again.
+	cur, _ := l.c.VM(l.ctx, vm0.MoRef)
+	var other string
+	for _, h := range l.inv.ClusterByName(vcsim.SourceClusterName).Hosts {
+		if h != cur.Host {
+			other = h
+			break
+		}
+	}
+	l.relocate(vm0.MoRef, other)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := tasksOf(st, p.ID)[tid].SourceHost; got != vcID+"/"+other {
+		t.Fatalf("source host %s after vMotion to %s", got, other)
+	}
+	if dp, _ := comps.last(tid); dp.SourceHost != other {
+		t.Fatalf("pushed source host %s", dp.SourceHost)
+	}
+
+	// A VM added to the policy gets a replica.
+	p.VMs = append(p.VMs, model.VMRef{Name: vcsim.ProtectedVMName(2)})
+	mustApply(t, st, raftstore.PutPolicy{Policy: p})
+	p = policyOf(t, st, p.ID)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	checkConfigured(t, l, st, comps, p)
+	if len(l.replicas()) != 3 {
+		t.Fatalf("replicas %v", l.replicas())
+	}
+
+	// A VM removed from vCenter makes its task fail with the reason.
+	vm1 := l.vm(vcsim.ProtectedVMName(1))
+	l.destroy(vm1.MoRef)
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil {
+		t.Fatal("a missing VM is an error")
+	}
+	if tk := tasksOf(st, p.ID)[TaskID(p.ID, vm1.MoRef)]; tk.Status != model.StatusError || !strings.Contains(tk.Reason, "not found") {
+		t.Fatalf("removed VM: %s %q", tk.Status, tk.Reason)
+	}
+}
+
+func TestRunFollowsChangeFeed(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 1)
+	r := newReconciler(t, st, l, comps)
+	r.cfg.Resync = time.Hour // only the feed and the poll may wake it
+	ctx, cancel := context.WithCancel(l.ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	vm := l.vm(vcsim.ProtectedVMName(0))
+	tid := TaskID(p.ID, vm.MoRef)
+	waitFor(t, "initial configuration", func() bool { return tasksOf(st, p.ID)[tid].Status == model.StatusInitialSync })
+	n := len(tasksOf(st, p.ID)[tid].Disks)
+	l.addDisk(vm.MoRef, 2011, 11, 5)
+	waitFor(t, "the added disk configured", func() bool { return len(tasksOf(st, p.ID)[tid].Disks) == n+1 })
+
+	// A dead proxy is replaced for every task that used it.
+	mustApply(t, st, raftstore.PutProxy{Proxy: proxy("src-vm", model.RoleSource, model.KindVM, "x", 0)})
+	old := proxy("src-phys", model.RoleSource, model.KindPhysical, "", 0)
+	old.LastHeartbeat = time.Now().Add(-time.Hour)
+	mustApply(t, st, raftstore.PutProxy{Proxy: old})
+	waitFor(t, "the dead proxy replaced", func() bool { return tasksOf(st, p.ID)[tid].SourceProxy == "src-vm" })
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
