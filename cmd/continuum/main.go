@@ -11,6 +11,7 @@ import (
 
 	"github.com/continuum-cdp/continuum/appliance"
 	"github.com/continuum-cdp/continuum/filter"
+	"github.com/continuum-cdp/continuum/filter/target"
 	"github.com/continuum-cdp/continuum/ova"
 	"github.com/continuum-cdp/continuum/proxy"
 	"github.com/continuum-cdp/continuum/vcsim"
@@ -23,7 +24,7 @@ func run() int {
 	defer stop()
 	root := appliance.NewRootCommand(proxy.NewCommand(), filter.NewCommand())
 	root.AddCommand(vcsim.Commands()...)
-	root.AddCommand(ova.Command())
+	root.AddCommand(ova.Command(), target.NewRestorePointCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
