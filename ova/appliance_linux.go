@@ -108,6 +108,9 @@ func runAppliance(ctx context.Context, envFile string) error {
 			return c
 		},
 	}
+	if cfg.Role == roleCoordinator && cfg.Bootstrap {
+		go showJoinToken(ctx, console, filepath.Join(DataDir, "coordinator", "join.token"), cfg, ip)
+	}
 	sup.Run(ctx)
 	return ctx.Err()
 }
@@ -378,4 +381,18 @@ func ifaceIPv4(name string) net.IP {
 		}
 	}
 	return nil
+}
+
+// showJoinToken puts the new cluster's join token on the console once the
+// first node wrote it: the admin types it into the properties of the
+// other nodes, and only the VM's console (an admin's) shows it.
+func showJoinToken(ctx context.Context, console io.Writer, path string, cfg *Config, ip net.IP) {
+	for ctx.Err() == nil {
+		if b, err := os.ReadFile(path); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			fmt.Fprintf(console, "\n To add nodes, deploy them with\n   join address: https://%s\n   join token:   %s\n\n",
+				net.JoinHostPort(ip.String(), strconv.Itoa(cfg.APIPort)), bytes.TrimSpace(b))
+			return
+		}
+		sleepCtx(ctx, time.Second)
+	}
 }

@@ -102,20 +102,35 @@ type vm struct {
 // ends, and dies with the test process (Pdeathsig) if that is killed.
 func bootVM(t *testing.T, disk, iso string, fwd map[int]int) *vm {
 	t.Helper()
-	dir := filepath.Dir(disk)
-	console := filepath.Join(dir, "console.log")
 	// restrict=on: the guest reaches nothing but its forwarded ports.
 	netdev := "user,id=n0,net=10.0.2.0/24,restrict=on"
 	for host, guest := range fwd {
 		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", host, guest)
 	}
-	cmd := exec.Command("qemu-system-x86_64",
-		"-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1",
+	return bootVMNet(t, disk, iso, netdev, "52:54:00:12:34:56")
+}
+
+// bootVMNet boots the disk with the given netdev (id n0) behind a vmxnet3
+// NIC with this MAC address.
+func bootVMNet(t *testing.T, disk, iso, netdev, mac string) *vm {
+	t.Helper()
+	dir := filepath.Dir(disk)
+	console := filepath.Join(dir, "console.log")
+	v := startQEMU(t, dir, "-machine", "q35", "-accel", "tcg", "-m", "768", "-smp", "1",
 		"-display", "none", "-monitor", "none", "-serial", "file:"+console,
 		"-drive", "file="+disk+",format=vmdk,if=ide,snapshot=on",
 		"-drive", "file="+iso+",format=raw,media=cdrom,readonly=on",
-		"-netdev", netdev, "-device", "vmxnet3,netdev=n0",
+		"-netdev", netdev, "-device", "vmxnet3,netdev=n0,mac="+mac,
 		"-no-reboot")
+	v.console = console
+	return v
+}
+
+// startQEMU starts qemu; it is killed by PID when the test ends, however it
+// ends, and dies with the test process (Pdeathsig) if that is killed.
+func startQEMU(t *testing.T, dir string, args ...string) *vm {
+	t.Helper()
+	cmd := exec.Command("qemu-system-x86_64", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := os.Create(filepath.Join(dir, "qemu.log"))
 	if err != nil {
@@ -123,19 +138,22 @@ func bootVM(t *testing.T, disk, iso string, fwd map[int]int) *vm {
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
+		out.Close()
 		t.Fatalf("start qemu: %v", err)
 	}
-	v := &vm{cmd: cmd, console: console, exited: make(chan struct{})}
+	v := &vm{cmd: cmd, exited: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(v.exited) }()
 	t.Cleanup(func() {
 		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
 		<-v.exited
 		out.Close()
 		if t.Failed() {
-			b, _ := os.ReadFile(console)
-			t.Logf("guest console:\n%s", tail(string(b), 6000))
+			if v.console != "" {
+				b, _ := os.ReadFile(v.console)
+				t.Logf("guest console (%s):\n%s", dir, tail(string(b), 6000))
+			}
 			q, _ := os.ReadFile(out.Name())
-			t.Logf("qemu output:\n%s", q)
+			t.Logf("qemu output (%s):\n%s", dir, q)
 		}
 	})
 	return v
@@ -181,36 +199,8 @@ func TestBootCoordinatorFromISO(t *testing.T) {
 	start := time.Now()
 	v := bootVM(t, disk, iso, map[int]int{port: 8443})
 
-	// The node's CA is created inside the guest; /healthz needs no trust in
-	// it to prove the node runs.
-	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	defer hc.CloseIdleConnections()
-	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	var lastErr error
-	for ctx.Err() == nil {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := hc.Do(req)
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			// A bootstrapped node is healthy once it leads its cluster.
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"Leader"`) {
-				t.Logf("boot to healthy: %v; /healthz: %s", time.Since(start).Round(100*time.Millisecond), strings.Join(strings.Fields(string(body)), " "))
-				break
-			}
-			err = fmt.Errorf("status %s: %s", resp.Status, body)
-		}
-		lastErr = err
-		select {
-		case <-v.exited:
-			t.Fatal("qemu exited before the coordinator was healthy")
-		case <-ctx.Done():
-			t.Fatalf("coordinator not healthy through the forwarded port: %v", lastErr)
-		case <-time.After(time.Second):
-		}
-	}
+	took := waitHealthy(t, v, port, `"Leader"`, 4*time.Minute, start)
+	t.Logf("boot to healthy leader: %v", took.Round(100*time.Millisecond))
 	v.waitConsole(t, 10*time.Second, "role: coordinator", "node: ova-1", "address: 10.0.2.15 (static)", "data partition mounted")
 }
 
@@ -248,5 +238,40 @@ func TestBootRestartsDeadRole(t *testing.T) {
 	b, _ := os.ReadFile(v.console)
 	if strings.Contains(string(b), strings.TrimSuffix(testToken, ".secret")+".secret") {
 		t.Error("the console shows the join token")
+	}
+}
+
+// waitHealthy polls a node's /healthz through a forwarded port until it
+// answers 200 with want in its body, and returns the time since start.
+func waitHealthy(t *testing.T, v *vm, port int, want string, timeout time.Duration, start time.Time) time.Duration {
+	t.Helper()
+	// The node's CA is created inside the guest; /healthz needs no trust in
+	// it to prove the node runs.
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	defer hc.CloseIdleConnections()
+	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var lastErr error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), want) {
+				t.Logf("%s: %s", url, strings.Join(strings.Fields(string(body)), " "))
+				return time.Since(start)
+			}
+			err = fmt.Errorf("status %s: %s", resp.Status, body)
+		}
+		lastErr = err
+		select {
+		case <-v.exited:
+			t.Fatal("qemu exited before the coordinator was healthy")
+		case <-ctx.Done():
+			t.Fatalf("%s did not answer %s within %v: %v", url, want, timeout, lastErr)
+		case <-time.After(time.Second):
+		}
 	}
 }
