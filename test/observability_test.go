@@ -320,7 +320,9 @@ func TestObservabilityPrometheus(t *testing.T) {
 
 	// Exactly one leader among the three coordinators, the one the
 	// cluster itself names.
-	st := c.status(c.nodes[0].url())
+	c1 := c.nodes[0]
+	cl := c.client(c1, true)
+	defer cl.Close()
 	until(t, deadline, "one raft leader", func() error {
 		leaders, err := p.query(`continuum_raft_state{job="continuum-coordinator"} == 2`)
 		if err != nil {
@@ -328,6 +330,12 @@ func TestObservabilityPrometheus(t *testing.T) {
 		}
 		if len(leaders) != 1 {
 			return fmt.Errorf("%d nodes in state leader: %+v", len(leaders), leaders)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := cl.ClusterStatus(ctx)
+		cancel()
+		if err != nil {
+			return err
 		}
 		if got := leaders[0].Metric["node"]; got != st.LeaderID {
 			return fmt.Errorf("prometheus sees %s leading, the cluster says %s", got, st.LeaderID)
@@ -364,14 +372,12 @@ func TestObservabilityPrometheus(t *testing.T) {
 	})
 
 	// The request counter of a route moves by the calls made to it.
-	c1 := c.nodes[0]
 	reqExpr := fmt.Sprintf(`sum(continuum_http_requests_total{node=%q,route="GET /api/v1/cluster",code="200"}) or vector(0)`, c1.id)
 	before, err := p.scalar(reqExpr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const calls = 20
-	cl := c.client(c1, true)
 	for i := 0; i < calls; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := cl.ClusterStatus(ctx)
@@ -380,7 +386,6 @@ func TestObservabilityPrometheus(t *testing.T) {
 			t.Fatalf("cluster status call %d: %v", i, err)
 		}
 	}
-	cl.Close()
 	until(t, deadline, "request counter", func() error {
 		after, err := p.scalar(reqExpr)
 		if err != nil {
