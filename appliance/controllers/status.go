@@ -18,8 +18,8 @@ const lagReasonPrefix = "lag "
 // configuration.
 func configOwned(t *model.VMTask) bool {
 	switch t.Status {
-	case "", model.StatusPending, model.StatusConfiguring:
-		return true
+	case "", model.StatusPending, model.StatusConfiguring, model.StatusSuccess:
+		return true // Success is a disabled policy's outcome: enabling starts over
 	case model.StatusError, model.StatusWarning:
 		return !strings.HasPrefix(t.Reason, lagReasonPrefix)
 	}
