@@ -293,3 +293,21 @@ func TestTwoSites(t *testing.T) {
 		t.Fatal("unknown site accepted")
 	}
 }
+
+func TestSlowCalls(t *testing.T) {
+	s, ctx := startLab(t, Options{ProtectedVMs: -1, ProxyVMs: -1})
+	c, err := s.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SlowCalls("CurrentTime", 2*time.Second)
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := methods.GetCurrentTime(short, c.Client); err == nil {
+		t.Fatal("a slowed call must outlast a short deadline")
+	}
+	s.SlowCalls("CurrentTime", 0)
+	if _, err := methods.GetCurrentTime(ctx, c.Client); err != nil {
+		t.Fatalf("after removing the delay: %v", err)
+	}
+}
