@@ -168,9 +168,11 @@ func (p *SourceProxy) Close() error {
 func (p *SourceProxy) vmLocked(name string, disks []wire.Disk) *sourceVM {
 	v, ok := p.vms[name]
 	if !ok {
-		v = &sourceVM{p: p, name: name, log: p.log.With("vm", name), maps: map[int32]*sourceExtentMap{}}
+		v = &sourceVM{p: p, name: name, log: p.log.With("vm", name), maps: map[int32]*sourceExtentMap{},
+			encq: make(chan *sourceCutJob, 2)}
 		p.vms[name] = v
-		p.wg.Add(2)
+		p.wg.Add(3)
+		go func() { defer p.wg.Done(); v.encodeLoop(p.ctx) }()
 		go func() { defer p.wg.Done(); v.targetLoop(p.ctx) }()
 		go func() { defer p.wg.Done(); v.cutLoop(p.ctx) }()
 	}

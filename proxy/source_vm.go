@@ -39,6 +39,7 @@ type sourceVM struct {
 	resyncing    bool
 
 	cutMu   sync.Mutex
+	encq    chan *sourceCutJob
 	lastCut uint64
 	points  []*sourcePoint // cut, not yet acknowledged, in ID order
 	sendIdx int
@@ -172,23 +173,57 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 	v.lastCut = id
 	p.mu.Unlock()
 
+	// encoding runs in the VM's encoder so that reading the filter goes on
+	// meanwhile; one encoder per VM keeps points in ID order
+	job := &sourceCutJob{id: id, kind: kind, marker: marker, ext: ext, pending: pending, oldest: oldest}
+	select {
+	case v.encq <- job:
+		return nil
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	}
+}
+
+// sourceCutJob is a closed interval waiting to be encoded.
+type sourceCutJob struct {
+	id           uint64
+	kind, marker uint8
+	ext          []wire.Extent
+	pending      int64
+	oldest       time.Time
+}
+
+// encodeLoop turns closed intervals into points, in order.
+func (v *sourceVM) encodeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-v.encq:
+			v.encode(job)
+		}
+	}
+}
+
+func (v *sourceVM) encode(job *sourceCutJob) {
+	p := v.p
+	id, kind, marker := job.id, job.kind, job.marker
 	pt := &wire.Point{ID: id, Time: time.Now().UnixNano(), Kind: kind, Marker: marker}
-	err := wire.EncodePoint(pt, ext, wire.PointOptions{Codec: p.cfg.Codec, Sealer: p.cfg.Sealer, VM: v.name})
+	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, Sealer: p.cfg.Sealer, VM: v.name})
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.memBytes -= pending
+	p.memBytes -= job.pending
 	p.cond.Broadcast()
 	if err != nil {
-		// the interval is lost for this proxy; dropping the filter session
-		// makes the filter resend from the last acknowledged point
+		// the extents were checked on arrival, so this is a bug; dropping
+		// the filter session at least makes the problem visible upstream
 		v.log.Error("encode point", "id", id, "err", err)
 		if v.filter != nil {
 			v.filter.Close()
 		}
-		v.received, v.lastCut = v.acked, v.acked
-		return fmt.Errorf("encode point %d of %s: %w", id, v.name, err)
+		return
 	}
-	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen, oldest: oldest}
+	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen, oldest: job.oldest}
 	v.statPoints++
 	v.statRaw += int64(pt.RawLen)
 	v.statWire += sp.size
@@ -201,8 +236,7 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 		p.memBytes += sp.size
 	}
 	v.points = append(v.points, sp)
-	v.log.Debug("point cut", "id", id, "kind", kind, "marker", marker, "extents", len(ext), "raw", pt.RawLen, "wire", sp.size)
-	return nil
+	v.log.Debug("point cut", "id", id, "kind", kind, "marker", marker, "extents", len(job.ext), "raw", pt.RawLen, "wire", sp.size)
 }
 
 func (v *sourceVM) spillLocked(sp *sourcePoint) error {
