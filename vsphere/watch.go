@@ -33,14 +33,17 @@ type Change struct {
 	Host     string
 	PrevHost string
 	DiskKeys []int32 // disks added, removed or moved
+	// Datastores is the VM's datastores after a DatastoreChanged.
+	Datastores []string
 }
 
-var watchProps = []string{"name", "runtime.host", "config.hardware.device"}
+var watchProps = []string{"name", "runtime.host", "config.hardware.device", "datastore"}
 
 type vmState struct {
-	name  string
-	host  string
-	disks map[int32]string // key -> datastore
+	name       string
+	host       string
+	disks      map[int32]string // key -> datastore
+	datastores []string         // sorted
 }
 
 func viewOf(ctx context.Context, c *Client, kinds []string) (*view.ContainerView, error) {
@@ -51,7 +54,10 @@ func viewOf(ctx context.Context, c *Client, kinds []string) (*view.ContainerView
 // the connection fails. It uses a container view and a dedicated property
 // collector; the simulator re-sends "enter" for every VM when membership
 // changes, so updates are compared with the known state and only real
-// differences are reported.
+// differences are reported, netted per batch of updates. A VM still being
+// built may show disk changes right after VMCreated (the simulator resets
+// and refills its device list); consumers are expected to read the current
+// state rather than replay the feed.
 func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	const op = "watch vCenter changes"
 	v, err := viewOf(ctx, c, []string{"VirtualMachine"})
@@ -117,7 +123,7 @@ func (c *Client) applyBatch(known map[string]*vmState, updates []types.ObjectUpd
 func applyUpdate(old *vmState, u types.ObjectUpdate) *vmState {
 	next := &vmState{disks: map[int32]string{}}
 	if old != nil {
-		next.name, next.host = old.name, old.host
+		next.name, next.host, next.datastores = old.name, old.host, old.datastores
 		for k, d := range old.disks {
 			next.disks[k] = d
 		}
@@ -133,6 +139,12 @@ func applyUpdate(old *vmState, u types.ObjectUpdate) *vmState {
 				next.host = r.Value
 			} else if ch.Op == types.PropertyChangeOpRemove || ch.Val == nil {
 				next.host = ""
+			}
+		case "datastore":
+			next.datastores = nil
+			if refs, ok := ch.Val.(types.ArrayOfManagedObjectReference); ok {
+				next.datastores = values(refs.ManagedObjectReference)
+				slices.Sort(next.datastores)
 			}
 		case "config.hardware.device":
 			next.disks = map[int32]string{}
@@ -184,10 +196,16 @@ func diff(id string, old, next *vmState, fn func(Change)) {
 	for _, e := range []struct {
 		kind ChangeKind
 		keys []int32
-	}{{DiskAdded, added}, {DiskRemoved, removed}, {DatastoreChanged, moved}} {
+	}{{DiskAdded, added}, {DiskRemoved, removed}} {
 		if len(e.keys) > 0 {
 			slices.Sort(e.keys)
 			fn(Change{Kind: e.kind, VM: id, Name: next.name, Host: next.host, DiskKeys: e.keys})
 		}
+	}
+	// A storage vMotion moves disk files (their backing's datastore) and
+	// the VM's datastore list; the simulator changes only the latter.
+	if len(moved) > 0 || !slices.Equal(old.datastores, next.datastores) {
+		slices.Sort(moved)
+		fn(Change{Kind: DatastoreChanged, VM: id, Name: next.name, Host: next.host, DiskKeys: moved, Datastores: next.datastores})
 	}
 }
