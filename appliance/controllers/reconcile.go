@@ -379,6 +379,11 @@ func sortedTasks(m map[string]*model.VMTask) []*model.VMTask {
 }
 
 func (r *PolicyReconciler) putTask(ctx context.Context, t *model.VMTask) error {
+	// A canceled reconcile (leadership lost, shutdown) records nothing: its
+	// failure is ours, not the VM's.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("write task %s: %w", t.ID, err)
+	}
 	if _, err := r.cfg.Store.Apply(ctx, raftstore.PutTask{Task: *t}); err != nil {
 		return fmt.Errorf("write task %s: %w", t.ID, err)
 	}
