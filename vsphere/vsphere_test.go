@@ -627,3 +627,29 @@ func TestKeepAliveAndSessionTimeout(t *testing.T) {
 		t.Fatalf("relogins without keep-alive = %d, want 1", e.c.Relogins())
 	}
 }
+
+func TestEnsureReplicaConflict(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 1, ProxyVMs: -1})
+	spec := e.replicaSpec(t, vcsim.ProtectedVMName(0))
+	src := e.inv.VMByName(vcsim.ProtectedVMName(0))
+	// Someone else's VM holds the replica's instance UUID but not the marker.
+	cfg := vcsim.VMSpec("impostor", vcsim.TargetDatastoreName(0), []int64{64})
+	cfg.InstanceUuid = vsphere.ReplicaInstanceUUID(src.InstanceUUID, spec.PolicyID)
+	vc := vcsimClient(t, e)
+	folder := object.NewFolder(vc, types.ManagedObjectReference{Type: "Folder", Value: spec.Folder})
+	pool := object.NewResourcePool(vc, types.ManagedObjectReference{Type: "ResourcePool", Value: spec.Pool})
+	host := object.NewHostSystem(vc, types.ManagedObjectReference{Type: "HostSystem", Value: spec.Host})
+	task, err := folder.CreateVM(e.ctx, cfg, pool, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.EnsureReplica(e.ctx, spec); !errors.Is(err, vsphere.ErrConflict) {
+		t.Fatalf("got %v, want ErrConflict", err)
+	}
+	if n := e.countReplicas(t); n != 0 {
+		t.Fatalf("%d replicas", n)
+	}
+}
