@@ -49,4 +49,4 @@ ova:
 
 test-ova: test-deps
 	v="$(VERSION)"; ./ova/image/build.sh $(CURDIR)/out "$$v" && \
-	CONTINUUM_OVA=$(CURDIR)/out/continuum-$$v.ova $(GO) test -count=1 -timeout 15m -run '^TestBoot' -v ./ova/
+	CONTINUUM_OVA=$(CURDIR)/out/continuum-$$v.ova CONTINUUM_OVA_CLUSTER=1 $(GO) test -count=1 -timeout 15m -run '^TestBoot' -v ./ova/
