@@ -34,10 +34,12 @@ const forwardedHeader = "X-Continuum-Forwarded-By"
 
 type authKind int
 
+// The zero value asks for an admin token, so a route added without thought
+// is protected; only /healthz opts out.
 const (
-	authNone  authKind = iota
-	authAdmin          // an admin token or a cluster node certificate
-	authJoin           // a join token, an admin token or a node certificate
+	authAdmin authKind = iota // an admin token or a cluster node certificate
+	authJoin                  // a join token, an admin token or a node certificate
+	authNone                  // no authentication (/healthz only)
 )
 
 type placement int

@@ -304,9 +304,16 @@ func TestTokensAndHealth(t *testing.T) {
 	if status, _, _ := e.raw(t, "GET", "/api/v1/policies", tok.Token, ""); status != 403 {
 		t.Fatalf("join token on admin route: %d", status)
 	}
-	// Metrics count requests by route and code.
-	status, _, body = e.raw(t, "GET", "/metrics", "", "")
-	for _, want := range []string{`continuum_http_requests_total{code="401",route="GET /api/v1/policies"} 2`, "continuum_raft_state 2", "continuum_raft_applied_index"} {
+	// Metrics need a token like every route but /healthz, and count
+	// requests by route and code.
+	if status, _, _ := e.raw(t, "GET", "/metrics", "", ""); status != 401 {
+		t.Fatalf("metrics without a token: %d", status)
+	}
+	if status, _, _ := e.raw(t, "GET", "/api/openapi.json", "", ""); status != 401 {
+		t.Fatalf("openapi without a token: %d", status)
+	}
+	status, _, body = e.raw(t, "GET", "/metrics", testAdmin, "")
+	for _, want := range []string{`continuum_http_requests_total{code="401",route="GET /api/v1/policies"} 2`, `continuum_http_requests_total{code="401",route="GET /metrics"} 1`, "continuum_raft_state 2", "continuum_raft_applied_index"} {
 		if status != 200 || !bytes.Contains(body, []byte(want)) {
 			t.Fatalf("metrics lack %q", want)
 		}
@@ -446,7 +453,7 @@ func TestCRUDEveryResource(t *testing.T) {
 
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	e := newEnv(t)
-	status, _, body := e.raw(t, "GET", "/api/openapi.json", "", "")
+	status, _, body := e.raw(t, "GET", "/api/openapi.json", testAdmin, "")
 	if status != 200 {
 		t.Fatalf("openapi: %d", status)
 	}

@@ -24,7 +24,7 @@ import (
 func (s *Server) routeTable() []route {
 	const v1 = "/api/v1"
 	return []route{
-		{Method: "GET", Path: "/healthz", Summary: "Liveness and raft role of this node", Response: "Health", h: s.health},
+		{Method: "GET", Path: "/healthz", Summary: "Liveness and raft role of this node", Response: "Health", Auth: authNone, h: s.health},
 		{Method: "GET", Path: "/metrics", Summary: "Prometheus metrics", Response: "", raw: promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})},
 		{Method: "GET", Path: "/api/openapi.json", Summary: "This API's OpenAPI 3 document", Response: "OpenAPI", h: s.openAPI},
 

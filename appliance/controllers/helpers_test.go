@@ -190,7 +190,7 @@ const vcID = "vc-1"
 // lab is an in-process lab vCenter with the filter installed on both
 // clusters, connected through the vsphere adapter.
 type lab struct {
-	t   *testing.T
+	t   testing.TB
 	ctx context.Context
 	srv *vcsim.Server
 	c   *vsphere.Client
@@ -201,11 +201,16 @@ type lab struct {
 	down error
 }
 
-func newLab(t *testing.T, vms int, installTarget bool) *lab {
+func newLab(t testing.TB, vms int, installTarget bool) *lab {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+	return startLab(t, vcsim.Options{ProtectedVMs: vms, ProxyVMs: -1, DiskSizesMB: []int64{4, 8}}, installTarget, 80*time.Second)
+}
+
+func startLab(t testing.TB, opts vcsim.Options, installTarget bool, timeout time.Duration) *lab {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
-	srv, err := vcsim.Start(ctx, vcsim.Options{ProtectedVMs: vms, ProxyVMs: -1, DiskSizesMB: []int64{4, 8}}, nil)
+	srv, err := vcsim.Start(ctx, opts, nil)
 	if err != nil {
 		t.Fatalf("start lab vCenter: %v", err)
 	}
@@ -389,14 +394,14 @@ func (l *lab) setup(st Store, n int, proxies ...model.Proxy) model.Policy {
 	return policyOf(l.t, st, p.ID)
 }
 
-func mustApply(t *testing.T, st Store, cmd raftstore.Command) {
+func mustApply(t testing.TB, st Store, cmd raftstore.Command) {
 	t.Helper()
 	if _, err := st.Apply(context.Background(), cmd); err != nil {
 		t.Fatalf("apply %T: %v", cmd, err)
 	}
 }
 
-func policyOf(t *testing.T, st Store, id string) model.Policy {
+func policyOf(t testing.TB, st Store, id string) model.Policy {
 	t.Helper()
 	var p model.Policy
 	st.Read(func(s *model.State) { p = *s.Policies[id] })
@@ -415,7 +420,7 @@ func tasksOf(st Store, policyID string) map[string]model.VMTask {
 	return out
 }
 
-func newReconciler(t *testing.T, st Store, l *lab, comps Components) *PolicyReconciler {
+func newReconciler(t testing.TB, st Store, l *lab, comps Components) *PolicyReconciler {
 	t.Helper()
 	r, err := NewPolicyReconciler(Config{Store: st, Inventories: l.inventories, Components: comps, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, PollEvery: 50 * time.Millisecond})
 	if err != nil {
