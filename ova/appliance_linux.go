@@ -103,6 +103,9 @@ func runAppliance(ctx context.Context, envFile string) error {
 		MinBackoff: time.Second, MaxBackoff: 30 * time.Second, Healthy: time.Minute,
 		Command: func(ctx context.Context) *exec.Cmd {
 			c := exec.CommandContext(ctx, exe, args...)
+			// At shutdown the role gets SIGTERM and time to leave raft cleanly.
+			c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }
+			c.WaitDelay = 15 * time.Second
 			c.Stdout, c.Stderr = console, console
 			c.Dir = DataDir
 			return c
