@@ -46,6 +46,8 @@ func BenchmarkReconcilePolicy1000(b *testing.B) {
 				b.Fatal(err)
 			}
 			took := time.Since(start)
+			// Disabled, its VMs no longer belong to it for the next policy.
+			mustApply(b, st, raftstore.SetPolicyEnabled{ID: p.ID, Enabled: false})
 			for _, tk := range tasksOf(st, p.ID) {
 				if tk.Status != model.StatusInitialSync {
 					b.Fatalf("task %s: %s %s", tk.ID, tk.Status, tk.Reason)

@@ -169,3 +169,32 @@ func TestReportStatus(t *testing.T) {
 func equalTask(a, b model.VMTask) bool {
 	return a.Status == b.Status && a.Reason == b.Reason && a.LagSeconds == b.LagSeconds && a.SyncDoneBytes == b.SyncDoneBytes
 }
+
+func TestOverlappingPoliciesRefused(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 1)
+	r := newReconciler(t, st, l, comps)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	q := p
+	q.ID, q.Name, q.CreatedAt = "pol-2", "second", p.CreatedAt.Add(time.Second)
+	q.Target.ReplicaSuffix = "_second"
+	mustApply(t, st, raftstore.PutPolicy{Policy: q, Create: true})
+	if _, err := r.Reconcile(l.ctx, q.ID); !errors.Is(err, ErrTerminal) {
+		t.Fatalf("overlap: %v", err)
+	}
+	for _, tk := range tasksOf(st, q.ID) {
+		if tk.Status != model.StatusError || !strings.Contains(tk.Reason, "already protected by policy demo") {
+			t.Fatalf("overlapping task: %s %q", tk.Status, tk.Reason)
+		}
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatalf("the first policy is unaffected: %v", err)
+	}
+	if len(l.replicas()) != 1 {
+		t.Fatalf("replicas %v", l.replicas())
+	}
+}

@@ -277,10 +277,13 @@ type snapshot struct {
 	proxies map[string]*model.Proxy
 	rules   []model.TrafficRule
 	load    map[string]int // tasks per proxy, other policies included
+	// claims lists, per VM MoRef, the other enabled policies that have a
+	// task for it: a VM is protected by one policy only.
+	claims map[string][]*model.Policy
 }
 
 func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, error) {
-	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, load: map[string]int{}}
+	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, load: map[string]int{}, claims: map[string][]*model.Policy{}}
 	err := r.cfg.Store.ReadConsistent(ctx, func(s *model.State) {
 		p, ok := s.Policies[id]
 		if !ok {
@@ -294,6 +297,10 @@ func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, erro
 			}
 			if t.TargetProxy != "" {
 				sn.load[t.TargetProxy]++
+			}
+			if op, ok := s.Policies[t.PolicyID]; ok && t.PolicyID != id && op.Enabled && t.VMMoRef != "" {
+				c := *op
+				sn.claims[t.VMMoRef] = append(sn.claims[t.VMMoRef], &c)
 			}
 			if t.PolicyID == id {
 				ct := *t
@@ -590,6 +597,11 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 			errs = append(errs, fmt.Errorf("VM %q of policy %s not found", key, p.Name))
 			continue
 		}
+		if other := firstClaim(p, sn.claims[vm.MoRef]); other != nil {
+			errs = append(errs, r.failTask(ctx, t, fmt.Sprintf("VM %s is already protected by policy %s", vm.Name, other.Name)))
+			errs = append(errs, fmt.Errorf("%w: VM %s overlaps policy %s", ErrTerminal, vm.Name, other.Name))
+			continue
+		}
 		if vm.Replica != nil {
 			errs = append(errs, r.failTask(ctx, t, fmt.Sprintf("VM %s is itself a replica", vm.Name)))
 			errs = append(errs, fmt.Errorf("%w: VM %s is a replica", ErrTerminal, vm.Name))
@@ -748,7 +760,7 @@ func upToDate(t *model.VMTask, vm *vsphere.VM, profile string, rep *model.Replic
 	}
 	for _, d := range vm.Disks {
 		i := slices.IndexFunc(t.Disks, func(m model.DiskMap) bool { return m.Key == d.Key })
-		if i < 0 || t.Disks[i].CapacityBytes != d.CapacityBytes || !t.Disks[i].ProfileApplied || d.ProfileID != profile {
+		if i < 0 || t.Disks[i].CapacityBytes != d.CapacityBytes || t.Disks[i].SourceFile != d.FileName || !t.Disks[i].ProfileApplied || d.ProfileID != profile {
 			return false
 		}
 	}
@@ -976,4 +988,18 @@ func (r *PolicyReconciler) ReportStatus(ctx context.Context, taskID string, stat
 	}
 	t.UpdatedAt = r.cfg.Clock.Now()
 	return r.putTask(ctx, &t)
+}
+
+// firstClaim returns the policy that protects a VM before p does (the
+// older one, then the smaller ID), or nil when p is first.
+func firstClaim(p *model.Policy, others []*model.Policy) *model.Policy {
+	var first *model.Policy
+	for _, o := range others {
+		if o.CreatedAt.Before(p.CreatedAt) || (o.CreatedAt.Equal(p.CreatedAt) && o.ID < p.ID) {
+			if first == nil || o.CreatedAt.Before(first.CreatedAt) || (o.CreatedAt.Equal(first.CreatedAt) && o.ID < first.ID) {
+				first = o
+			}
+		}
+	}
+	return first
 }
