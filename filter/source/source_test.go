@@ -16,8 +16,7 @@ import (
 )
 
 // fakeProxy plays the source proxy and the target at once: it applies every
-// write to an image per disk and, when acking, acknowledges each marker and
-// every 16 writes.
+// write to an image per disk and, when acking, acknowledges every message.
 type fakeProxy struct {
 	t        *testing.T
 	l        net.Listener
@@ -69,7 +68,6 @@ func (f *fakeProxy) serve(nc net.Conn) {
 	if c.Send(ack) != nil {
 		return
 	}
-	n := 0
 	for {
 		m, err := c.ReadMsg()
 		if err != nil {
@@ -99,14 +97,15 @@ func (f *fakeProxy) serve(nc net.Conn) {
 					f.initDone = true
 				}
 			}
-			n = 15
+		default:
+			f.mu.Unlock()
+			continue
 		}
 		if seq <= f.lastSeq {
 			f.t.Errorf("seq %d after %d", seq, f.lastSeq)
 		}
 		f.lastSeq = max(f.lastSeq, seq)
-		n++
-		doAck := f.ack && n%16 == 0
+		doAck := f.ack
 		if doAck {
 			f.acked = f.lastSeq
 		}
