@@ -123,8 +123,18 @@ type duePolicy struct {
 }
 
 // Tick runs one pass: forms the points that are due and removes expired
-// catalog entries.
+// catalog entries. Its outcome is counted like a reconcile.
 func (s *Scheduler) Tick(ctx context.Context) error {
+	err := s.tick(ctx)
+	result := ResultSuccess
+	if err != nil {
+		result = ResultError
+	}
+	s.metrics.Reconciles.WithLabelValues("long-term", result).Inc()
+	return err
+}
+
+func (s *Scheduler) tick(ctx context.Context) error {
 	now := s.cfg.Clock.Now()
 	var due []duePolicy
 	var expired []string

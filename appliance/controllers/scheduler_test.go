@@ -76,6 +76,12 @@ func TestSchedulerCreatesAndExpiresPoints(t *testing.T) {
 	if len(comps.longTerm) != 3 {
 		t.Fatalf("%d long-term requests", len(comps.longTerm))
 	}
+	if got := counter(t, s.metrics.Reconciles.WithLabelValues("long-term", ResultSuccess)); got != 4 {
+		t.Fatalf("%v passes counted, want 4", got)
+	}
+	if got := counter(t, s.metrics.Points.WithLabelValues("expired")); got != 1 {
+		t.Fatalf("%v expiries counted", got)
+	}
 
 	// A disabled policy forms no points.
 	mustApply(t, st, raftstore.SetPolicyEnabled{ID: "p", Enabled: false})
