@@ -192,6 +192,7 @@ type reloginRT struct {
 	sessionManager types.ManagedObjectReference
 
 	mu       sync.Mutex
+	gen      int64 // bumped by every re-login
 	relogins int64
 }
 
@@ -200,6 +201,9 @@ func (r *reloginRT) RoundTrip(ctx context.Context, req, res soap.HasFault) error
 		resetResponse(res)
 		return r.inner.RoundTrip(ctx, req, res)
 	}
+	r.mu.Lock()
+	gen := r.gen
+	r.mu.Unlock()
 	err := r.retry(ctx, call)
 	if err == nil || !fault.Is(err, &types.NotAuthenticated{}) {
 		return err
@@ -210,12 +214,17 @@ func (r *reloginRT) RoundTrip(ctx context.Context, req, res soap.HasFault) error
 	if _, isLogout := req.(*methods.LogoutBody); isLogout {
 		return err
 	}
-	r.log.Warn("vCenter session lost, logging in again")
-	if lerr := r.login(ctx); lerr != nil {
-		return lerr
-	}
+	// One login for all the callers that saw the same lost session.
 	r.mu.Lock()
-	r.relogins++
+	if r.gen == gen {
+		r.log.Warn("vCenter session lost, logging in again")
+		if lerr := r.login(ctx); lerr != nil {
+			r.mu.Unlock()
+			return lerr
+		}
+		r.gen++
+		r.relogins++
+	}
 	r.mu.Unlock()
 	return r.retry(ctx, call)
 }

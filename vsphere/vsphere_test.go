@@ -653,3 +653,30 @@ func TestEnsureReplicaConflict(t *testing.T) {
 		t.Fatalf("%d replicas", n)
 	}
 }
+
+func TestReloginOncePerLostSession(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 1, ProxyVMs: -1})
+	vm := e.inv.VMByName(vcsim.ProtectedVMName(0))
+	if _, err := e.srv.DropSessions(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := e.c.VM(e.ctx, vm.MoRef); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := e.c.Relogins(); n != 1 {
+		t.Fatalf("%d re-logins for one lost session", n)
+	}
+}

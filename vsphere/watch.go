@@ -51,7 +51,8 @@ func viewOf(ctx context.Context, c *Client, kinds []string) (*view.ContainerView
 }
 
 // Watch reports VM changes to fn until ctx ends (it then returns nil) or
-// the connection fails. It uses a container view and a dedicated property
+// the connection or session fails (it then returns the error; call it again,
+// and it starts with a fresh Synced). It uses a container view and a dedicated property
 // collector; the simulator re-sends "enter" for every VM when membership
 // changes, so updates are compared with the known state and only real
 // differences are reported, netted per batch of updates. A VM still being
