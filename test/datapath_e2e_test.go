@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -201,4 +202,36 @@ func crashRun(t *testing.T, encrypt bool) {
 	}
 	verify("at the end")
 	d.checkLatest()
+}
+
+// TestDatapathSourceFilterCrash kills the source filter right after guest
+// writes it has not yet delivered: the restarted filter resyncs the blocks
+// its dirty bitmap names, and the latest point equals the source disks.
+func TestDatapathSourceFilterCrash(t *testing.T) {
+	needTools(t, "qemu-io", "qemu-img")
+	d := startDatapath(t, dpOptions{grace: 5 * time.Second, rpo: 2 * time.Second})
+	for round := 0; round < 2; round++ {
+		for vm, disks := range d.vms {
+			for _, k := range disks {
+				run(t, "qemu-io", "-f", "raw",
+					"-c", fmt.Sprintf("write -P 0x%x %d 300000", 0x30+round, 1<<20+round*777),
+					"-c", fmt.Sprintf("write -z %d 65536", 5<<20),
+					"-c", fmt.Sprintf("write -P 0x5a %d 4096", 9<<20+round*4096),
+					d.uri(vm, k))
+			}
+		}
+		// the RPO is 2s: these writes are not acknowledged yet
+		d.sfilter.restart()
+		st := d.waitQuiet(90 * time.Second)
+		for _, s := range st {
+			if s.Seq == 0 {
+				t.Fatalf("%s: sequence restarted from zero", s.VM)
+			}
+		}
+		d.checkLatest()
+		b, _ := os.ReadFile(d.sfilter.log)
+		if n := strings.Count(string(b), `msg="sync scan started" role=source-filter vm=vm-a mode=resync`); n < round+1 {
+			t.Fatalf("round %d: %d resyncs of vm-a after restarts, want %d", round, n, round+1)
+		}
+	}
 }
