@@ -14,6 +14,7 @@ import (
 type Config struct {
 	Role      string // "coordinator" or "proxy"
 	ProxyRole string // "source" or "target", proxy role only
+	ProxyPeer string // HOST:PORT of the next hop, proxy role only
 	NodeID    string
 	Hostname  string
 
@@ -109,6 +110,12 @@ func ParseConfig(props map[string]string) (*Config, error) {
 		c.ProxyRole, _ = get(PropProxyRole)
 		if c.ProxyRole != "source" && c.ProxyRole != "target" {
 			bad(PropProxyRole, c.ProxyRole, "must be source or target")
+		}
+		c.ProxyPeer, _ = get(PropProxyPeer)
+		if h, p, err := net.SplitHostPort(c.ProxyPeer); err != nil || h == "" || p == "" {
+			bad(PropProxyPeer, c.ProxyPeer, "required for a proxy: HOST:PORT of the target proxy (source side) or of the target filter (target side)")
+		} else if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			bad(PropProxyPeer, c.ProxyPeer, "port must be 1 to 65535")
 		}
 	}
 
@@ -281,9 +288,9 @@ func (c *Config) RoleArgs(addr net.IP) []string {
 			"--admin-addr", net.JoinHostPort(host, strconv.Itoa(ProxyAdminPort)),
 			"--ca", dir + "/ca.pem", "--cert", dir + "/cert.pem", "--key", dir + "/key.pem"}
 		if c.ProxyRole == "source" {
-			args = append(args, "--spill-dir", dir+"/spill")
+			return append(args, "--target", c.ProxyPeer, "--spill-dir", dir+"/spill")
 		}
-		return args
+		return append(args, "--target-filter", c.ProxyPeer)
 	}
 	return nil
 }

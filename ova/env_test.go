@@ -123,10 +123,10 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("mask = %v", c.Mask)
 			}
 		}},
-		{name: "proxy", props: props("role", "proxy", "proxy_role", "target", "node_id", "p1", "join_address", "https://c:8443", "join_token", testToken),
+		{name: "proxy", props: props("role", "proxy", "proxy_role", "target", "proxy_peer", "10.0.9.9:7000", "node_id", "p1", "join_address", "https://c:8443", "join_token", testToken),
 			check: func(t *testing.T, c *Config) {
 				args := strings.Join(c.RoleArgs(net.IPv4(10, 0, 2, 15)), " ")
-				if args != "proxy --role target --node-id p1 --listen 10.0.2.15:8443 --admin-addr 10.0.2.15:9443 --ca /data/proxy/ca.pem --cert /data/proxy/cert.pem --key /data/proxy/key.pem" {
+				if args != "proxy --role target --node-id p1 --listen 10.0.2.15:8443 --admin-addr 10.0.2.15:9443 --ca /data/proxy/ca.pem --cert /data/proxy/cert.pem --key /data/proxy/key.pem --target-filter 10.0.9.9:7000" {
 					t.Errorf("args = %s", args)
 				}
 			}},
@@ -149,7 +149,15 @@ func TestParseConfig(t *testing.T) {
 		{name: "join address without port", props: props("role", "coordinator", "node_id", "c2", "join_address", "https://10.0.0.1", "join_token", testToken), bad: []string{"continuum.join_address"}},
 		{name: "bad ports", props: with(boot, "api_port", "0", "raft_port", "70000"), bad: []string{"continuum.api_port", "continuum.raft_port"}},
 		{name: "same ports", props: with(boot, "api_port", "9000", "raft_port", "9000"), bad: []string{"continuum.raft_port"}},
-		{name: "proxy cannot bootstrap", props: props("role", "proxy", "node_id", "p", "proxy_role", "both", "bootstrap", "true"), bad: []string{"continuum.proxy_role", "continuum.bootstrap", "continuum.join_address", "continuum.join_token"}},
+		{name: "source proxy", props: props("role", "proxy", "proxy_role", "source", "proxy_peer", "tp.example:7000", "node_id", "p2", "join_address", "https://c:8443", "join_token", testToken),
+			check: func(t *testing.T, c *Config) {
+				if args := strings.Join(c.RoleArgs(net.IPv4(10, 0, 2, 15)), " "); !strings.HasSuffix(args, "--target tp.example:7000 --spill-dir /data/proxy/spill") {
+					t.Errorf("args = %s", args)
+				}
+			}},
+		{name: "proxy without peer", props: props("role", "proxy", "proxy_role", "source", "node_id", "p", "join_address", "https://c:8443", "join_token", testToken), bad: []string{"continuum.proxy_peer"}},
+		{name: "proxy peer without port", props: props("role", "proxy", "proxy_role", "source", "proxy_peer", "tp:x", "node_id", "p", "join_address", "https://c:8443", "join_token", testToken), bad: []string{"continuum.proxy_peer"}},
+		{name: "proxy cannot bootstrap", props: props("role", "proxy", "node_id", "p", "proxy_role", "both", "bootstrap", "true"), bad: []string{"continuum.proxy_role", "continuum.proxy_peer", "continuum.bootstrap", "continuum.join_address", "continuum.join_token"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

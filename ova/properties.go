@@ -8,6 +8,7 @@ const PropertyClass = "continuum"
 const (
 	PropRole        = "role"
 	PropProxyRole   = "proxy_role"
+	PropProxyPeer   = "proxy_peer"
 	PropNodeID      = "node_id"
 	PropHostname    = "hostname"
 	PropIP          = "ip"
@@ -50,6 +51,9 @@ var Properties = []PropertyDef{
 	{Key: PropProxyRole, Type: "string", Qualifiers: `ValueMap{"source","target"}`, Default: "source",
 		Category: "1. Role", Label: "Proxy side",
 		Description: "For the proxy role only: source (near protected VMs) or target (near replicas)."},
+	{Key: PropProxyPeer, Type: "string",
+		Category: "1. Role", Label: "Proxy peer",
+		Description: "For the proxy role only, HOST:PORT of the next hop: the target proxy (source side) or the target filter (target side)."},
 	{Key: PropNodeID, Type: "string", Qualifiers: "MinLen(0),MaxLen(63)",
 		Category: "1. Role", Label: "Node ID",
 		Description: "Unique name of this node in the cluster (letters, digits, '-', '_', '.'). Empty: the hostname."},
