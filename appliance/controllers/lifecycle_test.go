@@ -198,3 +198,39 @@ func TestOverlappingPoliciesRefused(t *testing.T) {
 		t.Fatalf("replicas %v", l.replicas())
 	}
 }
+
+// TestVMotionToAnotherClusterReplans: a VM moved to another cluster gets
+// the source proxy of its new cluster although the policy is unchanged.
+func TestVMotionToAnotherClusterReplans(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	srcCluster := vcID + "/" + l.cluster(vcsim.SourceClusterName)
+	dstCluster := vcID + "/" + l.cluster(vcsim.TargetClusterName)
+	p := l.setup(st, 1,
+		proxy("src-a", model.RoleSource, model.KindVM, srcCluster, 0),
+		proxy("src-b", model.RoleSource, model.KindVM, dstCluster, 0),
+		proxy("dst", model.RoleTarget, model.KindPhysical, "", 0),
+	)
+	r := newReconciler(t, st, l, comps)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	vm := l.vm(vcsim.ProtectedVMName(0))
+	tid := TaskID(p.ID, vm.MoRef)
+	if got := tasksOf(st, p.ID)[tid].SourceProxy; got != "src-a" {
+		t.Fatalf("before: %s", got)
+	}
+	host := l.inv.ClusterByName(vcsim.TargetClusterName).Hosts[0]
+	l.relocate(vm.MoRef, host)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	tk := tasksOf(st, p.ID)[tid]
+	if tk.SourceProxy != "src-b" || tk.SourceHost != vcID+"/"+host {
+		t.Fatalf("after vMotion to %s: proxy %s host %s", host, tk.SourceProxy, tk.SourceHost)
+	}
+	if dp, _ := comps.last(tid); dp.SourceProxy.ID != "src-b" {
+		t.Fatalf("pushed %s", dp.SourceProxy.ID)
+	}
+}
