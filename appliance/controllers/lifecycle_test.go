@@ -234,3 +234,25 @@ func TestVMotionToAnotherClusterReplans(t *testing.T) {
 		t.Fatalf("pushed %s", dp.SourceProxy.ID)
 	}
 }
+
+// TestNoQuorumReconfiguresNothing: without quorum the reconciler touches
+// neither vCenter nor the components and retries later.
+func TestNoQuorumReconfiguresNothing(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 1)
+	r := newReconciler(t, st, l, comps)
+	st.setQuorum(false)
+	if _, err := r.Reconcile(l.ctx, p.ID); !errors.Is(err, model.ErrNoLeader) {
+		t.Fatalf("no quorum: %v", err)
+	}
+	if comps.pushCount() != 0 || len(l.replicas()) != 0 || len(tasksOf(st, p.ID)) != 0 {
+		t.Fatal("something was configured without quorum")
+	}
+	st.setQuorum(true)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	checkConfigured(t, l, st, comps, p)
+}

@@ -55,8 +55,20 @@ func TestRaftStoreLeaderChange(t *testing.T) {
 		}
 		return true
 	}
-	stop := run(newReconciler(t, node, l, comps))
-	waitFor(t, "policy configured by the first leader", configured)
+	// The first leader loses leadership in the middle of configuration:
+	// after its first replica exists and before the others do.
+	l.srv.SlowCalls("CreateVM_Task", 300*time.Millisecond)
+	r1 := newReconciler(t, node, l, comps)
+	r1.cfg.Workers = 1
+	stop := run(r1)
+	waitFor(t, "a first replica", func() bool { return len(l.replicas()) >= 1 })
+	stop()
+	l.srv.SlowCalls("CreateVM_Task", 0)
+	if n := len(l.replicas()); n == 3 {
+		t.Fatal("configuration finished before the leader change")
+	}
+	stop = run(newReconciler(t, node, l, comps))
+	waitFor(t, "policy configured by the second leader", configured)
 	stop()
 	checkConfigured(t, l, node, comps, p)
 
