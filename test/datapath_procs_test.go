@@ -384,8 +384,9 @@ func (d *datapath) sourcePath(vm string, disk int32) string {
 	return ""
 }
 
-// checkLatest exports the latest listed point of every disk and compares
-// it with the source disk.
+// checkLatest exports the latest listed point of every disk with
+// `continuum restore-point export` and compares it with the source disk
+// using qemu-img compare.
 func (d *datapath) checkLatest() {
 	d.t.Helper()
 	for vm, disks := range d.vms {
@@ -395,7 +396,10 @@ func (d *datapath) checkLatest() {
 		}
 		last := pts[len(pts)-1].ID
 		for _, k := range disks {
-			img := d.export(vm, k, last)
+			// the latest point goes through the restore-point client command
+			img := filepath.Join(d.dir, fmt.Sprintf("latest-%s-%d.raw", vm, k))
+			run(d.t, continuumBinary(d.t), "restore-point", "export", vm, "--filter-api", "http://"+d.tfAdmin,
+				"--disk", fmt.Sprint(k), "--point", fmt.Sprint(last), "--out", img)
 			out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", img, d.sourcePath(vm, k)).CombinedOutput()
 			if err != nil {
 				var sp, vms any
