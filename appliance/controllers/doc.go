@@ -10,5 +10,23 @@
 // through the small interfaces Store, Inventory and Components, which
 // raftstore.Node, vsphere.Client and the component registry satisfy.
 //
-// It may import raftstore, vsphere, internal/model and the standard library.
+// Wiring on a coordinator node:
+//
+//	m, _ := controllers.NewMetrics(registry)
+//	conn := &controllers.Connector{Store: node, Unseal: node.Unseal, Dir: dataDir, Logger: log}
+//	rec, _ := controllers.NewPolicyReconciler(controllers.Config{
+//		Store: node, Inventories: conn.Get, Components: components, Metrics: m, Logger: log,
+//		KeyFor: controllers.DeriveKeys(node.ClusterKey()),
+//	})
+//	sched, _ := controllers.NewScheduler(controllers.SchedulerConfig{Store: node, Components: components, Metrics: m, Logger: log})
+//	for _, l := range controllers.Loops(rec, sched) {
+//		runner.Register(appliance.Controller{Name: l.Name, Run: l.Run})
+//	}
+//
+// The API calls rec.Enqueue after a policy write (the loop also polls the
+// state) and rec.ReportStatus for the components' status reports, and
+// PolicyStatus to show a policy's status.
+//
+// It may import raftstore, vsphere, internal/model, the Prometheus client
+// and the standard library.
 package controllers
