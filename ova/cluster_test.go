@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,36 +114,16 @@ func TestBootThreeNodeCluster(t *testing.T) {
 	if os.Getenv("CONTINUUM_OVA_CLUSTER") == "" {
 		t.Skip("CONTINUUM_OVA_CLUSTER is not set (make test-ova sets it)")
 	}
-	sw := newSwitch(t)
-	ports := []int{freePort(t), freePort(t), freePort(t)}
-	gwDir := t.TempDir()
-	user := "user,id=u,restrict=on,net=192.168.50.0/24,host=192.168.50.2"
-	for i, p := range ports {
-		user += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-192.168.50.%d:8443", p, 11+i)
-	}
-	gw := startQEMU(t, gwDir, "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none",
-		"-netdev", user, "-netdev", "socket,id=s,connect="+sw.addr(),
-		"-netdev", "hubport,id=hu,hubid=0,netdev=u", "-netdev", "hubport,id=hs,hubid=0,netdev=s")
-
+	sw, ports, gw := bridgedNetwork(t, 8443, 8443, 8443)
 	boot := func(i int, extra ...string) *vm {
-		dir := t.TempDir()
-		disk := extractDisk(t, ova, dir)
-		kv := append([]string{"role", "coordinator", "node_id", fmt.Sprintf("ova-%d", i+1),
-			"ip", fmt.Sprintf("192.168.50.%d", 11+i), "netmask", "24"}, extra...)
-		iso := envISO(t, dir, props(kv...))
-		return bootVMNet(t, disk, iso, "socket,id=n0,connect="+sw.addr(), fmt.Sprintf("52:54:00:00:50:%02x", 11+i))
+		kv := append([]string{"role", "coordinator", "node_id", fmt.Sprintf("ova-%d", i+1)}, extra...)
+		return bootOnSwitch(t, ova, sw, i, kv...)
 	}
 	start := time.Now()
 	first := boot(0, "bootstrap", "true")
 	took := waitHealthy(t, first, ports[0], `"Leader"`, 5*time.Minute, start)
 	t.Logf("first node healthy leader after %v", took.Round(100*time.Millisecond))
-	first.waitConsole(t, time.Minute, "join token:")
-	b, _ := os.ReadFile(first.console)
-	m := regexp.MustCompile(`join token:\s+(\S+)`).FindSubmatch(b)
-	if m == nil {
-		t.Fatal("no join token on the first node's console")
-	}
-	token := string(m[1])
+	token := joinToken(t, first)
 
 	start = time.Now()
 	others := []*vm{
@@ -156,5 +138,84 @@ func TestBootThreeNodeCluster(t *testing.T) {
 	case <-gw.exited:
 		t.Fatal("the network bridge exited")
 	default:
+	}
+}
+
+// bridgedNetwork starts the switch and the guest-less qemu that bridges a
+// restricted user-mode network onto it, forwarding a free local port to
+// port guestPorts[i] of 192.168.50.(11+i).
+func bridgedNetwork(t *testing.T, guestPorts ...int) (*l2Switch, []int, *vm) {
+	t.Helper()
+	sw := newSwitch(t)
+	ports := make([]int, len(guestPorts))
+	user := "user,id=u,restrict=on,net=192.168.50.0/24,host=192.168.50.2"
+	for i, gp := range guestPorts {
+		ports[i] = freePort(t)
+		user += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-192.168.50.%d:%d", ports[i], 11+i, gp)
+	}
+	gw := startQEMU(t, t.TempDir(), "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "none",
+		"-netdev", user, "-netdev", "socket,id=s,connect="+sw.addr(),
+		"-netdev", "hubport,id=hu,hubid=0,netdev=u", "-netdev", "hubport,id=hs,hubid=0,netdev=s")
+	return sw, ports, gw
+}
+
+// bootOnSwitch boots appliance i at 192.168.50.(11+i) with these properties.
+func bootOnSwitch(t *testing.T, ova string, sw *l2Switch, i int, kv ...string) *vm {
+	t.Helper()
+	dir := t.TempDir()
+	disk := extractDisk(t, ova, dir)
+	kv = append([]string{"ip", fmt.Sprintf("192.168.50.%d", 11+i), "netmask", "24"}, kv...)
+	iso := envISO(t, dir, props(kv...))
+	return bootVMNet(t, disk, iso, "socket,id=n0,connect="+sw.addr(), fmt.Sprintf("52:54:00:00:50:%02x", 11+i))
+}
+
+// joinToken reads the join token the bootstrapped node shows on its console.
+func joinToken(t *testing.T, v *vm) string {
+	t.Helper()
+	v.waitConsole(t, time.Minute, "join token:")
+	b, _ := os.ReadFile(v.console)
+	m := regexp.MustCompile(`join token:\s+(\S+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no join token on the first node's console")
+	}
+	return string(m[1])
+}
+
+// TestBootProxyAppliance deploys a coordinator and a target-proxy appliance:
+// the proxy obtains its certificate from the coordinator with the join
+// token and serves /healthz on its admin port.
+func TestBootProxyAppliance(t *testing.T) {
+	ova := ovaUnderTest(t)
+	if os.Getenv("CONTINUUM_OVA_CLUSTER") == "" {
+		t.Skip("CONTINUUM_OVA_CLUSTER is not set (make test-ova sets it)")
+	}
+	sw, ports, _ := bridgedNetwork(t, 8443, ProxyAdminPort)
+	start := time.Now()
+	coord := bootOnSwitch(t, ova, sw, 0, "role", "coordinator", "node_id", "ova-c", "bootstrap", "true")
+	waitHealthy(t, coord, ports[0], `"Leader"`, 5*time.Minute, start)
+	token := joinToken(t, coord)
+
+	start = time.Now()
+	proxy := bootOnSwitch(t, ova, sw, 1, "role", "proxy", "proxy_role", "target", "proxy_peer", "192.168.50.99:7400",
+		"node_id", "ova-p", "join_address", "https://192.168.50.11:8443", "join_token", token)
+	proxy.waitConsole(t, 5*time.Minute, "role: proxy (target)", "proxy certificate obtained from the cluster")
+	hc := &http.Client{Timeout: 3 * time.Second}
+	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", ports[1])
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := hc.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Logf("proxy healthy after %v: %s", time.Since(start).Round(100*time.Millisecond), strings.Join(strings.Fields(string(body)), " "))
+				return
+			}
+			err = fmt.Errorf("status %s: %s", resp.Status, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy /healthz: %v", err)
+		}
+		time.Sleep(time.Second)
 	}
 }
