@@ -16,8 +16,11 @@ type dirtyMap struct {
 	blockSize int64
 	nblocks   int64
 	bits      []byte
-	// last is the sequence of the newest write of each dirty block;
-	// seqUnsent marks blocks whose latest data was never stamped (CBT).
+	ndirty    int
+	// last is the sequence of the newest write of a dirty block whose data
+	// is in flight; a dirty block without an entry was never sent (CBT mode,
+	// restart) and is cleared only by a resync. Entries exist only for data
+	// in flight, so memory follows the buffer, not the disk size.
 	last  map[int64]uint64
 	f     *os.File
 	stale bool // cleared bits not yet written
@@ -66,12 +69,14 @@ func openDirtyMap(path string, capacity, blockSize int64) (*dirtyMap, error) {
 		}
 	}
 	for b := int64(0); b < n; b++ {
-		if d.bits[b/8]&(1<<(b%8)) != 0 {
-			d.last[b] = seqUnsent
+		if d.isSet(b) {
+			d.ndirty++
 		}
 	}
 	return d, nil
 }
+
+func (d *dirtyMap) isSet(b int64) bool { return d.bits[b/8]&(1<<(b%8)) != 0 }
 
 func (d *dirtyMap) blocks(off, length int64) (first, last int64) {
 	return off / d.blockSize, (off + length - 1) / d.blockSize
@@ -86,11 +91,16 @@ func (d *dirtyMap) mark(off, length int64, seq uint64) error {
 	first, last := d.blocks(off, length)
 	lo, hi := int64(-1), int64(-1)
 	for b := first; b <= last && b < d.nblocks; b++ {
-		d.last[b] = seq
+		if seq == seqUnsent {
+			delete(d.last, b)
+		} else {
+			d.last[b] = seq
+		}
 		i := b / 8
 		m := byte(1 << (b % 8))
 		if d.bits[i]&m == 0 {
 			d.bits[i] |= m
+			d.ndirty++
 			if lo < 0 {
 				lo = i
 			}
@@ -113,8 +123,8 @@ func (d *dirtyMap) restamp(off, length int64, seq uint64) {
 		return
 	}
 	first, last := d.blocks(off, length)
-	for b := first; b <= last; b++ {
-		if _, ok := d.last[b]; ok {
+	for b := first; b <= last && b < d.nblocks; b++ {
+		if d.isSet(b) {
 			d.last[b] = seq
 		}
 	}
@@ -122,11 +132,7 @@ func (d *dirtyMap) restamp(off, length int64, seq uint64) {
 
 // unsendAll marks every dirty block as never sent (CBT mode drops the
 // buffer that held their data).
-func (d *dirtyMap) unsendAll() {
-	for b := range d.last {
-		d.last[b] = seqUnsent
-	}
-}
+func (d *dirtyMap) unsendAll() { clear(d.last) }
 
 // ack clears the blocks whose newest write is at or below seq.
 func (d *dirtyMap) ack(seq uint64) {
@@ -134,6 +140,7 @@ func (d *dirtyMap) ack(seq uint64) {
 		if s <= seq {
 			delete(d.last, b)
 			d.bits[b/8] &^= 1 << (b % 8)
+			d.ndirty--
 			d.stale = true
 		}
 	}
@@ -144,7 +151,11 @@ func (d *dirtyMap) ack(seq uint64) {
 func (d *dirtyMap) dirtyRuns(capacity, maxLen int64) []span {
 	var runs []span
 	for b := int64(0); b < d.nblocks; b++ {
-		if _, ok := d.last[b]; !ok {
+		if d.bits[b/8] == 0 {
+			b |= 7 // skip a clean byte
+			continue
+		}
+		if !d.isSet(b) {
 			continue
 		}
 		off := b * d.blockSize
@@ -158,7 +169,7 @@ func (d *dirtyMap) dirtyRuns(capacity, maxLen int64) []span {
 	return runs
 }
 
-func (d *dirtyMap) count() int { return len(d.last) }
+func (d *dirtyMap) count() int { return d.ndirty }
 
 // sync writes cleared bits and makes the file durable.
 func (d *dirtyMap) sync() error {
