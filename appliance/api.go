@@ -81,6 +81,9 @@ type ServerConfig struct {
 	Logger   *slog.Logger
 	// Registry receives the metrics; nil: a new registry.
 	Registry *prometheus.Registry
+	// Inventory checks a policy's vCenter references before it is
+	// proposed; nil: only the references the state holds are checked.
+	Inventory PolicyInventory
 }
 
 // Server is the HTTPS API of one coordinator node.

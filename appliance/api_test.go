@@ -43,7 +43,7 @@ func freeAddr(t *testing.T) string {
 
 // newEnv bootstraps a one-node cluster in a temp dir and serves the API on
 // a loopback TLS listener.
-func newEnv(t *testing.T) *testEnv {
+func newEnv(t *testing.T, opts ...func(*ServerConfig)) *testEnv {
 	t.Helper()
 	ca, err := pki.NewCA("test-ca")
 	if err != nil {
@@ -67,7 +67,11 @@ func newEnv(t *testing.T) *testEnv {
 	if err := node.Barrier(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(ServerConfig{NodeID: "n1", Store: node, CA: ca, NodeCert: cert})
+	scfg := ServerConfig{NodeID: "n1", Store: node, CA: ca, NodeCert: cert}
+	for _, o := range opts {
+		o(&scfg)
+	}
+	srv, err := NewServer(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/continuum-cdp/continuum/appliance/controllers"
 	"github.com/continuum-cdp/continuum/client"
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
@@ -361,8 +362,13 @@ func RunCoordinator(ctx context.Context, o CoordinatorOptions) error {
 
 func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 	o := c.opts
+	vcenters := &controllers.Connector{Store: c.node, Unseal: c.node.Unseal, Dir: o.DataDir, Logger: c.log}
+	defer vcenters.Close(context.Background())
 	srv, err := NewServer(ServerConfig{NodeID: o.NodeID, APIAddr: o.APIAddr, RaftAddr: o.RaftAddr, Store: c.node,
-		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log})
+		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log,
+		Inventory: &VCenterInventory{Get: func(ctx context.Context, id string) (InventorySource, error) {
+			return vcenters.Get(ctx, id)
+		}, Logger: c.log}})
 	if err != nil {
 		return err
 	}

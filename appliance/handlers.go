@@ -658,6 +658,15 @@ func (s *Server) checkPolicy(p *model.Policy) error {
 	return err
 }
 
+// checkPolicyInventory asks vCenter whether the policy's VMs, target
+// cluster, host and datastore exist.
+func (s *Server) checkPolicyInventory(r *http.Request, p *model.Policy) error {
+	if s.cfg.Inventory == nil {
+		return nil
+	}
+	return s.cfg.Inventory.CheckPolicy(r.Context(), p)
+}
+
 func (s *Server) createPolicy(r *http.Request) (int, any, error) {
 	var p model.Policy
 	if err := decodeBody(r, &p); err != nil {
@@ -666,6 +675,9 @@ func (s *Server) createPolicy(r *http.Request) (int, any, error) {
 	now := time.Now().UTC()
 	p.ID, p.CreatedAt, p.UpdatedAt, p.Generation = newID("pol"), now, now, 1
 	if err := s.checkPolicy(&p); err != nil {
+		return 0, nil, err
+	}
+	if err := s.checkPolicyInventory(r, &p); err != nil {
 		return 0, nil, err
 	}
 	if err := s.apply(r, raftstore.PutPolicy{Policy: p, Create: true}); err != nil {
@@ -720,6 +732,9 @@ func (s *Server) updatePolicy(r *http.Request) (int, any, error) {
 	// leaves the field out does not switch protection off.
 	p.ID, p.CreatedAt, p.UpdatedAt, p.Enabled = old.ID, old.CreatedAt, time.Now().UTC(), old.Enabled
 	if err := s.checkPolicy(&p); err != nil {
+		return 0, nil, err
+	}
+	if err := s.checkPolicyInventory(r, &p); err != nil {
 		return 0, nil, err
 	}
 	if err := s.apply(r, raftstore.PutPolicy{Policy: p, ExpectGeneration: expect}); err != nil {
