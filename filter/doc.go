@@ -3,4 +3,11 @@
 // streams it to a source proxy, falling back to CBT mode; on the target it
 // keeps the transaction log (journal), delta disks, retention and restore.
 // It imports internal/wire and internal/model.
+//
+// On a real ESXi host the source side is a VAIO I/O filter in the kernel;
+// that cannot run here, so the source filter is a user-space process that
+// owns each protected disk as a flat file on the datastore directory and
+// serves it over NBD. Every guest write passes through it as it would pass
+// through the kernel filter, and everything behind it (stamping, streaming,
+// CBT mode, the proxies, the journal) is the product's real code.
 package filter
