@@ -37,9 +37,10 @@ type authKind int
 // The zero value asks for an admin token, so a route added without thought
 // is protected; only /healthz opts out.
 const (
-	authAdmin authKind = iota // an admin token or a cluster node certificate
-	authJoin                  // a join token, an admin token or a node certificate
-	authNone                  // no authentication (/healthz only)
+	authAdmin     authKind = iota // an admin token or a cluster node certificate
+	authJoin                      // a join token, an admin token or a node certificate
+	authNone                      // no authentication (/healthz only)
+	authComponent                 // a component, join or admin token, or any cluster certificate
 )
 
 type placement int
@@ -271,6 +272,11 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 	// forwards also arrives with that certificate, but it is the user's
 	// token that must be checked for it.
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.Header.Get(forwardedHeader) == "" {
+		// A component's certificate (a proxy, a filter) is no
+		// coordinator: it reaches only the component routes.
+		if pki.IsComponent(r.TLS.VerifiedChains[0][0]) && kind != authComponent {
+			return errForbidden("a component certificate may not call this")
+		}
 		return nil
 	}
 	h := r.Header.Get("Authorization")
@@ -301,7 +307,9 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 	switch {
 	case match == model.TokenAdmin:
 		return nil
-	case match == model.TokenJoin && kind == authJoin:
+	case match == model.TokenJoin && (kind == authJoin || kind == authComponent):
+		return nil
+	case match == model.TokenComponent && kind == authComponent:
 		return nil
 	case match != "":
 		return errForbidden(fmt.Sprintf("a %s token may not call this", match))

@@ -34,6 +34,7 @@ func (s *Server) routeTable() []route {
 		{Method: "POST", Path: v1 + "/cluster/members", Summary: "Add a joined node as a voter", Request: "AddMemberRequest", Response: "Member", Auth: authJoin, Place: leaderRW, h: s.addMember},
 		{Method: "DELETE", Path: v1 + "/cluster/members/{id}", Summary: "Remove a node from the cluster", Auth: authAdmin, Place: leaderRW, h: s.removeMember},
 		{Method: "POST", Path: v1 + "/cluster/transfer-leadership", Summary: "Hand leadership to another node", Request: "TransferRequest", Response: "TransferResponse", Auth: authAdmin, Place: leaderRW, h: s.transfer},
+		{Method: "POST", Path: v1 + "/components/certificate", Summary: "Obtain a proxy's or filter's certificate from the cluster CA (component token)", Request: "ComponentCertRequest", Response: "ComponentCertResponse", Auth: authComponent, h: s.componentCertificate},
 		{Method: "POST", Path: v1 + "/tokens", Summary: "Create a join or component token", Request: "TokenRequest", Response: "TokenResponse", Auth: authAdmin, Place: leaderRW, h: s.createToken},
 
 		{Method: "GET", Path: v1 + "/vcenters", Summary: "List vCenters", Response: "VCenter[]", Auth: authAdmin, Place: leaderRead, h: s.listVCenters},
@@ -256,6 +257,45 @@ func (s *Server) join(r *http.Request) (int, any, error) {
 		CACert: string(pki.CertPEM(s.cfg.CA.Cert)), CAKey: string(caKey),
 		NodeCert: string(pki.CertPEM(leaf.Cert)), NodeKey: string(nodeKey),
 	}, nil
+}
+
+// componentCertificate issues a proxy's or filter's certificate. It
+// carries the component marking, so the certificate can neither join the
+// raft transport nor call the admin routes; the CA key never leaves.
+func (s *Server) componentCertificate(r *http.Request) (int, any, error) {
+	var req client.ComponentCertRequest
+	if err := decodeBody(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if err := model.ValidateName("name", req.Name); err != nil {
+		return 0, nil, err
+	}
+	if req.Kind != "proxy" && req.Kind != "filter" {
+		return 0, nil, model.Invalid("kind", "must be proxy or filter, got %q", req.Kind)
+	}
+	if len(req.Hosts) == 0 {
+		return 0, nil, model.Invalid("hosts", "at least one name or address the component serves on")
+	}
+	for i, h := range req.Hosts {
+		host := h
+		if hh, _, err := net.SplitHostPort(h); err == nil {
+			host = hh
+		}
+		if host == "" || strings.ContainsAny(host, " /\\") {
+			return 0, nil, model.Invalid(fmt.Sprintf("hosts[%d]", i), "not a host name or address: %q", h)
+		}
+	}
+	leaf, err := s.cfg.CA.IssueComponent(req.Name, req.Hosts, pki.LeafValidity)
+	if err != nil {
+		return 0, nil, fmt.Errorf("issue certificate for %s %s: %w", req.Kind, req.Name, err)
+	}
+	key, err := pki.KeyPEM(leaf.Key)
+	if err != nil {
+		return 0, nil, err
+	}
+	s.log.Info("component obtained a certificate", "kind", req.Kind, "name", req.Name, "hosts", req.Hosts)
+	return http.StatusOK, client.ComponentCertResponse{CACert: string(pki.CertPEM(s.cfg.CA.Cert)),
+		Cert: string(pki.CertPEM(leaf.Cert)), Key: string(key)}, nil
 }
 
 func (s *Server) addMember(r *http.Request) (int, any, error) {

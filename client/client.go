@@ -436,3 +436,10 @@ func (c *Client) Join(ctx context.Context, r JoinRequest) (*JoinResponse, error)
 	var out JoinResponse
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/cluster/join", r, &out)
 }
+
+// ComponentCertificate obtains a certificate for a proxy or filter; the
+// client's token may be a component, join or admin token.
+func (c *Client) ComponentCertificate(ctx context.Context, r ComponentCertRequest) (*ComponentCertResponse, error) {
+	var out ComponentCertResponse
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/components/certificate", r, &out)
+}

@@ -127,3 +127,20 @@ type ErrorDetail struct {
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
 }
+
+// ComponentCertRequest asks a coordinator for a component's certificate
+// (POST /api/v1/components/certificate) with a component, join or admin
+// token.
+type ComponentCertRequest struct {
+	Name  string   `json:"name"`  // the component's name, the certificate's common name
+	Kind  string   `json:"kind"`  // "proxy" or "filter"
+	Hosts []string `json:"hosts"` // names and addresses it serves on (host or host:port)
+}
+
+// ComponentCertResponse carries the cluster CA and the component's
+// certificate and key (PEM). It never carries the CA's key.
+type ComponentCertResponse struct {
+	CACert string `json:"ca_cert"`
+	Cert   string `json:"cert"`
+	Key    string `json:"key"`
+}

@@ -62,19 +62,21 @@ func pinnedTLS(pin string) *tls.Config {
 	}
 }
 
-// fetchProxyMaterial obtains the cluster CA and a certificate for this
-// proxy from a coordinator, with the join token, and writes them where the
-// proxy's command line expects them (dir/ca.pem, cert.pem, key.pem). The CA
-// key the answer also carries is not kept: a proxy signs nothing.
+// fetchProxyMaterial obtains the cluster CA and a component certificate
+// for this proxy from a coordinator (POST /api/v1/components/certificate,
+// with the join or a component token; the coordinator pinned by the token),
+// and writes them where the proxy's command line expects them (dir/ca.pem,
+// cert.pem, key.pem). A component's certificate can neither join raft nor
+// call the admin routes, and the CA key never leaves the coordinators.
 func fetchProxyMaterial(ctx context.Context, cfg *Config, addr, dir string) error {
 	pin, err := parseJoinToken(cfg.JoinToken)
 	if err != nil {
 		return fmt.Errorf("join token: %w", err)
 	}
-	body, _ := json.Marshal(map[string]string{"node_id": cfg.NodeID, "api_addr": addr, "raft_addr": addr})
+	body, _ := json.Marshal(map[string]any{"name": cfg.NodeID, "kind": "proxy", "hosts": []string{addr}})
 	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: pinnedTLS(pin)}}
 	defer hc.CloseIdleConnections()
-	u := strings.TrimRight(cfg.JoinURL, "/") + "/api/v1/cluster/join"
+	u := strings.TrimRight(cfg.JoinURL, "/") + "/api/v1/components/certificate"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("join via %s: %w", cfg.JoinURL, err)
@@ -92,8 +94,8 @@ func fetchProxyMaterial(ctx context.Context, cfg *Config, addr, dir string) erro
 	}
 	var jr struct {
 		CACert   string `json:"ca_cert"`
-		NodeCert string `json:"node_cert"`
-		NodeKey  string `json:"node_key"`
+		NodeCert string `json:"cert"`
+		NodeKey  string `json:"key"`
 	}
 	if err := json.Unmarshal(data, &jr); err != nil {
 		return fmt.Errorf("join via %s: decode answer: %w", cfg.JoinURL, err)

@@ -14,9 +14,13 @@ import (
 )
 
 func TestFetchProxyMaterial(t *testing.T) {
-	var got map[string]string
+	var got struct {
+		Name  string   `json:"name"`
+		Kind  string   `json:"kind"`
+		Hosts []string `json:"hosts"`
+	}
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost || r.URL.Path != "/api/v1/cluster/join" {
+		if r.Method != http.MethodPost || r.URL.Path != "/api/v1/components/certificate" {
 			http.NotFound(w, r)
 			return
 		}
@@ -25,7 +29,7 @@ func TestFetchProxyMaterial(t *testing.T) {
 			return
 		}
 		_ = json.NewDecoder(r.Body).Decode(&got)
-		_ = json.NewEncoder(w).Encode(map[string]string{"ca_cert": "CA", "ca_key": "CAKEY", "node_cert": "CERT", "node_key": "KEY"})
+		_ = json.NewEncoder(w).Encode(map[string]string{"ca_cert": "CA", "cert": "CERT", "key": "KEY"})
 	}))
 	defer srv.Close()
 	sum := sha256.Sum256(srv.Certificate().Raw)
@@ -36,8 +40,8 @@ func TestFetchProxyMaterial(t *testing.T) {
 	if err := fetchProxyMaterial(context.Background(), cfg, "10.0.0.5:8443", dir); err != nil {
 		t.Fatal(err)
 	}
-	if got["node_id"] != "p1" || got["api_addr"] != "10.0.0.5:8443" {
-		t.Errorf("join request = %v", got)
+	if got.Name != "p1" || got.Kind != "proxy" || len(got.Hosts) != 1 || got.Hosts[0] != "10.0.0.5:8443" {
+		t.Errorf("certificate request = %+v", got)
 	}
 	for name, want := range map[string]string{"ca.pem": "CA", "cert.pem": "CERT", "key.pem": "KEY"} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
@@ -46,7 +50,7 @@ func TestFetchProxyMaterial(t *testing.T) {
 		}
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 3 {
-		t.Errorf("%d files written, want 3 (the CA key is not kept)", len(entries))
+		t.Errorf("%d files written, want 3", len(entries))
 	}
 
 	// A server whose CA is not the one pinned is not trusted; nothing is written.

@@ -199,6 +199,29 @@ type lab struct {
 	// not answer.
 	mu   sync.Mutex
 	down error
+	// feed is the change feed the reconciler's Watch reads: the
+	// simulator's own WaitForUpdates races with concurrent creates inside
+	// govmomi's simulator under -race, and the vsphere package tests Watch
+	// against it already; here the tests say what vCenter reports.
+	feed chan vsphere.Change
+}
+
+// labInventory is the lab's client with a test-driven change feed.
+type labInventory struct {
+	*vsphere.Client
+	feed chan vsphere.Change
+}
+
+func (li labInventory) Watch(ctx context.Context, fn func(vsphere.Change)) error {
+	fn(vsphere.Change{Kind: vsphere.Synced})
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case c := <-li.feed:
+			fn(c)
+		}
+	}
 }
 
 func newLab(t testing.TB, vms int, installTarget bool) *lab {
@@ -224,7 +247,7 @@ func startLab(t testing.TB, opts vcsim.Options, installTarget bool, timeout time
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, ctx: ctx, srv: srv, c: c, inv: inv}
+	l := &lab{t: t, ctx: ctx, srv: srv, c: c, inv: inv, feed: make(chan vsphere.Change, 16)}
 	if _, err := c.InstallFilter(ctx, l.cluster(vcsim.SourceClusterName)); err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +276,7 @@ func (l *lab) inventories(ctx context.Context, id string) (Inventory, error) {
 	if id != vcID {
 		return nil, fmt.Errorf("vCenter %s is not connected", id)
 	}
-	return l.c, nil
+	return labInventory{Client: l.c, feed: l.feed}, nil
 }
 
 func (l *lab) setDown(err error) {

@@ -340,6 +340,7 @@ func TestRunFollowsChangeFeed(t *testing.T) {
 	waitFor(t, "initial configuration", func() bool { return tasksOf(st, p.ID)[tid].Status == model.StatusInitialSync })
 	n := len(tasksOf(st, p.ID)[tid].Disks)
 	l.addDisk(vm.MoRef, 2011, 11, 5)
+	l.feed <- vsphere.Change{Kind: vsphere.DiskAdded, VM: vm.MoRef, Name: vm.Name, DiskKeys: []int32{2011}}
 	waitFor(t, "the added disk configured", func() bool { return len(tasksOf(st, p.ID)[tid].Disks) == n+1 })
 
 	// A dead proxy is replaced for every task that used it.

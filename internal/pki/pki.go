@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -77,10 +78,29 @@ func NewCA(commonName string) (*CA, error) {
 	return &CA{Cert: cert, Key: key}, nil
 }
 
-// Issue signs a certificate usable as both TLS server and client, with DNS
-// and IP SANs taken from hosts (each entry is a name or an IP literal; a
-// host:port is accepted and its port dropped).
+// OUComponent marks the certificates of components (proxies, filters):
+// they may talk to the coordinators' component routes and to each other,
+// never act as a coordinator (raft peer or admin).
+const OUComponent = "component"
+
+// IsComponent reports whether a certificate was issued to a component.
+func IsComponent(c *x509.Certificate) bool {
+	return slices.Contains(c.Subject.OrganizationalUnit, OUComponent)
+}
+
+// Issue signs a coordinator node's certificate, usable as both TLS server
+// and client, with DNS and IP SANs taken from hosts (each entry is a name or
+// an IP literal; a host:port is accepted and its port dropped).
 func (ca *CA) Issue(commonName string, hosts []string, validity time.Duration) (*Leaf, error) {
+	return ca.issue(commonName, "", hosts, validity)
+}
+
+// IssueComponent signs a component's certificate (OU "component").
+func (ca *CA) IssueComponent(commonName string, hosts []string, validity time.Duration) (*Leaf, error) {
+	return ca.issue(commonName, OUComponent, hosts, validity)
+}
+
+func (ca *CA) issue(commonName, ou string, hosts []string, validity time.Duration) (*Leaf, error) {
 	if commonName == "" {
 		return nil, errors.New("issue certificate: common name required")
 	}
@@ -103,6 +123,9 @@ func (ca *CA) Issue(commonName string, hosts []string, validity time.Duration) (
 		NotAfter:     now.Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if ou != "" {
+		tmpl.Subject.OrganizationalUnit = []string{ou}
 	}
 	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
 		tmpl.NotAfter = ca.Cert.NotAfter
@@ -251,7 +274,14 @@ func RaftServerTLS(ca *x509.Certificate, node tls.Certificate) *tls.Config {
 		// the dialed form, so the peer is verified against the CA only.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyChain(raw, pool)
+			if err := verifyChain(raw, pool); err != nil {
+				return err
+			}
+			// verifyChain parsed raw[0] successfully.
+			if leaf, _ := x509.ParseCertificate(raw[0]); IsComponent(leaf) {
+				return errors.New("a component certificate cannot join the raft transport")
+			}
+			return nil
 		},
 	}
 }

@@ -110,6 +110,17 @@ func TestRaftMutualTLS(t *testing.T) {
 	if _, se := handshake(t, srv, noCert); se == nil {
 		t.Fatal("peer without certificate accepted")
 	}
+	// A component's certificate from the same CA is not a raft peer.
+	comp, err := ca.IssueComponent("proxy-1", []string{"127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsComponent(comp.Cert) || IsComponent(a.Cert) {
+		t.Fatal("component marking wrong")
+	}
+	if _, se := handshake(t, srv, RaftServerTLS(ca.Cert, comp.TLSCertificate(ca.Cert))); se == nil {
+		t.Fatal("component certificate accepted on the raft transport")
+	}
 }
 
 func TestPinnedAndClientTLS(t *testing.T) {
