@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/continuum-cdp/continuum/client"
+	"github.com/continuum-cdp/continuum/internal/netutil"
 )
 
 // LabOptions configure "continuum lab".
@@ -47,14 +48,7 @@ type labProc struct {
 	done chan struct{}
 }
 
-func freeLoopbackAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("pick a free loopback port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+func freeLoopbackAddr() (string, error) { return netutil.FreeLoopbackAddr() }
 
 // start runs the process once, its output appended to its log file. When
 // ready is set, readyCh is closed on the first stdout line containing it.

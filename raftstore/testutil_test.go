@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
+	"github.com/continuum-cdp/continuum/internal/netutil"
 	"math/big"
 	"net"
 	"os"
@@ -29,12 +30,10 @@ const (
 
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := netutil.FreeLoopbackAddr()
 	if err != nil {
 		t.Fatalf("reserve port: %v", err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	return addr
 }
 

@@ -17,19 +17,20 @@ const module = "github.com/continuum-cdp/continuum"
 // cmd → appliance → {raftstore, vsphere, vcd, proxy, filter, client} → internal/wire → internal/model.
 // A package may import its own subpackages and what is listed for it.
 var allowedImports = map[string][]string{
-	"internal/model": {},
-	"internal/pki":   {},
-	"internal/wire":  {"internal/model"},
-	"client":         {"internal/model"},
-	"raftstore":      {"internal/model"},
-	"vsphere":        {"internal/model"},
-	"vcd":            {"internal/model"},
-	"proxy":          {"internal/wire", "internal/model", "internal/pki"},
-	"filter":         {"internal/wire", "internal/model", "internal/pki"},
-	"vcsim":          {"internal/model", "vsphere", "vcd"},
-	"ova":            {"internal/model"},
+	"internal/model":   {},
+	"internal/pki":     {},
+	"internal/netutil": {},
+	"internal/wire":    {"internal/model"},
+	"client":           {"internal/model"},
+	"raftstore":        {"internal/model"},
+	"vsphere":          {"internal/model"},
+	"vcd":              {"internal/model"},
+	"proxy":            {"internal/wire", "internal/model", "internal/pki"},
+	"filter":           {"internal/wire", "internal/model", "internal/pki"},
+	"vcsim":            {"internal/model", "vsphere", "vcd"},
+	"ova":              {"internal/model"},
 	"appliance": {"raftstore", "vsphere", "vcd", "proxy", "filter", "client",
-		"internal/wire", "internal/model", "internal/pki"},
+		"internal/wire", "internal/model", "internal/pki", "internal/netutil"},
 }
 
 // owner returns the top-level area of a package path inside the module.
