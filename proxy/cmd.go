@@ -48,9 +48,12 @@ type FileConfig struct {
 	CutBytes            int64          `json:"cut_bytes,omitempty"`
 	Codec               string         `json:"codec,omitempty"`
 	ThrottleBytesPerSec int64          `json:"throttle_bytes_per_sec,omitempty"`
-	MemoryBytes         int64          `json:"memory_bytes,omitempty"`
-	SpillDir            string         `json:"spill_dir,omitempty"`
-	SpillBytes          int64          `json:"spill_bytes,omitempty"`
+	// TrafficRules choose encryption and throttle per target connection
+	// (first match on source and target address wins).
+	TrafficRules []model.TrafficRule `json:"traffic_rules,omitempty"`
+	MemoryBytes  int64               `json:"memory_bytes,omitempty"`
+	SpillDir     string              `json:"spill_dir,omitempty"`
+	SpillBytes   int64               `json:"spill_bytes,omitempty"`
 
 	// target role
 	TargetFilter  string            `json:"target_filter,omitempty"`
@@ -119,6 +122,7 @@ Without a coordinator, the configuration is static: flags or --config FILE
 	f.Int64Var(&cfg.CutBytes, "cut-bytes", 16<<20, "source role: cut early when a VM's open interval holds this many bytes")
 	f.StringVar(&cfg.Codec, "codec", cfg.Codec, "source role: compression (none, s2, zstd)")
 	f.Int64Var(&cfg.ThrottleBytesPerSec, "throttle", 0, "source role: bandwidth limit toward the target in bytes/s (0: none)")
+	f.Var(trafficRulesValue{&cfg.TrafficRules}, "traffic-rule", "source role: name=N,source=CIDR,target=CIDR,encrypt=BOOL,throttle=BYTES/S (repeatable; first match wins)")
 	f.Int64Var(&cfg.MemoryBytes, "memory-bytes", 512<<20, "source role: memory for open intervals and unacknowledged points")
 	f.StringVar(&cfg.SpillDir, "spill-dir", "", "source role: directory for points beyond the memory limit")
 	f.Int64Var(&cfg.SpillBytes, "spill-bytes", 4<<30, "source role: size of the spill directory")
@@ -131,6 +135,7 @@ Without a coordinator, the configuration is static: flags or --config FILE
 func loadConfig(fs *pflag.FlagSet, path string, cfg *FileConfig) error {
 	explicit := map[string]string{}
 	fs.Visit(func(f *pflag.Flag) { explicit[f.Name] = f.Value.String() })
+	flagRules := append([]model.TrafficRule(nil), cfg.TrafficRules...)
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
@@ -142,6 +147,11 @@ func loadConfig(fs *pflag.FlagSet, path string, cfg *FileConfig) error {
 	}
 	for name, v := range explicit {
 		if name == "config" {
+			continue
+		}
+		if name == "traffic-rule" {
+			// rules given as flags replace the file's list
+			cfg.TrafficRules = flagRules
 			continue
 		}
 		if err := fs.Set(name, v); err != nil {
@@ -244,7 +254,7 @@ func runProxy(ctx context.Context, cfg FileConfig) error {
 				return dialData(ctx, target, tlsCfg)
 			},
 			RPO: cfg.RPO.D(), CutBytes: cfg.CutBytes, Codec: codec, Sealer: sealer,
-			ThrottleBytesPerSec: cfg.ThrottleBytesPerSec, MemoryBytes: cfg.MemoryBytes,
+			ThrottleBytesPerSec: cfg.ThrottleBytesPerSec, Rules: cfg.TrafficRules, MemoryBytes: cfg.MemoryBytes,
 			SpillDir: cfg.SpillDir, SpillBytes: cfg.SpillBytes, Logger: log.With("role", "source-proxy"),
 		})
 		if err != nil {

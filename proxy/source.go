@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
@@ -30,6 +31,11 @@ type SourceConfig struct {
 	Sealer *wire.Sealer
 	// ThrottleBytesPerSec limits the bytes sent to the target; 0 is unlimited.
 	ThrottleBytesPerSec int64
+	// Rules choose encryption and throttle per connection to a target proxy
+	// by the connection's local and remote addresses; the first match
+	// wins, no match keeps Sealer and ThrottleBytesPerSec. An encrypting
+	// rule needs Sealer (the key).
+	Rules []model.TrafficRule
 	// MemoryBytes bounds what is held in memory (open intervals and points
 	// waiting for their acknowledgement). Default 512 MiB.
 	MemoryBytes int64
@@ -82,6 +88,7 @@ type SourceProxy struct {
 	listeners map[net.Listener]bool
 	closed    bool
 	bucket    *sourceBucket
+	rules     []*sourceRule
 }
 
 // NewSource builds a source proxy; Serve accepts filter connections.
@@ -91,6 +98,10 @@ func NewSource(cfg SourceConfig) (*SourceProxy, error) {
 	}
 	if cfg.Codec > wire.CodecZstd {
 		return nil, fmt.Errorf("source proxy: unknown codec %d", cfg.Codec)
+	}
+	rules, err := compileRules(cfg.Rules, cfg.Sealer)
+	if err != nil {
+		return nil, fmt.Errorf("source proxy: %w", err)
 	}
 	cfg.setDefaults()
 	if cfg.SpillDir != "" {
@@ -102,7 +113,7 @@ func NewSource(cfg SourceConfig) (*SourceProxy, error) {
 			return nil, fmt.Errorf("source proxy: create spill directory: %w", err)
 		}
 	}
-	p := &SourceProxy{cfg: cfg, log: cfg.Logger, vms: map[string]*sourceVM{}, listeners: map[net.Listener]bool{}}
+	p := &SourceProxy{cfg: cfg, log: cfg.Logger, vms: map[string]*sourceVM{}, listeners: map[net.Listener]bool{}, rules: rules}
 	p.cond = sync.NewCond(&p.mu)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if cfg.ThrottleBytesPerSec > 0 {
@@ -278,6 +289,8 @@ type SourceVMStatus struct {
 	VM              string  `json:"vm"`
 	FilterConnected bool    `json:"filter_connected"`
 	TargetConnected bool    `json:"target_connected"`
+	Rule            string  `json:"traffic_rule,omitempty"`
+	Encrypted       bool    `json:"encrypted"`
 	Received        uint64  `json:"received_seq"`
 	LastPoint       uint64  `json:"last_point"`
 	AckedPoint      uint64  `json:"acked_point"`
@@ -300,6 +313,7 @@ func (p *SourceProxy) Status() []SourceVMStatus {
 	out := make([]SourceVMStatus, 0, len(p.vms))
 	for _, v := range p.vms {
 		st := SourceVMStatus{VM: v.name, FilterConnected: v.filter != nil, TargetConnected: v.target != nil,
+			Rule: v.rule, Encrypted: v.encrypted,
 			Received: v.received, LastPoint: v.lastCut, AckedPoint: v.acked, PendingBytes: v.pendingBytes,
 			QueuedPoints: len(v.points), Blocked: v.blocked, Points: v.statPoints, RawBytes: v.statRaw, WireBytes: v.statWire}
 		for _, pt := range v.points {

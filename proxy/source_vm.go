@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/continuum-cdp/continuum/internal/wire"
@@ -25,6 +26,8 @@ type sourceVM struct {
 	filterGen int
 	target    *wire.Conn
 	blocked   bool
+	rule      string // traffic rule of the target session ("" : defaults)
+	encrypted bool
 
 	targetKnown    bool
 	targetResume   uint64
@@ -209,7 +212,7 @@ func (v *sourceVM) encode(job *sourceCutJob) {
 	p := v.p
 	id, kind, marker := job.id, job.kind, job.marker
 	pt := &wire.Point{ID: id, Time: time.Now().UnixNano(), Kind: kind, Marker: marker}
-	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, Sealer: p.cfg.Sealer, VM: v.name})
+	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, VM: v.name})
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.memBytes -= job.pending
@@ -353,11 +356,13 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dial target proxy: %w", err)
 	}
+	pol := p.policyFor(nc)
 	c := wire.NewConn(nc)
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	p.mu.Lock()
+	v.rule, v.encrypted = pol.rule, pol.sealer != nil
 	h := &wire.Hello{Role: wire.RoleSourceProxy, NodeID: p.cfg.NodeID, VM: v.name, Disks: v.disks, Resume: v.acked}
 	p.mu.Unlock()
 	if err := c.Send(h); err != nil {
@@ -382,7 +387,8 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	v.forwardAck(fc, ack.Resume)
-	v.log.Info("connected to target proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	v.log.Info("connected to target proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone,
+		"rule", pol.rule, "encrypt", pol.sealer != nil)
 
 	done := make(chan struct{})
 	readErr := make(chan error, 1)
@@ -406,7 +412,7 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 			}
 		}
 	}()
-	werr := v.targetWriteLoop(c, done)
+	werr := v.targetWriteLoop(c, done, pol)
 	c.Close()
 	<-done
 	p.mu.Lock()
@@ -455,7 +461,7 @@ func (v *sourceVM) targetReadLoop(c *wire.Conn) error {
 	}
 }
 
-func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}) error {
+func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}, pol trafficPolicy) error {
 	p := v.p
 	for {
 		p.mu.Lock()
@@ -473,8 +479,16 @@ func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}) error {
 		if err != nil {
 			return err
 		}
-		if p.bucket != nil {
-			if err := p.bucket.take(p.ctx, sp.size); err != nil {
+		size := sp.size
+		if pol.sealer != nil {
+			// sealed per connection: the rule of the path decides
+			if m, err = wire.SealPoint(m, pol.sealer, v.name); err != nil {
+				return err
+			}
+			size = int64(len(m.Payload)) + wire.PointFixedLen
+		}
+		if pol.bucket != nil {
+			if err := pol.bucket.take(p.ctx, size); err != nil {
 				return err
 			}
 		}
@@ -495,6 +509,7 @@ func isDone(ch <-chan struct{}) bool {
 
 // sourceBucket is a token bucket on bytes sent to the target.
 type sourceBucket struct {
+	taken  atomic.Int64 // bytes let through, for tests and status
 	mu     sync.Mutex
 	rate   float64
 	burst  float64
@@ -510,6 +525,7 @@ func newSourceBucket(rate int64) *sourceBucket {
 // take waits until n bytes may be sent; a request larger than the burst
 // goes into debt so that the average rate still holds.
 func (b *sourceBucket) take(ctx context.Context, n int64) error {
+	b.taken.Add(n)
 	b.mu.Lock()
 	now := time.Now()
 	b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)

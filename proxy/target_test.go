@@ -31,7 +31,7 @@ func targetTLS(t testing.TB) *tls.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := ca.Issue("node", []string{"127.0.0.1"}, time.Hour)
+	leaf, err := ca.Issue("node", []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,13 @@ type targetRig struct {
 
 func newTargetRig(t testing.TB, sealer *wire.Sealer, jopts journal.Options) *targetRig {
 	t.Helper()
-	r := &targetRig{t: t, tlsConf: targetTLS(t), dir: t.TempDir(), sealer: sealer, reg: prometheus.NewRegistry(), disks: targetTestDisks}
+	return newTargetRigAt(t, sealer, jopts, "127.0.0.1:0", targetTLS(t))
+}
+
+// newTargetRigAt listens on addr (a loopback address) with tlsConf.
+func newTargetRigAt(t testing.TB, sealer *wire.Sealer, jopts journal.Options, addr string, tlsConf *tls.Config) *targetRig {
+	t.Helper()
+	r := &targetRig{t: t, tlsConf: tlsConf, dir: t.TempDir(), sealer: sealer, reg: prometheus.NewRegistry(), disks: targetTestDisks}
 	r.startFilter(jopts)
 	var err error
 	r.proxy, err = NewTarget(TargetConfig{
@@ -74,7 +80,7 @@ func newTargetRig(t testing.TB, sealer *wire.Sealer, jopts journal.Options) *tar
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -166,6 +166,22 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 	return nil
 }
 
+// SealPoint returns a sealed copy of an encoded clear point, so that the
+// encryption of a point can be chosen per connection after it was
+// compressed; p itself stays clear (it may be resent in clear elsewhere).
+func SealPoint(p *Point, s *Sealer, vm string) (*Point, error) {
+	if p.Encrypted {
+		return nil, fmt.Errorf("seal point %d: already sealed", p.ID)
+	}
+	if s == nil {
+		return nil, fmt.Errorf("seal point %d: no key", p.ID)
+	}
+	out := *p
+	out.Encrypted = true
+	out.Payload = s.seal(p.Payload, pointAD(p, vm))
+	return &out, nil
+}
+
 // DecodePoint verifies, decrypts and decompresses a point payload and
 // parses its extents. Extent data aliases one freshly allocated buffer
 // (or, for an unsealed CodecNone point, p.Payload).

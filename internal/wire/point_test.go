@@ -174,3 +174,35 @@ func TestOpenPointGivesPlainForm(t *testing.T) {
 		}
 	}
 }
+
+// TestSealPointLater: a clear point sealed afterwards decodes like one
+// sealed while encoding, and the clear original is left untouched.
+func TestSealPointLater(t *testing.T) {
+	ext := sampleExtents(rand.New(rand.NewPCG(3, 4)))
+	s, _ := NewSealer(testKey(1))
+	p := &Point{ID: 7, Time: 9, Kind: PointShortTerm}
+	if err := EncodePoint(p, ext, PointOptions{Codec: CodecS2, VM: "vm-a"}); err != nil {
+		t.Fatal(err)
+	}
+	clear := bytes.Clone(p.Payload)
+	sp, err := SealPoint(p, s, "vm-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Encrypted || !bytes.Equal(p.Payload, clear) || !sp.Encrypted {
+		t.Fatal("sealing changed the clear point or did not mark the copy")
+	}
+	got, err := DecodePoint(sp, PointOptions{Sealer: s, VM: "vm-a"})
+	if err != nil || len(got) != len(ext) || !bytes.Equal(got[2].Data, ext[2].Data) {
+		t.Fatalf("decode sealed copy: %v", err)
+	}
+	if _, err := DecodePoint(sp, PointOptions{Sealer: s, VM: "vm-b"}); !errors.Is(err, ErrBadPoint) {
+		t.Fatalf("sealed copy opened for another vm: %v", err)
+	}
+	if _, err := SealPoint(sp, s, "vm-a"); err == nil {
+		t.Fatal("sealed twice")
+	}
+	if _, err := SealPoint(p, nil, "vm-a"); err == nil {
+		t.Fatal("sealed without a key")
+	}
+}
