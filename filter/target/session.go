@@ -129,7 +129,54 @@ func (s *Service) endSession(ss *session) {
 	ss.conn.Close()
 }
 
+// receiveWindow is how many decoded points may wait for the journal while
+// one is being appended: reading and decoding the next points overlaps
+// with the fsync of the current one. Acknowledgements stay in order and
+// only follow durability.
+const receiveWindow = 2
+
+// received is a decoded point (or a heartbeat, jp nil) for the appender.
+type received struct {
+	jp  *journal.Point
+	raw int64
+}
+
+// receive reads and decodes points while the appender makes the earlier
+// ones durable and acknowledges them, in order.
 func (s *Service) receive(ss *session) error {
+	q := make(chan received, receiveWindow)
+	appendErr := make(chan error, 1)
+	quit := make(chan struct{})
+	go func() {
+		var err error
+		for r := range q {
+			if err != nil {
+				continue // drain; the reader stops at the closed connection
+			}
+			if r.jp == nil {
+				if ss.pending != nil {
+					err = s.retryPending(ss)
+				}
+			} else {
+				err = s.handlePoint(ss, r.jp, r.raw)
+			}
+			if err != nil {
+				close(quit)
+				ss.conn.Close() // unblocks the reader
+			}
+		}
+		appendErr <- err
+	}()
+	rerr := s.readLoop(ss, q, quit)
+	close(q)
+	// points read before the failure are still appended and acknowledged
+	if err := <-appendErr; err != nil {
+		return err
+	}
+	return rerr
+}
+
+func (s *Service) readLoop(ss *session, q chan<- received, quit <-chan struct{}) error {
 	for {
 		_ = ss.conn.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 		m, err := ss.conn.ReadMsg()
@@ -140,21 +187,27 @@ func (s *Service) receive(ss *session) error {
 			}
 			return fmt.Errorf("read: %w", err)
 		}
+		var r received
 		switch v := m.(type) {
 		case *wire.Point:
-			if err := s.handlePoint(ss, v); err != nil {
-				return err
+			jp, err := toJournal(v)
+			if err != nil {
+				s.m.rejected.WithLabelValues("bad_point").Inc()
+				ss.log.Warn("frame rejected, dropping connection", "reason", "bad_point", "point", v.ID, "err", err)
+				return fmt.Errorf("point %d: %w", v.ID, err)
 			}
+			r = received{jp: jp, raw: int64(v.RawLen)}
 		case *wire.Heartbeat:
-			if ss.pending != nil {
-				if err := s.retryPending(ss); err != nil {
-					return err
-				}
-			}
 		case *wire.Status:
+			continue
 		default:
 			s.m.rejected.WithLabelValues("unexpected_message").Inc()
 			return fmt.Errorf("unexpected %s from target proxy", m.Type())
+		}
+		select {
+		case q <- r:
+		case <-quit:
+			return errors.New("append failed")
 		}
 	}
 }
@@ -177,13 +230,7 @@ func toJournal(p *wire.Point) (*journal.Point, error) {
 	return jp, nil
 }
 
-func (s *Service) handlePoint(ss *session, p *wire.Point) error {
-	jp, err := toJournal(p)
-	if err != nil {
-		s.m.rejected.WithLabelValues("bad_point").Inc()
-		ss.log.Warn("frame rejected, dropping connection", "reason", "bad_point", "point", p.ID, "err", err)
-		return fmt.Errorf("point %d: %w", p.ID, err)
-	}
+func (s *Service) handlePoint(ss *session, jp *journal.Point, raw int64) error {
 	if ss.pending != nil {
 		if err := s.retryPending(ss); err != nil {
 			return err
@@ -195,9 +242,9 @@ func (s *Service) handlePoint(ss *session, p *wire.Point) error {
 		}
 	}
 	if ss.stalled {
-		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", p.ID)})
+		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", jp.ID)})
 	}
-	return s.appendPoint(ss, jp, int64(p.RawLen))
+	return s.appendPoint(ss, jp, raw)
 }
 
 func (s *Service) retryPending(ss *session) error {
