@@ -58,6 +58,11 @@ type appendReq struct {
 	// set by the committer
 	seg *segment
 	off int64
+	// published: an asynchronous append whose record the committer
+	// publishes in the VM's index itself, in commit order
+	p    *Point
+	done chan struct{}
+	res  error
 }
 
 // Open opens (or creates) a store directory, reopens every VM in it,
@@ -290,6 +295,10 @@ func (s *Store) failPending() {
 	for {
 		select {
 		case r := <-s.reqs:
+			if r.done != nil {
+				r.vm.finishAsync(r, ErrClosed)
+				continue
+			}
 			r.err <- ErrClosed
 		default:
 			return
@@ -301,9 +310,16 @@ func (s *Store) commit(batch []*appendReq) {
 	errs := make([]error, len(batch))
 	var touched []*segment
 	for i, r := range batch {
+		// a VM whose earlier record failed gets nothing newer written: a
+		// later point must never be durable without the one before it
+		if err := r.vm.poisoned(); err != nil {
+			errs[i] = err
+			continue
+		}
 		seg, off, err := s.writeRecord(r.vm.name, r.id, r.rec)
 		if err != nil {
 			errs[i] = err
+			r.vm.poison(err)
 			continue
 		}
 		r.seg, r.off = seg, off
@@ -312,12 +328,23 @@ func (s *Store) commit(batch []*appendReq) {
 		}
 	}
 	failed := map[*segment]error{}
+	var syncErr error
 	for _, seg := range touched {
 		if err := s.syncSeg(seg); err != nil {
-			failed[seg] = fmt.Errorf("fsync segment %s: %w", seg.path, err)
-			// After a failed fsync the file's state is unknown: zero this
-			// batch's records (best effort) and start a new segment.
+			syncErr = fmt.Errorf("fsync segment %s: %w", seg.path, err)
+			break
+		}
+	}
+	if syncErr != nil {
+		// After a failed fsync the file's state is unknown: zero every
+		// record of this batch (best effort; a VM's later record may sit in
+		// another segment) and start a new segment.
+		for _, seg := range touched {
+			failed[seg] = syncErr
 			s.abandon(seg, batch)
+		}
+		for _, r := range batch {
+			r.vm.poison(syncErr)
 		}
 	}
 	s.batches.Add(1)
@@ -330,6 +357,10 @@ func (s *Store) commit(batch []*appendReq) {
 		if errs[i] == nil {
 			s.appends.Add(1)
 			s.written.Add(int64(len(r.rec)))
+		}
+		if r.done != nil {
+			r.vm.finishAsync(r, errs[i])
+			continue
 		}
 		r.err <- errs[i]
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/continuum-cdp/continuum/internal/model"
@@ -35,6 +36,17 @@ type VM struct {
 	idx     map[int32]*diskIndex
 	layers  []*layer // ascending ID
 	scanID  uint64   // last record ID seen while scanning at open
+
+	// asynchronous appends (guarded by wmu): the last ID handed to the
+	// committer and its request
+	queued uint64
+	tail   *appendReq
+	// inflight counts asynchronous appends not yet answered; pmu guards
+	// failed, the error of a record that failed while others of this VM
+	// were queued behind it
+	inflight atomic.Int64
+	pmu      sync.Mutex
+	failed   error
 }
 
 func vmDirName(vm string) string { return "vm-" + url.PathEscape(vm) }
@@ -399,22 +411,140 @@ func (v *VM) validate(p *Point) error {
 // is done, points go straight into the base files; the one flagged
 // MarkerInitialSyncDone makes the base the first long-term point.
 func (v *VM) Append(ctx context.Context, p *Point) error {
+	wait, err := v.AppendAsync(ctx, p)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// AppendAsync queues p behind the VM's earlier appends and returns a wait
+// that says when p is durable (or failed). Several points of a VM may so
+// share one fsync: the caller queues the next point while waiting for the
+// previous one. Points must be queued in ID order; when a queued point
+// fails, every point queued after it fails too and nothing newer is
+// accepted until all of them have been answered, so a point is never
+// durable without its predecessor. Before the initial sync is done,
+// appends are synchronous (they write the base files).
+func (v *VM) AppendAsync(ctx context.Context, p *Point) (wait func() error, err error) {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)
+		return nil, fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)
 	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
+	if v.inflight.Load() == 0 {
+		// everything queued was answered: failures are over, start again
+		// from what is durable
+		v.pmu.Lock()
+		v.failed = nil
+		v.pmu.Unlock()
+		v.tail = nil
+	} else if err := v.poisoned(); err != nil {
+		return nil, fmt.Errorf("append point %d of %s: an earlier point failed: %w", p.ID, v.name, err)
+	}
 	v.mu.RLock()
 	last, done := v.lastID, v.m.InitialSyncDone
-	err := v.validate(p)
+	err = v.validate(p)
 	v.mu.RUnlock()
+	if v.tail != nil && v.queued > last {
+		last = v.queued
+	}
 	if p.ID <= last && p.ID != 0 {
-		return nil
+		if t := v.tail; t != nil && p.ID > v.lastIDNow() {
+			// queued already: durable when the newest queued one is
+			return func() error { <-t.done; return t.res }, nil
+		}
+		return func() error { return nil }, nil
 	}
 	if err != nil {
-		return fmt.Errorf("append point of %s: %w", v.name, err)
+		return nil, fmt.Errorf("append point of %s: %w", v.name, err)
 	}
-	baseApplied := !done
+	if !done || p.Marker == MarkerInitialSyncDone {
+		if t := v.tail; t != nil {
+			<-t.done // the base path runs alone
+			if t.res != nil {
+				return nil, fmt.Errorf("append point %d of %s: an earlier point failed: %w", p.ID, v.name, t.res)
+			}
+		}
+		err := v.appendSync(p, !done)
+		return func() error { return err }, nil
+	}
+	size := recordSize(v.name, p, false)
+	buf := appendRecord(make([]byte, 0, size), v.name, p, false)
+	req := &appendReq{vm: v, id: p.ID, rec: buf, p: p, done: make(chan struct{})}
+	if v.s.closed.Load() {
+		return nil, fmt.Errorf("append point %d of %s: %w", p.ID, v.name, ErrClosed)
+	}
+	v.inflight.Add(1)
+	select {
+	case v.s.reqs <- req:
+	case <-v.s.quit:
+		v.inflight.Add(-1)
+		return nil, fmt.Errorf("append point %d of %s: %w", p.ID, v.name, ErrClosed)
+	}
+	v.queued, v.tail = p.ID, req
+	return func() error {
+		select {
+		case <-req.done:
+		case <-v.s.done:
+			// the committer answers everything it took before it stops
+			select {
+			case <-req.done:
+			default:
+				return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, ErrClosed)
+			}
+		}
+		if req.res != nil {
+			return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, req.res)
+		}
+		return nil
+	}, nil
+}
+
+func (v *VM) lastIDNow() uint64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.lastID
+}
+
+func (v *VM) poisoned() error {
+	v.pmu.Lock()
+	defer v.pmu.Unlock()
+	return v.failed
+}
+
+func (v *VM) poison(err error) {
+	v.pmu.Lock()
+	if v.failed == nil {
+		v.failed = err
+	}
+	v.pmu.Unlock()
+}
+
+// finishAsync is called by the committer, in commit order, once an
+// asynchronous record is durable or failed: the record is published before
+// its waiter is released.
+func (v *VM) finishAsync(r *appendReq, err error) {
+	if err == nil {
+		v.mu.Lock()
+		v.lastID = r.id
+		h, perr := parseRecordHeaderFromPoint(v.name, r.p)
+		if perr == nil {
+			v.addRecord(&record{id: r.id, time: recordTime(r.p.Time), kind: r.p.Kind, marker: r.p.Marker, seg: r.seg, off: r.off, exts: h})
+		}
+		v.mu.Unlock()
+	} else {
+		v.poison(err)
+	}
+	r.res = err
+	r.p, r.rec = nil, nil
+	v.inflight.Add(-1)
+	close(r.done)
+}
+
+// appendSync is the synchronous append (base path and the point that
+// completes the initial sync), with wmu held.
+func (v *VM) appendSync(p *Point, baseApplied bool) error {
 	if baseApplied {
 		if err := v.applyToBase(p); err != nil {
 			return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)
@@ -423,7 +553,7 @@ func (v *VM) Append(ctx context.Context, p *Point) error {
 	size := recordSize(v.name, p, baseApplied)
 	buf := appendRecord(v.s.getBuf(size), v.name, p, baseApplied)
 	req := &appendReq{vm: v, id: p.ID, rec: buf}
-	err = v.s.submit(req)
+	err := v.s.submit(req)
 	v.s.putBuf(buf)
 	if err != nil {
 		return fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)

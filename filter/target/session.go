@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +27,8 @@ type session struct {
 	// appended on this connection; the proxy's resend after a reconnect
 	// fills the gap.
 	stalled bool
+	// mu guards pending and stalled between the appender and the acker
+	mu sync.Mutex
 }
 
 func (s *Service) serveConn(nc net.Conn) {
@@ -130,10 +133,14 @@ func (s *Service) endSession(ss *session) {
 }
 
 // receiveWindow is how many decoded points may wait for the journal while
-// one is being appended: reading and decoding the next points overlaps
-// with the fsync of the current one. Acknowledgements stay in order and
-// only follow durability.
+// earlier ones are appended: reading and decoding the next points overlaps
+// with the fsync of the current one.
 const receiveWindow = 2
+
+// appendWindow is how many points of the VM may be queued in the journal
+// before the oldest is durable, so that several share one fsync.
+// Acknowledgements stay in order and only follow durability.
+const appendWindow = 4
 
 // received is a decoded point (or a heartbeat, jp nil) for the appender.
 type received struct {
@@ -141,39 +148,124 @@ type received struct {
 	raw int64
 }
 
-// receive reads and decodes points while the appender makes the earlier
-// ones durable and acknowledges them, in order.
+// queuedAppend is a point handed to the journal, waiting to be durable.
+type queuedAppend struct {
+	jp    *journal.Point
+	raw   int64
+	wait  func() error
+	start time.Time
+}
+
+// receive reads and decodes points while the appender queues them in the
+// journal and the acker acknowledges each once durable, in order.
 func (s *Service) receive(ss *session) error {
 	q := make(chan received, receiveWindow)
-	appendErr := make(chan error, 1)
+	acks := make(chan queuedAppend, appendWindow)
+	var outstanding sync.WaitGroup // queued appends not yet settled by the acker
+	var errMu sync.Mutex
+	var firstErr error
 	quit := make(chan struct{})
+	fail := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if firstErr == nil {
+			firstErr = err
+			close(quit)
+			ss.conn.Close() // unblocks the reader
+		}
+	}
+	failed := func() bool {
+		select {
+		case <-quit:
+			return true
+		default:
+			return false
+		}
+	}
+	ackerDone := make(chan struct{})
 	go func() {
-		var err error
+		defer close(ackerDone)
+		for a := range acks {
+			if !failed() {
+				if err := s.settle(ss, a); err != nil {
+					fail(err)
+				}
+			}
+			outstanding.Done()
+		}
+	}()
+	appenderDone := make(chan struct{})
+	go func() {
+		defer close(appenderDone)
 		for r := range q {
-			if err != nil {
+			if failed() {
 				continue // drain; the reader stops at the closed connection
 			}
-			if r.jp == nil {
-				if ss.pending != nil {
-					err = s.retryPending(ss)
-				}
-			} else {
-				err = s.handlePoint(ss, r.jp, r.raw)
-			}
-			if err != nil {
-				close(quit)
-				ss.conn.Close() // unblocks the reader
+			if err := s.queue(ss, r, acks, &outstanding); err != nil {
+				fail(err)
 			}
 		}
-		appendErr <- err
+		close(acks)
 	}()
 	rerr := s.readLoop(ss, q, quit)
 	close(q)
 	// points read before the failure are still appended and acknowledged
-	if err := <-appendErr; err != nil {
-		return err
+	<-appenderDone
+	<-ackerDone
+	errMu.Lock()
+	defer errMu.Unlock()
+	if firstErr != nil {
+		return firstErr
 	}
 	return rerr
+}
+
+// queue hands one received item to the journal. While a point is pending
+// after a full datastore (or the session is stalled), everything runs
+// synchronously as before, once the acker has settled what it holds.
+func (s *Service) queue(ss *session, r received, acks chan<- queuedAppend, outstanding *sync.WaitGroup) error {
+	ss.mu.Lock()
+	degraded := ss.pending != nil || ss.stalled
+	ss.mu.Unlock()
+	if r.jp == nil || degraded {
+		outstanding.Wait()
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		if r.jp == nil {
+			if ss.pending != nil {
+				return s.retryPending(ss)
+			}
+			return nil
+		}
+		return s.handlePoint(ss, r.jp, r.raw)
+	}
+	start := time.Now()
+	wait, err := ss.vm.AppendAsync(s.ctx, r.jp)
+	if err != nil {
+		// refused before queuing: answer in order, after the earlier ones
+		outstanding.Wait()
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return s.appendResult(ss, r.jp, r.raw, err, start)
+	}
+	outstanding.Add(1)
+	acks <- queuedAppend{jp: r.jp, raw: r.raw, wait: wait, start: start}
+	return nil
+}
+
+// settle waits until a queued point is durable and acknowledges it; a
+// failure is handled as a synchronous append's would be.
+func (s *Service) settle(ss *session, a queuedAppend) error {
+	err := a.wait()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if err != nil && (ss.pending != nil || ss.stalled) {
+		// a point queued behind the one now pending: it cannot be kept
+		// in order behind it; the proxy resends it after a reconnect
+		ss.stalled = true
+		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", a.jp.ID)})
+	}
+	return s.appendResult(ss, a.jp, a.raw, err, a.start)
 }
 
 func (s *Service) readLoop(ss *session, q chan<- received, quit <-chan struct{}) error {
@@ -241,6 +333,11 @@ func (s *Service) handlePoint(ss *session, jp *journal.Point, raw int64) error {
 			return nil
 		}
 	}
+	if ss.stalled && ss.pending == nil {
+		// the pending point is in; the ones refused behind it come back
+		// from the durable position once the proxy reconnects
+		return fmt.Errorf("point %d: points after an earlier refused one are missing; dropping the session so they are resent", jp.ID)
+	}
 	if ss.stalled {
 		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", jp.ID)})
 	}
@@ -259,6 +356,11 @@ func (s *Service) retryPending(ss *session) error {
 func (s *Service) appendPoint(ss *session, jp *journal.Point, raw int64) error {
 	start := time.Now()
 	err := ss.vm.Append(s.ctx, jp)
+	return s.appendResult(ss, jp, raw, err, start)
+}
+
+// appendResult acknowledges a durable point or handles its failure.
+func (s *Service) appendResult(ss *session, jp *journal.Point, raw int64, err error, start time.Time) error {
 	switch {
 	case err == nil:
 		s.m.appendSeconds.Observe(time.Since(start).Seconds())
