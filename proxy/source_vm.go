@@ -328,24 +328,7 @@ func (v *sourceVM) cutLoop(ctx context.Context) {
 
 // targetLoop keeps a session to the target proxy, reconnecting with backoff.
 func (v *sourceVM) targetLoop(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		start := time.Now()
-		err := v.targetSession(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
-		}
-		v.log.Warn("target proxy session ended", "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 3*time.Second)
-	}
+	wire.KeepSession(ctx, v.log, "target proxy", v.targetSession)
 }
 
 func (v *sourceVM) targetSession(ctx context.Context) error {

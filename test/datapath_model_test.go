@@ -17,6 +17,7 @@ import (
 
 	"github.com/continuum-cdp/continuum/filter/source"
 	"github.com/continuum-cdp/continuum/filter/target"
+	"github.com/continuum-cdp/continuum/internal/netutil"
 	"github.com/continuum-cdp/continuum/internal/wire"
 	"github.com/continuum-cdp/continuum/proxy"
 )
@@ -499,10 +500,10 @@ func fillRandom(r *mrand.Rand, b []byte) {
 }
 
 func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	addr, err := netutil.FreeLoopbackAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }

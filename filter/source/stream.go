@@ -12,24 +12,7 @@ import (
 // run keeps one session to the source proxy open, reconnecting with
 // backoff until ctx ends.
 func (v *vmState) run(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		start := time.Now()
-		err := v.sessionOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
-		}
-		v.log.Warn("source proxy session ended", "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 3*time.Second)
-	}
+	wire.KeepSession(ctx, v.log, "source proxy", v.sessionOnce)
 }
 
 func (v *vmState) hello() *wire.Hello {
