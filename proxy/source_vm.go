@@ -348,18 +348,13 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 	v.rule, v.encrypted = pol.rule, pol.sealer != nil
 	h := &wire.Hello{Role: wire.RoleSourceProxy, NodeID: p.cfg.NodeID, VM: v.name, Disks: v.disks, Resume: v.acked}
 	p.mu.Unlock()
-	if err := c.Send(h); err != nil {
-		return fmt.Errorf("send hello: %w", err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
-	ack, err := wire.Expect[*wire.HelloAck](c)
+	ack, err := wire.Greet(c, h, 60*time.Second)
 	if err != nil {
-		return fmt.Errorf("read hello ack: %w", err)
+		return err
 	}
 	if ack.Err != "" {
 		return fmt.Errorf("target proxy refused the session: %s", ack.Err)
 	}
-	_ = c.SetReadDeadline(time.Time{})
 	p.mu.Lock()
 	v.target = c
 	v.targetKnown = true

@@ -289,16 +289,11 @@ func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) 
 	}
 	dst := wire.NewConn(fc)
 	defer dst.Close()
-	_ = dst.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
-	if err := dst.Send(&wire.Hello{Role: wire.RoleTargetProxy, NodeID: t.cfg.NodeID, VM: h.VM, Disks: h.Disks, Resume: h.Resume}); err != nil {
-		return fmt.Errorf("hello to target filter for %s: %w", h.VM, err)
-	}
-	ack, err := wire.Expect[*wire.HelloAck](dst)
+	ack, err := wire.Greet(dst, &wire.Hello{Role: wire.RoleTargetProxy, NodeID: t.cfg.NodeID, VM: h.VM, Disks: h.Disks, Resume: h.Resume}, t.cfg.HandshakeTimeout)
 	if err != nil {
 		_ = src.Send(&wire.HelloAck{Err: "target filter handshake failed"})
-		return fmt.Errorf("hello ack from target filter for %s: %w", h.VM, err)
+		return fmt.Errorf("target filter: %w", err)
 	}
-	_ = dst.SetReadDeadline(time.Time{})
 	if err := src.Send(ack); err != nil {
 		return fmt.Errorf("relay hello ack: %w", err)
 	}

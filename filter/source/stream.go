@@ -36,19 +36,14 @@ func (v *vmState) sessionOnce(ctx context.Context) error {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	if err := c.Send(v.hello()); err != nil {
-		return fmt.Errorf("send hello: %w", err)
-	}
 	// the proxy may wait for the target before it answers
-	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
-	ack, err := wire.Expect[*wire.HelloAck](c)
+	ack, err := wire.Greet(c, v.hello(), 60*time.Second)
 	if err != nil {
-		return fmt.Errorf("read hello ack: %w", err)
+		return err
 	}
 	if ack.Err != "" {
 		return fmt.Errorf("source proxy refused the session: %s", ack.Err)
 	}
-	_ = c.SetReadDeadline(time.Time{})
 	s := &session{}
 	v.mu.Lock()
 	err = v.connectedLocked(ack, s)

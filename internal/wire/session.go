@@ -2,6 +2,7 @@ package wire
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -36,4 +37,22 @@ func KeepSession(ctx context.Context, log *slog.Logger, peer string, session fun
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
+}
+
+// Greet opens a session on c: it sends h and waits up to timeout for the
+// peer's HelloAck (a peer may itself wait for the next hop before it
+// answers). The caller decides what a refusal (ack.Err) means: a relay
+// passes it on, an endpoint gives up.
+func Greet(c *Conn, h *Hello, timeout time.Duration) (*HelloAck, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, fmt.Errorf("hello to %s: %w", h.VM, err)
+	}
+	if err := c.Send(h); err != nil {
+		return nil, fmt.Errorf("send hello for %s: %w", h.VM, err)
+	}
+	ack, err := Expect[*HelloAck](c)
+	if err != nil {
+		return nil, fmt.Errorf("read hello ack for %s: %w", h.VM, err)
+	}
+	return ack, c.SetReadDeadline(time.Time{})
 }
