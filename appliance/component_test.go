@@ -114,3 +114,71 @@ func TestComponentCertificate(t *testing.T) {
 		t.Fatalf("client with a component token listing policies: %v", err)
 	}
 }
+
+// A proxy reports it is alive with a component token or its own
+// certificate; the heartbeat lands in the replicated state. Another
+// component's certificate cannot report for it; unknown proxies are 404.
+func TestProxyHeartbeat(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	_, _, _ = e.seed(t) // proxies "src" and "dst"
+	tok, err := e.cl.CreateToken(ctx, model.TokenComponent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(e.url, tok.Token, pki.CertPEM(e.ca.Cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.RetryFor = 0
+	before := time.Now().UTC().Add(-time.Second)
+	px, err := cl.ProxyHeartbeat(ctx, "src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored time.Time
+	e.node.Read(func(s *model.State) { stored = s.Proxies[px.ID].LastHeartbeat })
+	if stored.Before(before) || !stored.Equal(px.LastHeartbeat) {
+		t.Fatalf("heartbeat not stored: %v (answer %v)", stored, px.LastHeartbeat)
+	}
+	var ae *client.APIError
+	if _, err := cl.ProxyHeartbeat(ctx, "nope"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound || ae.Field != "id" {
+		t.Fatalf("unknown proxy: %v", err)
+	}
+	if status, _, _ := e.raw(t, "POST", "/api/v1/proxies/src/heartbeat", "", ""); status != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", status)
+	}
+
+	// With certificates: "src" may report for itself, not for "dst".
+	leaf, err := e.ca.IssueComponent("src", []string{"127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := leaf.TLSCertificate(e.ca.Cert)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(e.ca.Cert, &cert)}}
+	post := func(path string) int {
+		t.Helper()
+		r, err := hc.Post(e.url+path, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	if code := post("/api/v1/proxies/src/heartbeat"); code != http.StatusOK {
+		t.Fatalf("own heartbeat with certificate: %d", code)
+	}
+	var dstBeat time.Time
+	snapshot := e.snapshot(t)
+	if code := post("/api/v1/proxies/dst/heartbeat"); code != http.StatusForbidden {
+		t.Fatalf("heartbeat for another proxy: %d", code)
+	}
+	e.node.Read(func(s *model.State) {
+		if p := s.ProxyByName("dst"); p != nil {
+			dstBeat = p.LastHeartbeat
+		}
+	})
+	if !dstBeat.IsZero() || e.snapshot(t) != snapshot {
+		t.Fatal("a refused heartbeat changed the state")
+	}
+}

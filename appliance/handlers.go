@@ -48,6 +48,7 @@ func (s *Server) routeTable() []route {
 		{Method: "POST", Path: v1 + "/proxies", Summary: "Register a proxy", Request: "Proxy", Response: "Proxy", Auth: authAdmin, Place: leaderRW, h: s.createProxy},
 		{Method: "GET", Path: v1 + "/proxies/{id}", Summary: "Get a proxy by ID or name", Response: "Proxy", Auth: authAdmin, Place: leaderRead, h: s.getProxy},
 		{Method: "PUT", Path: v1 + "/proxies/{id}", Summary: "Replace a proxy's settings", Request: "Proxy", Response: "Proxy", Auth: authAdmin, Place: leaderRW, h: s.updateProxy},
+		{Method: "POST", Path: v1 + "/proxies/{id}/heartbeat", Summary: "A proxy reports that it is alive (component token or certificate)", Response: "Proxy", Auth: authComponent, Place: leaderRW, h: s.proxyHeartbeat},
 		{Method: "DELETE", Path: v1 + "/proxies/{id}", Summary: "Remove a proxy", Auth: authAdmin, Place: leaderRW, h: s.deleteProxy},
 
 		{Method: "GET", Path: v1 + "/policies", Summary: "List policies", Response: "Policy[]", Auth: authAdmin, Place: leaderRead, h: s.listPolicies},
@@ -581,6 +582,35 @@ func (s *Server) createProxy(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	return http.StatusCreated, p, nil
+}
+
+// proxyHeartbeat records that a proxy is alive: automatic selection skips
+// proxies whose last heartbeat is too old, and a proxy that stops
+// heartbeating is replaced for the tasks that used it.
+func (s *Server) proxyHeartbeat(r *http.Request) (int, any, error) {
+	key := r.PathValue("id")
+	var px *model.Proxy
+	s.store.Read(func(st *model.State) {
+		if o := find(st.Proxies, key, proxyName); o != nil {
+			c := *o
+			px = &c
+		}
+	})
+	if px == nil {
+		return 0, nil, model.NotFound("id", "proxy", key)
+	}
+	// A component that authenticated with its certificate reports for
+	// itself only.
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.Header.Get(forwardedHeader) == "" {
+		if leaf := r.TLS.VerifiedChains[0][0]; pki.IsComponent(leaf) && leaf.Subject.CommonName != px.Name {
+			return 0, nil, errForbidden(fmt.Sprintf("the certificate of %q may not report for proxy %q", leaf.Subject.CommonName, px.Name))
+		}
+	}
+	px.LastHeartbeat = time.Now().UTC()
+	if err := s.apply(r, raftstore.ProxyHeartbeat{ID: px.ID, At: px.LastHeartbeat}); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, px, nil
 }
 
 func (s *Server) updateProxy(r *http.Request) (int, any, error) {

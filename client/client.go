@@ -443,3 +443,10 @@ func (c *Client) ComponentCertificate(ctx context.Context, r ComponentCertReques
 	var out ComponentCertResponse
 	return &out, c.Do(ctx, http.MethodPost, "/api/v1/components/certificate", r, &out)
 }
+
+// ProxyHeartbeat reports that the proxy (ID or name) is alive; the client's
+// token may be a component token.
+func (c *Client) ProxyHeartbeat(ctx context.Context, id string) (*model.Proxy, error) {
+	var out model.Proxy
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/proxies/"+url.PathEscape(id)+"/heartbeat", nil, &out)
+}
