@@ -714,7 +714,11 @@ func newPolicyCommand() *cobra.Command {
 				return err
 			}
 			return o.print(cmd.OutOrStdout(), s, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "policy %s (%s): %s\n\n", s.Name, s.PolicyID, s.Status)
+				fmt.Fprintf(tw, "policy %s (%s): %s\n", s.Name, s.PolicyID, s.Status)
+				if s.Reason != "" {
+					fmt.Fprintf(tw, "reason: %s\n", s.Reason)
+				}
+				fmt.Fprintln(tw)
 				row(tw, "VM", "NAME", "STATUS", "SOURCE PROXY", "TARGET PROXY", "LAG", "SYNC", "REASON")
 				for _, t := range s.Tasks {
 					sync := ""

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/continuum-cdp/continuum/appliance/controllers"
 	"github.com/continuum-cdp/continuum/client"
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
@@ -839,36 +840,6 @@ func (s *Server) setPolicyEnabled(enabled bool) handler {
 	}
 }
 
-// severity orders statuses for the policy's overall status: the worst VM
-// status wins.
-var severity = map[model.VMStatus]int{
-	model.StatusError: 0, model.StatusWarning: 1, model.StatusCBT: 2, model.StatusPending: 3,
-	model.StatusConfiguring: 4, model.StatusInitialSync: 5, model.StatusSyncing: 6, model.StatusSuccess: 7,
-	model.StatusDisabled: 8,
-}
-
-// OverallStatus folds per-VM statuses into the policy's status.
-func OverallStatus(enabled bool, tasks []*model.VMTask) model.VMStatus {
-	if !enabled {
-		return model.StatusDisabled
-	}
-	if len(tasks) == 0 {
-		return model.StatusPending
-	}
-	worst := model.StatusSuccess
-	for _, t := range tasks {
-		sv, ok := severity[t.Status]
-		if !ok {
-			sv = severity[model.StatusPending]
-			t = &model.VMTask{Status: model.StatusPending}
-		}
-		if sv < severity[worst] {
-			worst = t.Status
-		}
-	}
-	return worst
-}
-
 func (s *Server) policyStatus(r *http.Request) (int, any, error) {
 	key := r.PathValue("id")
 	var out *client.PolicyStatus
@@ -886,7 +857,7 @@ func (s *Server) policyStatus(r *http.Request) (int, any, error) {
 			}
 		}
 		sort.Slice(out.Tasks, func(i, j int) bool { return out.Tasks[i].ID < out.Tasks[j].ID })
-		out.Status = OverallStatus(p.Enabled, out.Tasks)
+		out.Status, out.Reason = controllers.PolicyStatus(p, out.Tasks)
 	}); err != nil {
 		return 0, nil, err
 	}

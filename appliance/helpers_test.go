@@ -4,7 +4,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/continuum-cdp/continuum/internal/model"
 )
 
 func TestParseJoinToken(t *testing.T) {
@@ -29,28 +28,6 @@ func TestIsLocalHost(t *testing.T) {
 	} {
 		if got := isLocalHost(host, "myhost"); got != want {
 			t.Errorf("isLocalHost(%q) = %v", host, got)
-		}
-	}
-}
-
-func TestOverallStatus(t *testing.T) {
-	task := func(s model.VMStatus) *model.VMTask { return &model.VMTask{Status: s} }
-	cases := []struct {
-		enabled bool
-		tasks   []*model.VMTask
-		want    model.VMStatus
-	}{
-		{false, []*model.VMTask{task(model.StatusError)}, model.StatusDisabled},
-		{true, nil, model.StatusPending},
-		{true, []*model.VMTask{task(model.StatusSuccess), task(model.StatusSuccess)}, model.StatusSuccess},
-		{true, []*model.VMTask{task(model.StatusSuccess), task(model.StatusInitialSync)}, model.StatusInitialSync},
-		{true, []*model.VMTask{task(model.StatusCBT), task(model.StatusWarning)}, model.StatusWarning},
-		{true, []*model.VMTask{task(model.StatusWarning), task(model.StatusError), task(model.StatusSyncing)}, model.StatusError},
-		{true, []*model.VMTask{task(model.StatusSuccess), task("weird")}, model.StatusPending},
-	}
-	for i, c := range cases {
-		if got := OverallStatus(c.enabled, c.tasks); got != c.want {
-			t.Errorf("case %d: %s, want %s", i, got, c.want)
 		}
 	}
 }

@@ -113,6 +113,7 @@ type PolicyStatus struct {
 	Enabled    bool            `json:"enabled"`
 	Generation int64           `json:"generation"`
 	Status     model.VMStatus  `json:"status"`
+	Reason     string          `json:"reason,omitempty"` // why the status is not Success/Syncing, naming the VM
 	Tasks      []*model.VMTask `json:"tasks"`
 }
 

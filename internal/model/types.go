@@ -172,7 +172,6 @@ const (
 	StatusSuccess     VMStatus = "Success"
 	StatusWarning     VMStatus = "Warning"
 	StatusError       VMStatus = "Error"
-	StatusDisabled    VMStatus = "Disabled"
 )
 
 // DiskMap pairs a source disk with its replica disk.
