@@ -57,6 +57,9 @@ type FileConfig struct {
 	ShortTerm  model.Duration `json:"short_term,omitempty"`
 	LongTerm   model.Duration `json:"long_term,omitempty"`
 	NoSync     bool           `json:"no_sync,omitempty"`
+	// JournalMaxBytes caps the journal's files (0: the datastore's free
+	// space is the only limit); past it appends fail as on a full disk.
+	JournalMaxBytes int64 `json:"journal_max_bytes,omitempty"`
 }
 
 type durationValue struct{ d *model.Duration }
@@ -179,6 +182,7 @@ exits.`,
 	f.Var(durationValue{&cfg.ShortTerm}, "short-term", "target role: short-term retention (0 keeps all)")
 	f.Var(durationValue{&cfg.LongTerm}, "long-term", "target role: long-term retention (0 keeps all)")
 	f.BoolVar(&cfg.NoSync, "no-sync", false, "target role: do not fsync the journal (benchmarks only)")
+	f.Int64Var(&cfg.JournalMaxBytes, "journal-max-bytes", 0, "target role: bytes the journal's files may use (0: no cap); past it appends fail as on a full datastore")
 	return cmd
 }
 
@@ -371,6 +375,10 @@ func runTarget(ctx context.Context, cmd *cobra.Command, cfg FileConfig, tlsCfg *
 		ShortTerm: cfg.ShortTerm.D(), LongTerm: cfg.LongTerm.D(), Logger: log,
 	}
 	tc.Journal.NoSync = cfg.NoSync
+	if cfg.JournalMaxBytes < 0 {
+		return fmt.Errorf("target role: --journal-max-bytes must not be negative, got %d", cfg.JournalMaxBytes)
+	}
+	tc.Journal.MaxBytes = cfg.JournalMaxBytes
 	svc, err := target.New(tc)
 	if err != nil {
 		return err
