@@ -3,7 +3,6 @@ package appliance
 import (
 	"strings"
 	"testing"
-
 )
 
 func TestParseJoinToken(t *testing.T) {
