@@ -23,8 +23,7 @@ build:
 test-deps:
 	./scripts/test-deps.sh
 
-test: test-deps build
-	$(GO) vet ./...
+test: test-deps build lint
 	$(GO) test -race -timeout 20m $(RACE_PKGS)
 	$(GO) test -timeout 20m $(PLAIN_PKGS)
 
