@@ -448,5 +448,5 @@ func (c *Client) ComponentCertificate(ctx context.Context, r ComponentCertReques
 // token may be a component token.
 func (c *Client) ProxyHeartbeat(ctx context.Context, id string) (*model.Proxy, error) {
 	var out model.Proxy
-	return &out, c.Do(ctx, http.MethodPost, "/api/v1/proxies/"+url.PathEscape(id)+"/heartbeat", nil, &out)
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/proxies/"+esc(id)+"/heartbeat", nil, &out)
 }
