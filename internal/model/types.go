@@ -60,6 +60,8 @@ type Host struct {
 	Name          string      `json:"name"`
 	FilterState   FilterState `json:"filter_state"`
 	FilterAddr    string      `json:"filter_addr,omitempty"` // data-path address of the filter on this host
+	FilterAdmin   string      `json:"filter_admin,omitempty"` // admin (HTTPS) address of the filter on this host
+	FilterNBD     string      `json:"filter_nbd,omitempty"`   // NBD address of the filter's protected-disk exports
 	LastHeartbeat time.Time   `json:"last_heartbeat,omitempty"`
 }
 
@@ -191,6 +193,7 @@ type VMTask struct {
 	VMName         string    `json:"vm_name"`
 	InstanceUUID   string    `json:"instance_uuid,omitempty"`
 	SourceHost     string    `json:"source_host,omitempty"`
+	TargetHost     string    `json:"target_host,omitempty"` // host MoRef of the replica (its target filter)
 	SourceProxy    string    `json:"source_proxy,omitempty"`
 	TargetProxy    string    `json:"target_proxy,omitempty"`
 	ReplicaID      string    `json:"replica_id,omitempty"`
