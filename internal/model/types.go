@@ -59,7 +59,7 @@ type Host struct {
 	MoRef         string      `json:"moref"`
 	Name          string      `json:"name"`
 	FilterState   FilterState `json:"filter_state"`
-	FilterAddr    string      `json:"filter_addr,omitempty"` // data-path address of the filter on this host
+	FilterAddr    string      `json:"filter_addr,omitempty"`  // data-path address of the filter on this host
 	FilterAdmin   string      `json:"filter_admin,omitempty"` // admin (HTTPS) address of the filter on this host
 	FilterNBD     string      `json:"filter_nbd,omitempty"`   // NBD address of the filter's protected-disk exports
 	LastHeartbeat time.Time   `json:"last_heartbeat,omitempty"`
