@@ -36,6 +36,7 @@ func (s *Server) routeTable() []route {
 		{Method: "DELETE", Path: v1 + "/cluster/members/{id}", Summary: "Remove a node from the cluster", Auth: authAdmin, Place: leaderRW, h: s.removeMember},
 		{Method: "POST", Path: v1 + "/cluster/transfer-leadership", Summary: "Hand leadership to another node", Request: "TransferRequest", Response: "TransferResponse", Auth: authAdmin, Place: leaderRW, h: s.transfer},
 		{Method: "POST", Path: v1 + "/components/certificate", Summary: "Obtain a proxy's or filter's certificate from the cluster CA (component token)", Request: "ComponentCertRequest", Response: "ComponentCertResponse", Auth: authComponent, h: s.componentCertificate},
+		{Method: "POST", Path: v1 + "/components/heartbeat", Summary: "A filter or proxy reports its state and gets its configuration (component token or certificate)", Request: "ComponentReport", Response: "ComponentConfig", Auth: authComponent, Place: leaderRW, h: s.componentHeartbeat},
 		{Method: "POST", Path: v1 + "/tokens", Summary: "Create a join or component token", Request: "TokenRequest", Response: "TokenResponse", Auth: authAdmin, Place: leaderRW, h: s.createToken},
 
 		{Method: "GET", Path: v1 + "/vcenters", Summary: "List vCenters", Response: "VCenter[]", Auth: authAdmin, Place: leaderRead, h: s.listVCenters},
