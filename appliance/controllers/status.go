@@ -8,10 +8,9 @@ import (
 	"github.com/continuum-cdp/continuum/internal/model"
 )
 
-// lagReasonPrefix starts the reason of a Warning or Error that comes from
-// the achieved lag rather than from configuration, so that the reconciler
-// leaves such a status to the data-path reports.
-const lagReasonPrefix = "lag "
+// lagReasonPrefix starts the reason of a status that comes from the
+// achieved lag (see model.LagStatus).
+const lagReasonPrefix = model.LagReasonPrefix
 
 // configOwned reports whether the task's status is the reconciler's to set:
 // the task has not been handed to the data path yet, or it failed
@@ -28,13 +27,7 @@ func configOwned(t *model.VMTask) bool {
 
 // LagStatus applies the policy's RPO thresholds to a reported lag.
 func LagStatus(p *model.Policy, lag time.Duration) (model.VMStatus, string) {
-	switch {
-	case p.RPOError > 0 && lag > p.RPOError.D():
-		return model.StatusError, fmt.Sprintf("%s%s exceeds the RPO error threshold %s", lagReasonPrefix, lag.Round(time.Millisecond), p.RPOError)
-	case p.RPOWarning > 0 && lag > p.RPOWarning.D():
-		return model.StatusWarning, fmt.Sprintf("%s%s exceeds the RPO warning threshold %s", lagReasonPrefix, lag.Round(time.Millisecond), p.RPOWarning)
-	}
-	return model.StatusSyncing, ""
+	return model.LagStatus(p, lag)
 }
 
 // DisabledStatus is a task's outcome once its policy is disabled: Success,
