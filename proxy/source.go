@@ -18,8 +18,13 @@ import (
 // SourceConfig configures a source proxy.
 type SourceConfig struct {
 	NodeID string
-	// DialTarget opens a connection to the target proxy (TLS is the caller's).
+	// DialTarget opens a connection to the target proxy (TLS is the caller's)
+	// for every VM without a route.
 	DialTarget func(ctx context.Context) (net.Conn, error)
+	// DialAddr opens a connection to a target proxy by address, for the VMs
+	// given a route by Configure. With DialTarget nil the proxy is managed:
+	// it serves only the VMs that have a route.
+	DialAddr func(ctx context.Context, addr string) (net.Conn, error)
 	// RPO is the interval between cuts. Default 5s.
 	RPO time.Duration
 	// CutBytes cuts early when the open interval holds this much data, so a
@@ -89,11 +94,14 @@ type SourceProxy struct {
 	closed    bool
 	bucket    *sourceBucket
 	rules     []*sourceRule
+
+	routes      map[string]*sourceRoute // per-VM routes (Configure)
+	ruleBuckets map[string]*sourceBucket
 }
 
 // NewSource builds a source proxy; Serve accepts filter connections.
 func NewSource(cfg SourceConfig) (*SourceProxy, error) {
-	if cfg.DialTarget == nil {
+	if cfg.DialTarget == nil && cfg.DialAddr == nil {
 		return nil, errors.New("source proxy: a dialer for the target proxy is required")
 	}
 	if cfg.Codec > wire.CodecZstd {
@@ -174,18 +182,24 @@ func (p *SourceProxy) Close() error {
 	return nil
 }
 
-// vm returns the state of a VM, creating it (and its target session).
+// vmLocked returns the state of a VM, creating it (and its target
+// session); nil when the proxy is managed and the VM has no route.
 // Called with mu held.
 func (p *SourceProxy) vmLocked(name string, disks []wire.Disk) *sourceVM {
 	v, ok := p.vms[name]
 	if !ok {
+		route := p.routes[name]
+		if route == nil && p.cfg.DialTarget == nil {
+			return nil
+		}
 		v = &sourceVM{p: p, name: name, log: p.log.With("vm", name), maps: map[int32]*sourceExtentMap{},
-			encq: make(chan *sourceCutJob, 2)}
+			encq: make(chan *sourceCutJob, 2), route: route, rpoChanged: make(chan struct{}, 1)}
+		v.ctx, v.cancel = context.WithCancel(p.ctx)
 		p.vms[name] = v
 		p.wg.Add(3)
-		go func() { defer p.wg.Done(); v.encodeLoop(p.ctx) }()
-		go func() { defer p.wg.Done(); v.targetLoop(p.ctx) }()
-		go func() { defer p.wg.Done(); v.cutLoop(p.ctx) }()
+		go func() { defer p.wg.Done(); v.encodeLoop(v.ctx) }()
+		go func() { defer p.wg.Done(); v.targetLoop(v.ctx) }()
+		go func() { defer p.wg.Done(); v.cutLoop(v.ctx) }()
 	}
 	v.disks = append([]wire.Disk(nil), disks...)
 	return v
@@ -207,6 +221,11 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 	}
 	p.mu.Lock()
 	v := p.vmLocked(h.VM, h.Disks)
+	if v == nil {
+		p.mu.Unlock()
+		_ = c.Send(&wire.HelloAck{Err: fmt.Sprintf("vm %q is not configured on this source proxy", h.VM)})
+		return fmt.Errorf("reject hello for vm %q: not in this proxy's configuration", h.VM)
+	}
 	if v.filter != nil {
 		v.filter.Close() // a newer session of the same VM wins
 		v.filter = nil
@@ -217,11 +236,11 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 	// already received the stream
 	deadline := time.Now().Add(p.cfg.TargetWait)
 	wake := time.AfterFunc(p.cfg.TargetWait, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
-	for !v.targetKnown && !p.closed && v.filterGen == gen && time.Now().Before(deadline) {
+	for !v.targetKnown && !p.closed && !v.dropped && v.filterGen == gen && time.Now().Before(deadline) {
 		p.cond.Wait()
 	}
 	wake.Stop()
-	if !v.targetKnown || v.filterGen != gen || p.closed {
+	if !v.targetKnown || v.filterGen != gen || p.closed || v.dropped {
 		p.mu.Unlock()
 		_ = c.Send(&wire.HelloAck{Err: "target proxy not reachable"})
 		return fmt.Errorf("vm %s: no answer from the target proxy", h.VM)
@@ -248,12 +267,12 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 	for {
 		// backpressure: stop reading while memory and spill are both full
 		p.mu.Lock()
-		for !p.closed && v.filterGen == gen && p.memBytes >= p.cfg.MemoryBytes && !p.canSpillLocked() {
+		for !p.closed && !v.dropped && v.filterGen == gen && p.memBytes >= p.cfg.MemoryBytes && !p.canSpillLocked() {
 			v.blocked = true
 			p.cond.Wait()
 		}
 		v.blocked = false
-		stale := v.filterGen != gen || p.closed
+		stale := v.filterGen != gen || p.closed || v.dropped
 		p.mu.Unlock()
 		if stale {
 			return nil
@@ -287,6 +306,8 @@ func (p *SourceProxy) canSpillLocked() bool {
 // SourceVMStatus is the state of one VM in the source proxy.
 type SourceVMStatus struct {
 	VM              string  `json:"vm"`
+	TaskID          string  `json:"task_id,omitempty"`
+	Target          string  `json:"target,omitempty"` // target proxy of a routed VM`
 	FilterConnected bool    `json:"filter_connected"`
 	TargetConnected bool    `json:"target_connected"`
 	Rule            string  `json:"traffic_rule,omitempty"`
@@ -303,6 +324,11 @@ type SourceVMStatus struct {
 	Points          int64   `json:"points_sent"`
 	RawBytes        int64   `json:"raw_bytes"`
 	WireBytes       int64   `json:"wire_bytes"`
+	// AckLagSeconds is the write-to-durable lag of the newest acknowledged
+	// point: from its first write reaching this proxy to its acknowledgement.
+	AckLagSeconds float64 `json:"ack_lag_seconds"`
+	// LastPointAt is the cut time of the newest acknowledged point.
+	LastPointAt time.Time `json:"last_point_at,omitzero"`
 }
 
 // Status reports every VM, sorted by name.
@@ -315,7 +341,11 @@ func (p *SourceProxy) Status() []SourceVMStatus {
 		st := SourceVMStatus{VM: v.name, FilterConnected: v.filter != nil, TargetConnected: v.target != nil,
 			Rule: v.rule, Encrypted: v.encrypted,
 			Received: v.received, LastPoint: v.lastCut, AckedPoint: v.acked, PendingBytes: v.pendingBytes,
-			QueuedPoints: len(v.points), Blocked: v.blocked, Points: v.statPoints, RawBytes: v.statRaw, WireBytes: v.statWire}
+			QueuedPoints: len(v.points), Blocked: v.blocked, Points: v.statPoints, RawBytes: v.statRaw, WireBytes: v.statWire,
+			AckLagSeconds: v.ackLag.Seconds(), LastPointAt: v.lastPointAt}
+		if v.route != nil {
+			st.TaskID, st.Target = v.route.TaskID, v.route.Target
+		}
 		for _, pt := range v.points {
 			st.QueuedBytes += pt.size
 			if pt.spill != "" {

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,6 +24,13 @@ type sourceVM struct {
 	log   *slog.Logger
 	disks []wire.Disk
 
+	ctx        context.Context // ends when the VM is dropped or the proxy closes
+	cancel     context.CancelFunc
+	route      *sourceRoute // nil: the proxy's static target and rules
+	routeGen   int          // bumped when the route changes under a session
+	rpoChanged chan struct{}
+	dropped    bool
+
 	filter    *wire.Conn
 	filterGen int
 	target    *wire.Conn
@@ -37,6 +46,7 @@ type sourceVM struct {
 	received     uint64 // highest sequence accepted
 	maps         map[int32]*sourceExtentMap
 	pendingBytes int64
+	inflight     int64     // bytes of cut intervals not yet encoded
 	flags        uint8     // wire.Flag* seen in the open interval
 	oldest       time.Time // first write of the open interval
 	resyncing    bool
@@ -47,6 +57,9 @@ type sourceVM struct {
 	points  []*sourcePoint // cut, not yet acknowledged, in ID order
 	sendIdx int
 	acked   uint64
+
+	ackLag      time.Duration // write-to-durable lag of the newest acknowledged point
+	lastPointAt time.Time     // cut time of the newest acknowledged point
 
 	statPoints, statRaw, statWire int64
 }
@@ -60,6 +73,7 @@ type sourcePoint struct {
 	spill  string
 	size   int64
 	oldest time.Time
+	cutAt  time.Time
 }
 
 // write adds one filter write to the open interval; a resent write that is
@@ -67,6 +81,10 @@ type sourcePoint struct {
 func (v *sourceVM) write(w *wire.Write) error {
 	p := v.p
 	p.mu.Lock()
+	if v.dropped {
+		p.mu.Unlock()
+		return errDropped
+	}
 	if w.Seq <= v.received {
 		p.mu.Unlock()
 		return nil
@@ -122,6 +140,10 @@ func (v *sourceVM) marker(m *wire.Marker) error {
 	v.cutMu.Lock()
 	defer v.cutMu.Unlock()
 	p.mu.Lock()
+	if v.dropped {
+		p.mu.Unlock()
+		return errDropped
+	}
 	v.received = m.Seq
 	if m.Kind == wire.MarkerInitialSyncDone {
 		v.initMarkerSeen = true
@@ -143,7 +165,7 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 	p := v.p
 	p.mu.Lock()
 	id := v.received
-	if id <= v.lastCut || (marker == wire.MarkerNone && len(v.maps) == 0) {
+	if v.dropped || id <= v.lastCut || (marker == wire.MarkerNone && len(v.maps) == 0) {
 		p.mu.Unlock()
 		return nil
 	}
@@ -173,6 +195,7 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 	}
 	v.maps = map[int32]*sourceExtentMap{}
 	v.pendingBytes, v.flags, v.oldest = 0, 0, time.Time{}
+	v.inflight += pending
 	v.lastCut = id
 	p.mu.Unlock()
 
@@ -182,8 +205,10 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 	select {
 	case v.encq <- job:
 		return nil
-	case <-p.ctx.Done():
-		return p.ctx.Err()
+	case <-v.ctx.Done():
+		// a dropped VM's bytes were released with it; on Close nothing
+		// matters any more
+		return v.ctx.Err()
 	}
 }
 
@@ -215,6 +240,10 @@ func (v *sourceVM) encode(job *sourceCutJob) {
 	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, VM: v.name})
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if v.dropped {
+		return // its bytes were released by dropLocked
+	}
+	v.inflight -= job.pending
 	p.memBytes -= job.pending
 	p.cond.Broadcast()
 	if err != nil {
@@ -226,7 +255,8 @@ func (v *sourceVM) encode(job *sourceCutJob) {
 		}
 		return
 	}
-	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen, oldest: job.oldest}
+	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen, oldest: job.oldest,
+		cutAt: time.Unix(0, pt.Time)}
 	v.statPoints++
 	v.statRaw += int64(pt.RawLen)
 	v.statWire += sp.size
@@ -277,7 +307,7 @@ func (sp *sourcePoint) load() (*wire.Point, error) {
 // returns the filter connection to forward the acknowledgement to.
 func (v *sourceVM) ackPointsLocked(id uint64) *wire.Conn {
 	p := v.p
-	if id <= v.acked {
+	if v.dropped || id <= v.acked {
 		return nil
 	}
 	v.acked = id
@@ -285,13 +315,10 @@ func (v *sourceVM) ackPointsLocked(id uint64) *wire.Conn {
 	now := time.Now()
 	for k < len(v.points) && v.points[k].id <= id {
 		sp := v.points[k]
-		if sp.spill != "" {
-			os.Remove(sp.spill)
-			p.spillUsed -= sp.size
-		} else {
-			p.memBytes -= sp.size
-		}
-		sourceLag.Observe(now.Sub(sp.oldest).Seconds())
+		p.releaseLocked(sp)
+		lag := now.Sub(sp.oldest)
+		sourceLag.Observe(lag.Seconds())
+		v.ackLag, v.lastPointAt = lag, sp.cutAt
 		v.points[k] = nil
 		k++
 	}
@@ -310,14 +337,23 @@ func (v *sourceVM) forwardAck(c *wire.Conn, id uint64) {
 	}
 }
 
-// cutLoop cuts once per RPO.
+// cutLoop cuts once per RPO; a new RPO from Configure applies at once.
 func (v *sourceVM) cutLoop(ctx context.Context) {
-	t := time.NewTicker(v.p.cfg.RPO)
+	p := v.p
+	p.mu.Lock()
+	rpo := v.rpoLocked()
+	p.mu.Unlock()
+	t := time.NewTicker(rpo)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-v.rpoChanged:
+			p.mu.Lock()
+			rpo = v.rpoLocked()
+			p.mu.Unlock()
+			t.Reset(rpo)
 		case <-t.C:
 			if err := v.cut(wire.MarkerNone); err != nil {
 				v.log.Warn("cut", "err", err)
@@ -333,13 +369,27 @@ func (v *sourceVM) targetLoop(ctx context.Context) {
 
 func (v *sourceVM) targetSession(ctx context.Context) error {
 	p := v.p
+	p.mu.Lock()
+	route, gen := v.route, v.routeGen
+	p.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	nc, err := p.cfg.DialTarget(dctx)
+	var nc net.Conn
+	var err error
+	if route != nil {
+		nc, err = p.cfg.DialAddr(dctx, route.Target)
+	} else {
+		nc, err = p.cfg.DialTarget(dctx)
+	}
 	cancel()
 	if err != nil {
-		return fmt.Errorf("dial target proxy: %w", err)
+		return fmt.Errorf("dial target proxy %s: %w", routeTarget(route), err)
 	}
-	pol := p.policyFor(nc)
+	var pol trafficPolicy
+	if route != nil {
+		pol = policyForRoute(route, nc)
+	} else {
+		pol = p.policyFor(nc)
+	}
 	c := wire.NewConn(nc)
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -356,6 +406,15 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 		return fmt.Errorf("target proxy refused the session: %s", ack.Err)
 	}
 	p.mu.Lock()
+	if v.routeGen != gen || v.dropped {
+		p.mu.Unlock()
+		return errors.New("route changed during the handshake")
+	}
+	if ack.Resume < v.acked {
+		// the target side forgot points it had acknowledged: they are not
+		// in this proxy any more, only a resync can bring them back
+		v.log.Warn("target resumes before the last acknowledged point", "resume", ack.Resume, "acked", v.acked)
+	}
 	v.target = c
 	v.targetKnown = true
 	v.targetResume = ack.Resume
@@ -365,7 +424,7 @@ func (v *sourceVM) targetSession(ctx context.Context) error {
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	v.forwardAck(fc, ack.Resume)
-	v.log.Info("connected to target proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone,
+	v.log.Info("connected to target proxy", "target", routeTarget(route), "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone,
 		"rule", pol.rule, "encrypt", pol.sealer != nil)
 
 	done := make(chan struct{})
@@ -443,10 +502,10 @@ func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}, pol traff
 	p := v.p
 	for {
 		p.mu.Lock()
-		for v.sendIdx >= len(v.points) && !p.closed && !isDone(done) {
+		for v.sendIdx >= len(v.points) && !p.closed && !v.dropped && !isDone(done) {
 			p.cond.Wait()
 		}
-		if p.closed || isDone(done) {
+		if p.closed || v.dropped || isDone(done) {
 			p.mu.Unlock()
 			return nil
 		}
@@ -466,13 +525,27 @@ func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}, pol traff
 			size = int64(len(m.Payload)) + wire.PointFixedLen
 		}
 		if pol.bucket != nil {
-			if err := pol.bucket.take(p.ctx, size); err != nil {
+			if err := pol.bucket.take(v.ctx, size); err != nil {
 				return err
 			}
 		}
 		if err := c.Send(m); err != nil {
 			return fmt.Errorf("send point %d: %w", sp.id, err)
 		}
+	}
+}
+
+// errDropped ends the filter session of a VM removed from the configuration.
+var errDropped = errors.New("vm removed from this proxy's configuration")
+
+// releaseLocked frees the memory or spill space of a point. Called with mu
+// held.
+func (p *SourceProxy) releaseLocked(sp *sourcePoint) {
+	if sp.spill != "" {
+		os.Remove(sp.spill)
+		p.spillUsed -= sp.size
+	} else {
+		p.memBytes -= sp.size
 	}
 }
 

@@ -33,6 +33,9 @@ type TargetConfig struct {
 	Sealer *wire.Sealer
 	// VMs, when not empty, are the only VMs accepted; any other is foreign.
 	VMs []string
+	// Managed takes every VM, its target filter and its key from
+	// Configure; until then every VM is foreign.
+	Managed bool
 	// HandshakeTimeout bounds Hello/HelloAck on both hops. Default 30s.
 	HandshakeTimeout time.Duration
 	// IdleTimeout drops a source connection silent for this long (the
@@ -60,6 +63,14 @@ type Target struct {
 	listeners map[net.Listener]bool
 	closed    bool
 	wg        sync.WaitGroup
+	routes    map[string]*targetRoute           // managed: the configured VMs
+	sessions  map[*wire.Conn]targetSessionEntry // open sessions, to close on a route change
+}
+
+// targetSessionEntry is an open source session and the route it runs.
+type targetSessionEntry struct {
+	vm    string
+	route *targetRoute
 }
 
 type targetMetrics struct {
@@ -104,7 +115,7 @@ func newTargetMetrics(r prometheus.Registerer) (*targetMetrics, error) {
 
 // NewTarget checks cfg and builds a target proxy.
 func NewTarget(cfg TargetConfig) (*Target, error) {
-	if cfg.DialFilter == nil && cfg.FilterAddr == "" && len(cfg.FilterAddrs) == 0 {
+	if !cfg.Managed && cfg.DialFilter == nil && cfg.FilterAddr == "" && len(cfg.FilterAddrs) == 0 {
 		return nil, errors.New("target proxy: no target filter address configured")
 	}
 	if cfg.NodeID == "" {
@@ -126,7 +137,11 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Target{cfg: cfg, log: cfg.Logger, m: m, conns: map[net.Conn]bool{}, listeners: map[net.Listener]bool{}}
+	t := &Target{cfg: cfg, log: cfg.Logger, m: m, conns: map[net.Conn]bool{}, listeners: map[net.Listener]bool{},
+		sessions: map[*wire.Conn]targetSessionEntry{}}
+	if cfg.Managed {
+		t.routes = map[string]*targetRoute{}
+	}
 	if len(cfg.VMs) > 0 {
 		t.allowed = map[string]bool{}
 		for _, vm := range cfg.VMs {
@@ -217,13 +232,16 @@ func (t *Target) filterAddr(vm string) string {
 	return t.cfg.FilterAddr
 }
 
-func (t *Target) dialFilter(ctx context.Context, vm string) (net.Conn, error) {
+func (t *Target) dialFilter(ctx context.Context, vm string, route *targetRoute) (net.Conn, error) {
+	addr := t.filterAddr(vm)
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.HandshakeTimeout)
 	defer cancel()
 	if t.cfg.DialFilter != nil {
 		return t.cfg.DialFilter(ctx, vm)
 	}
-	addr := t.filterAddr(vm)
+	if route != nil {
+		addr = route.Filter
+	}
 	if t.cfg.FilterTLS != nil {
 		d := tls.Dialer{Config: t.cfg.FilterTLS}
 		return d.DialContext(ctx, "tcp", addr)
@@ -272,17 +290,42 @@ func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) 
 	if !ok {
 		return t.reject(log, "handshake", fmt.Errorf("got %s before Hello", m.Type()))
 	}
+	return t.sessionHello(ctx, src, h, log)
+}
+
+// sessionHello is session once the Hello is read.
+func (t *Target) sessionHello(ctx context.Context, src *wire.Conn, h *wire.Hello, log *slog.Logger) error {
 	log = log.With("vm", h.VM)
 	if h.Role != wire.RoleSourceProxy || h.VM == "" {
 		_ = src.Send(&wire.HelloAck{Err: fmt.Sprintf("unexpected hello from role %q for vm %q", h.Role, h.VM)})
 		return t.reject(log, "handshake", fmt.Errorf("hello from role %q vm %q", h.Role, h.VM))
 	}
-	if (t.allowed != nil && !t.allowed[h.VM]) || (t.cfg.DialFilter == nil && t.filterAddr(h.VM) == "") {
+	if (t.allowed != nil && !t.allowed[h.VM]) || (!t.cfg.Managed && t.cfg.DialFilter == nil && t.filterAddr(h.VM) == "") {
 		_ = src.Send(&wire.HelloAck{Err: fmt.Sprintf("vm %q is not served by this proxy", h.VM)})
 		return t.reject(log, "foreign_vm", fmt.Errorf("unknown vm %q", h.VM))
 	}
+	sealer := t.cfg.Sealer
+	var route *targetRoute
+	if t.cfg.Managed {
+		t.mu.Lock()
+		route = t.routes[h.VM]
+		if route != nil {
+			t.sessions[src] = targetSessionEntry{vm: h.VM, route: route}
+		}
+		t.mu.Unlock()
+		if route == nil {
+			_ = src.Send(&wire.HelloAck{Err: fmt.Sprintf("vm %q is not served by this proxy", h.VM)})
+			return t.reject(log, "foreign_vm", fmt.Errorf("vm %q is not in this proxy's configuration", h.VM))
+		}
+		defer func() {
+			t.mu.Lock()
+			delete(t.sessions, src)
+			t.mu.Unlock()
+		}()
+		sealer = route.sealerFor(src.NetConn())
+	}
 
-	fc, err := t.dialFilter(ctx, h.VM)
+	fc, err := t.dialFilter(ctx, h.VM, route)
 	if err != nil {
 		_ = src.Send(&wire.HelloAck{Err: "target filter unreachable"})
 		return fmt.Errorf("dial target filter for %s: %w", h.VM, err)
@@ -316,7 +359,7 @@ func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) 
 		dst.Close()
 		ackDone <- err
 	}()
-	fwdErr := t.forward(src, dst, h.VM, resume, log)
+	fwdErr := t.forward(src, dst, h.VM, resume, sealer, log)
 	// Either side failing ends both: closing the connections unblocks the
 	// other goroutine.
 	src.Close()
@@ -330,8 +373,8 @@ func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) 
 
 // forward reads frames from the source proxy, verifies and decodes each
 // point and hands it to the target filter in clear and uncompressed.
-func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slog.Logger) error {
-	opts := wire.PointOptions{Sealer: t.cfg.Sealer, VM: vm, MaxRawLen: t.cfg.MaxPointBytes}
+func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, sealer *wire.Sealer, log *slog.Logger) error {
+	opts := wire.PointOptions{Sealer: sealer, VM: vm, MaxRawLen: t.cfg.MaxPointBytes}
 	var last uint64 // every point ID must exceed the previous one
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(t.cfg.IdleTimeout))
@@ -353,7 +396,7 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, log *slo
 			out, _, err := wire.OpenPoint(v, opts)
 			if err != nil {
 				reason := "bad_point"
-				if errors.Is(err, wire.ErrAuth) || (v.Encrypted != (t.cfg.Sealer != nil)) {
+				if errors.Is(err, wire.ErrAuth) || (v.Encrypted != (sealer != nil)) {
 					reason = "foreign"
 				}
 				return t.reject(log, reason, err)
