@@ -47,6 +47,7 @@ const (
 	CmdDeleteToken        CmdType = 26
 	CmdPutCoordinator     CmdType = 27
 	CmdDeleteCoordinator  CmdType = 28
+	CmdComponentHeartbeat CmdType = 29
 )
 
 // Command is a state change proposed through Node.Apply.

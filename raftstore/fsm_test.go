@@ -92,7 +92,7 @@ func (g cmdGen) policy() model.Policy {
 
 func (g cmdGen) next() Command {
 	create := g.r.Intn(2) == 0
-	switch g.r.Intn(28) {
+	switch g.r.Intn(29) {
 	case 0:
 		v := testVCenter(g.id("vc"), g.name())
 		v.PasswordSealed = g.bytes()
@@ -138,6 +138,7 @@ func (g cmdGen) next() Command {
 		return DeletePolicy{ID: g.id("pol")}
 	case 16:
 		return PutTask{Task: model.VMTask{ID: g.id("t"), PolicyID: g.id("pol"), VMMoRef: "vm-1", Status: model.StatusSyncing,
+			SourceHost: g.id("h"), SourceProxy: g.id("px"),
 			Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1 << 20}}, LagSeconds: float64(g.r.Intn(10)) / 4, UpdatedAt: g.at()}}
 	case 17:
 		return DeleteTask{ID: g.id("t")}
@@ -162,12 +163,30 @@ func (g cmdGen) next() Command {
 		return DeleteToken{ID: g.id("tok")}
 	case 26:
 		return PutToken{Token: model.Token{ID: g.id("tok"), Role: model.TokenAdmin, SHA256: "ab", CreatedAt: g.at()}}
+	case 27:
+		return g.heartbeat()
 	default:
 		if g.r.Intn(2) == 0 {
 			return DeleteCoordinator{ID: g.id("co")}
 		}
 		return PutCoordinator{Coordinator: model.Coordinator{ID: g.id("co"), RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"}}
 	}
+}
+
+func (g cmdGen) heartbeat() Command {
+	c := ComponentHeartbeat{Kind: model.ComponentFilter, ID: g.id("h"), At: g.at(), DataAddr: "127.0.0.1:7000"}
+	if g.r.Intn(2) == 0 {
+		c.Kind, c.ID = model.ComponentProxy, g.id("px")
+	}
+	statuses := []model.VMStatus{model.StatusInitialSync, model.StatusSyncing, model.StatusCBT, "Bogus"}
+	for range g.r.Intn(3) {
+		v := model.VMReport{TaskID: g.id("t"), LagSeconds: float64(g.r.Intn(40)), SyncDoneBytes: int64(g.r.Intn(10)), SyncTotalBytes: 10}
+		if c.Kind == model.ComponentFilter || g.r.Intn(4) == 0 {
+			v.Status = statuses[g.r.Intn(len(statuses))]
+		}
+		c.VMs = append(c.VMs, v)
+	}
+	return c
 }
 
 func snapshotOf(t testing.TB, f *FSM) raft.FSMSnapshot {
@@ -370,8 +389,8 @@ func TestEveryCommandTypeRegistered(t *testing.T) {
 			t.Fatalf("round trip of %T: got %#v", c, d)
 		}
 	}
-	if len(allCommands()) != int(CmdDeleteCoordinator) {
-		t.Fatalf("allCommands lists %d commands, %d types exist", len(allCommands()), CmdDeleteCoordinator)
+	if len(allCommands()) != int(CmdComponentHeartbeat) {
+		t.Fatalf("allCommands lists %d commands, %d types exist", len(allCommands()), CmdComponentHeartbeat)
 	}
 }
 
@@ -393,6 +412,8 @@ func allCommands() []Command {
 		PutTenant{Tenant: model.Tenant{ID: "tn1", Name: "tn", KeySealed: []byte{1, 2}, CreatedAt: t0}}, DeleteTenant{ID: "tn1"},
 		PutToken{Token: model.Token{ID: "tok1", Role: model.TokenJoin, SHA256: "ff", CreatedAt: t0}}, DeleteToken{ID: "tok1"},
 		PutCoordinator{Coordinator: model.Coordinator{ID: "n1", RaftAddr: "127.0.0.1:1"}}, DeleteCoordinator{ID: "n1"},
+		ComponentHeartbeat{Kind: model.ComponentFilter, ID: "vc1/host-1", At: t0, DataAddr: "127.0.0.1:7000",
+			VMs: []model.VMReport{{TaskID: "t1", VM: "vm", Status: model.StatusSyncing, LastPointAt: t0}}},
 	}
 }
 
