@@ -39,6 +39,7 @@ type DataPath struct {
 	Task        model.VMTask
 	Policy      model.Policy // RPO and retention
 	SourceHost  string       // host MoRef the VM runs on
+	TargetHost  string       // host MoRef the replica is on (its target filter)
 	SourceProxy model.Proxy
 	TargetProxy model.Proxy
 	Rules       []model.TrafficRule

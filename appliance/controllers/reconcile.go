@@ -755,7 +755,7 @@ func (r *PolicyReconciler) parallel(ws []*work, fn func(*work)) {
 // upToDate reports whether the stored task already describes the VM as it
 // is: replica known, every disk paired with equal capacity and profiled.
 func upToDate(t *model.VMTask, vm *vsphere.VM, profile string, rep *model.Replica) bool {
-	if t.ReplicaID == "" || rep == nil || len(t.Disks) != len(vm.Disks) {
+	if t.ReplicaID == "" || rep == nil || t.TargetHost == "" || len(t.Disks) != len(vm.Disks) {
 		return false
 	}
 	for _, d := range vm.Disks {
@@ -834,6 +834,10 @@ func (r *PolicyReconciler) prepareVM(ctx context.Context, vc Inventory, p *model
 	}
 	w.rep = &rep
 	w.next.ReplicaID, w.next.Disks, w.next.SyncTotalBytes = rep.ID, disks, total
+	// The replica's host runs the target filter that keeps its journal.
+	if rvm.Host != "" {
+		w.next.TargetHost = p.Target.VCenterID + "/" + rvm.Host
+	}
 	return nil
 }
 
@@ -899,7 +903,7 @@ func clusterOfHost(inv *vsphere.Inventory, moref string) string {
 func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) error {
 	p := sn.policy
 	dp := DataPath{
-		Task: w.next, Policy: *p, SourceHost: w.vm.Host,
+		Task: w.next, Policy: *p, SourceHost: w.vm.Host, TargetHost: trimVC(w.next.TargetHost),
 		SourceProxy: *sn.proxies[w.next.SourceProxy], TargetProxy: *sn.proxies[w.next.TargetProxy],
 		Rules: sn.rules,
 	}

@@ -75,6 +75,10 @@ func checkConfigured(t *testing.T, l *lab, st Store, comps *fakeComponents, p mo
 		if dp.SourceProxy.ID != tk.SourceProxy || dp.TargetProxy.ID != tk.TargetProxy || dp.Policy.RPO != p.RPO || dp.SourceHost != src.Host {
 			t.Fatalf("pushed %+v for task %+v", dp, tk)
 		}
+		// The target filter is the one on the replica's host.
+		if rvm.Host == "" || tk.TargetHost != p.Target.VCenterID+"/"+rvm.Host || dp.TargetHost != rvm.Host {
+			t.Fatalf("task %s: target host %q (pushed %q), replica on %q", id, tk.TargetHost, dp.TargetHost, rvm.Host)
+		}
 	}
 	return tasks
 }
