@@ -30,7 +30,9 @@ const seqUnsent = ^uint64(0)
 
 // openDirtyMap opens or creates the bitmap file. A file of the wrong size
 // (another block size or capacity) cannot be trusted: every block is dirty.
-func openDirtyMap(path string, capacity, blockSize int64) (*dirtyMap, error) {
+// A new bitmap is clean, unless the disk already had data (unknown): then
+// nothing says what of it the target has, and every block is dirty.
+func openDirtyMap(path string, capacity, blockSize int64, unknown bool) (*dirtyMap, error) {
 	n := (capacity + blockSize - 1) / blockSize
 	size := (n + 7) / 8
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -49,7 +51,7 @@ func openDirtyMap(path string, capacity, blockSize int64) (*dirtyMap, error) {
 			f.Close()
 			return nil, fmt.Errorf("read dirty bitmap %s: %w", path, err)
 		}
-	case st.Size() == 0:
+	case st.Size() == 0 && !unknown:
 		// new disk: nothing is dirty, the initial sync covers it
 		if err := f.Truncate(size); err != nil {
 			f.Close()
@@ -112,6 +114,23 @@ func (d *dirtyMap) mark(off, length int64, seq uint64) error {
 	}
 	if _, err := d.f.WriteAt(d.bits[lo:hi+1], lo); err != nil {
 		return fmt.Errorf("write dirty bitmap: %w", err)
+	}
+	return nil
+}
+
+// markAll makes every block dirty and never sent, durably: the state of
+// the disk at the target is unknown.
+func (d *dirtyMap) markAll() error {
+	clear(d.last)
+	for i := range d.bits {
+		d.bits[i] = 0xff
+	}
+	d.ndirty = int(d.nblocks)
+	if _, err := d.f.WriteAt(d.bits, 0); err != nil {
+		return fmt.Errorf("write dirty bitmap: %w", err)
+	}
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("sync dirty bitmap: %w", err)
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/continuum-cdp/continuum/filter/nbd"
 )
 
 // DiskConfig is one protected disk.
@@ -22,6 +24,16 @@ type DiskConfig struct {
 type VMConfig struct {
 	Name  string       `json:"name"`
 	Disks []DiskConfig `json:"disks"`
+	// Proxy is the data address of the VM's source proxy; empty uses
+	// Options.Dial (one proxy for every VM).
+	Proxy string `json:"proxy,omitempty"`
+}
+
+// Exporter publishes the protected disks to their writers (the NBD server
+// implements it): a disk is added once open and removed before it closes.
+type Exporter interface {
+	AddExport(nbd.Export) error
+	RemoveExport(name string) error
 }
 
 // Options configure a Service.
@@ -29,8 +41,18 @@ type Options struct {
 	NodeID    string
 	Datastore string // source datastore directory
 	VMs       []VMConfig
-	// Dial opens a connection to the source proxy (TLS is the caller's choice).
+	// Dial opens a connection to the source proxy of VMs without their own
+	// Proxy address (TLS is the caller's choice).
 	Dial func(ctx context.Context) (net.Conn, error)
+	// DialProxy opens a connection to the source proxy at addr, for VMs
+	// that name their proxy.
+	DialProxy func(ctx context.Context, addr string) (net.Conn, error)
+	// Exports, if set, gets every disk as an NBD export while it is open.
+	Exports Exporter
+	// Exclusive locks each VM's folder (flock) while the VM is open here,
+	// so that two filters sharing a datastore never run the same VM at
+	// once (a vMotion hands it over only once the old host let it go).
+	Exclusive bool
 	// BufferBytes bounds the unacknowledged writes held per VM; beyond it the
 	// VM goes to CBT mode. Default 256 MiB.
 	BufferBytes int64
@@ -91,14 +113,27 @@ func (o *Options) Validate() error {
 	if o.Datastore == "" {
 		errs = append(errs, errors.New("datastore directory is required"))
 	}
-	if o.Dial == nil {
+	if o.Dial == nil && o.DialProxy == nil {
 		errs = append(errs, errors.New("a dialer for the source proxy is required"))
 	}
 	if o.BlockSize > 0 && o.BlockSize%512 != 0 {
 		errs = append(errs, fmt.Errorf("block size %d is not a multiple of 512", o.BlockSize))
 	}
+	errs = append(errs, o.validateVMs(o.VMs))
+	return errors.Join(errs...)
+}
+
+// validateVMs checks a list of wanted VMs.
+func (o *Options) validateVMs(vms []VMConfig) error {
+	var errs []error
 	seen := map[string]bool{}
-	for _, vm := range o.VMs {
+	for _, vm := range vms {
+		if vm.Proxy == "" && o.Dial == nil {
+			errs = append(errs, fmt.Errorf("vm %q names no source proxy and there is no default one", vm.Name))
+		}
+		if vm.Proxy != "" && o.DialProxy == nil {
+			errs = append(errs, fmt.Errorf("vm %q names source proxy %s but the filter cannot dial by address", vm.Name, vm.Proxy))
+		}
 		if vm.Name == "" || strings.ContainsAny(vm.Name, "/\\") || vm.Name == "." || vm.Name == ".." {
 			errs = append(errs, fmt.Errorf("vm name %q is not a valid folder name", vm.Name))
 		}

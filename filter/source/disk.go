@@ -52,6 +52,7 @@ func openDisk(v *vmState, dir string, i int, c DiskConfig, blockSize int64) (*Di
 		f.Close()
 		return nil, fmt.Errorf("stat disk %s: %w", path, err)
 	}
+	hadData := st.Size() > 0
 	switch {
 	case st.Size() > c.Capacity:
 		f.Close()
@@ -63,7 +64,7 @@ func openDisk(v *vmState, dir string, i int, c DiskConfig, blockSize int64) (*Di
 			return nil, fmt.Errorf("size disk %s: %w", path, err)
 		}
 	}
-	dm, err := openDirtyMap(filepath.Join(dir, fmt.Sprintf(".%s-%d.dirty", v.name, c.Key)), c.Capacity, blockSize)
+	dm, err := openDirtyMap(filepath.Join(dir, fmt.Sprintf(".%s-%d.dirty", v.name, c.Key)), c.Capacity, blockSize, hadData)
 	if err != nil {
 		f.Close()
 		return nil, err

@@ -14,35 +14,52 @@ func (v *vmState) startScanLocked(mode Mode) {
 	gen := v.scanGen
 	v.mode = mode
 	v.scanning = true
+	v.rescan = false
 	v.scanStart = time.Now()
 	v.scanBytes = 0
-	var plan [][]span
+	v.scanTotal = 0
+	// the plan holds its disks: a disk added meanwhile waits for the next scan
+	plan := make([]diskPlan, 0, len(v.disks))
 	if mode == ModeInitial {
+		v.addedSync = false
 		v.reason = "reading every block of the disks"
 		for _, d := range v.disks {
 			d.scanDone = 0
-			plan = append(plan, []span{{0, d.capacity}})
+			plan = append(plan, diskPlan{d, []span{{0, d.capacity}}})
+			v.scanTotal += d.capacity
 		}
 	} else {
-		v.reason = "resending the blocks changed while the path was down"
+		if !v.addedSync {
+			v.reason = "resending the blocks changed while the path was down"
+		}
 		if _, err := v.markerLocked(wire.MarkerResyncStart); err != nil {
 			v.log.Error("resync start marker", "err", err)
 			v.scanning = false
 			return
 		}
 		for _, d := range v.disks {
-			plan = append(plan, d.dirty.dirtyRuns(d.capacity, v.opts.ScanChunk))
+			runs := d.dirty.dirtyRuns(d.capacity, v.opts.ScanChunk)
+			for _, r := range runs {
+				v.scanTotal += r.end - r.off
+			}
+			plan = append(plan, diskPlan{d, runs})
 		}
 	}
-	v.log.Info("sync scan started", "mode", mode.String())
+	v.log.Info("sync scan started", "mode", mode.String(), "bytes", v.scanTotal)
 	v.scanWG.Add(1)
 	go func() { defer v.scanWG.Done(); v.scan(gen, mode, plan) }()
+}
+
+// diskPlan is what a scan reads of one disk.
+type diskPlan struct {
+	d     *Disk
+	spans []span
 }
 
 // scan reads the planned ranges chunk by chunk. Each chunk is read under its
 // block lock and stamped before the lock is released, so a guest write of
 // the same blocks is ordered before or after it, never interleaved.
-func (v *vmState) scan(gen int, mode Mode, plan [][]span) {
+func (v *vmState) scan(gen int, mode Mode, plan []diskPlan) {
 	flags := wire.FlagInitial
 	if mode == ModeResync {
 		flags = wire.FlagResync
@@ -50,8 +67,9 @@ func (v *vmState) scan(gen int, mode Mode, plan [][]span) {
 	chunk := v.opts.ScanChunk
 	buf := make([]byte, chunk)
 	zero := make([]byte, chunk)
-	for i, d := range v.disks {
-		for _, r := range plan[i] {
+	for _, p := range plan {
+		d := p.d
+		for _, r := range p.spans {
 			for off := r.off; off < r.end; off += chunk {
 				n := min(chunk, r.end-off)
 				if !v.waitRoom(gen, entryOverhead+n) {
@@ -111,6 +129,9 @@ func (v *vmState) scan(gen int, mode Mode, plan [][]span) {
 	}
 	v.scanning = false
 	v.mode, v.reason = ModeSyncing, ""
+	if !v.rescan {
+		v.addedSync = false
+	}
 	v.log.Info("sync scan done", "mode", mode.String(), "bytes", v.scanBytes, "seconds", time.Since(v.scanStart).Seconds())
 }
 

@@ -326,7 +326,7 @@ func TestOptionsValidate(t *testing.T) {
 // size makes every block dirty.
 func TestDirtyMapPersists(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "d")
-	m, err := openDirtyMap(p, 1<<20, 4096)
+	m, err := openDirtyMap(p, 1<<20, 4096, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestDirtyMapPersists(t *testing.T) {
 	m.mark(900000, 1, 4)
 	m.ack(3)
 	m.close()
-	m, _ = openDirtyMap(p, 1<<20, 4096)
+	m, _ = openDirtyMap(p, 1<<20, 4096, false)
 	// clearing was not written yet: all four blocks are still dirty
 	if m.count() != 4 {
 		t.Fatalf("%d dirty blocks after reopen, want 4", m.count())
@@ -350,7 +350,7 @@ func TestDirtyMapPersists(t *testing.T) {
 		t.Fatalf("runs %v", runs)
 	}
 	m.close()
-	m, _ = openDirtyMap(p, 2<<20, 4096)
+	m, _ = openDirtyMap(p, 2<<20, 4096, false)
 	if m.count() != 512 {
 		t.Fatalf("%d dirty blocks with a mismatched file, want all 512", m.count())
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/continuum-cdp/continuum/internal/wire"
@@ -15,36 +16,57 @@ func (v *vmState) run(ctx context.Context) {
 	wire.KeepSession(ctx, v.log, "source proxy", v.sessionOnce)
 }
 
-func (v *vmState) hello() *wire.Hello {
+// hello is the session's greeting and the generation it was made for.
+func (v *vmState) hello() (*wire.Hello, string, int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	h := &wire.Hello{Role: wire.RoleSourceFilter, NodeID: v.opts.NodeID, VM: v.name, Resume: v.acked}
 	for _, d := range v.disks {
 		h.Disks = append(h.Disks, wire.Disk{Key: d.key, Capacity: d.capacity})
 	}
-	return h
+	return h, v.proxy, v.gen
+}
+
+func (v *vmState) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if addr == "" {
+		return v.opts.Dial(ctx)
+	}
+	return v.opts.DialProxy(ctx, addr)
+}
+
+// kickLocked ends the current session (its Hello no longer describes the
+// VM, or the proxy changed); the next one starts at once and resends
+// everything not acknowledged.
+func (v *vmState) kickLocked() {
+	v.gen++
+	if s := v.session; s != nil {
+		s.stale = true
+		s.conn.Close()
+	}
+	v.cond.Broadcast()
 }
 
 func (v *vmState) sessionOnce(ctx context.Context) error {
+	h, addr, gen := v.hello()
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	nc, err := v.opts.Dial(dctx)
+	nc, err := v.dial(dctx, addr)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("dial source proxy: %w", err)
+		return fmt.Errorf("dial source proxy %s: %w", addr, err)
 	}
 	c := wire.NewConn(nc)
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	// the proxy may wait for the target before it answers
-	ack, err := wire.Greet(c, v.hello(), 60*time.Second)
+	ack, err := wire.Greet(c, h, 60*time.Second)
 	if err != nil {
 		return err
 	}
 	if ack.Err != "" {
 		return fmt.Errorf("source proxy refused the session: %s", ack.Err)
 	}
-	s := &session{}
+	s := &session{gen: gen, conn: c}
 	v.mu.Lock()
 	err = v.connectedLocked(ack, s)
 	v.mu.Unlock()
@@ -111,10 +133,10 @@ func (v *vmState) writeLoop(c *wire.Conn, s *session) error {
 	batch := make([]*entry, 0, 256)
 	for {
 		v.mu.Lock()
-		for !s.done && !v.closed && v.sendPos >= len(v.buf) {
+		for !s.done && !s.stale && !v.closed && v.sendPos >= len(v.buf) {
 			v.cond.Wait()
 		}
-		if s.done || v.closed {
+		if s.done || s.stale || v.closed {
 			v.mu.Unlock()
 			return nil
 		}

@@ -1,12 +1,15 @@
 package source
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/continuum-cdp/continuum/internal/model"
@@ -71,9 +74,15 @@ const entryOverhead = 64
 
 type vmState struct {
 	name  string
+	dir   string
 	opts  *Options
 	log   *slog.Logger
-	disks []*Disk
+	lock  *os.File // the folder lock of an exclusive filter
+	disks []*Disk  // guarded by mu once running; appended only
+
+	// run stops the VM's stream; runWG waits for its goroutines
+	cancel context.CancelFunc
+	runWG  sync.WaitGroup
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -96,26 +105,49 @@ type vmState struct {
 	scanning      bool
 	cbtSince      time.Time
 	closed        bool
+	// proxy is the source proxy's address ("" : Options.Dial); gen counts
+	// changes that need a new session (another proxy, another disk list),
+	// so a session greeted with an older Hello is not used.
+	proxy string
+	gen   int
+	// rescan: disks were added while running; the next session starts
+	// the scan that syncs them. addedSync: the running resync is that
+	// scan (reported as an initial sync).
+	rescan    bool
+	addedSync bool
 
 	// statistics
 	scanStart   time.Time
 	scanBytes   int64
+	scanTotal   int64
 	sentBytes   int64
 	cbtEntries  int64
 	lastAckTime time.Time
 }
 
-type session struct{ done bool }
+type session struct {
+	done  bool
+	stale bool // superseded: send nothing more, the next session resends
+	gen   int
+	conn  *wire.Conn
+}
 
 func newVM(c VMConfig, opts *Options) (*vmState, error) {
 	dir := filepath.Join(opts.Datastore, c.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create folder of vm %s: %w", c.Name, err)
 	}
-	v := &vmState{name: c.Name, opts: opts, log: opts.Logger.With("vm", c.Name),
+	v := &vmState{name: c.Name, dir: dir, opts: opts, log: opts.Logger.With("vm", c.Name),
 		seqPath: filepath.Join(dir, "."+c.Name+".seq"), mode: ModeStarting,
-		reason: "waiting for the source proxy", downSince: time.Now()}
+		reason: "waiting for the source proxy", downSince: time.Now(), proxy: c.Proxy}
 	v.cond = sync.NewCond(&v.mu)
+	if opts.Exclusive {
+		l, err := lockFolder(filepath.Join(dir, "."+c.Name+".lock"))
+		if err != nil {
+			return nil, fmt.Errorf("open vm %s: %w", c.Name, err)
+		}
+		v.lock = l
+	}
 	for i, dc := range c.Disks {
 		d, err := openDisk(v, dir, i, dc, opts.BlockSize)
 		if err != nil {
@@ -143,7 +175,31 @@ func (v *vmState) close() {
 			v.log.Warn("close disk", "disk", d.key, "err", err)
 		}
 	}
+	if v.lock != nil {
+		v.lock.Close() // releases the flock
+		v.lock = nil
+	}
 }
+
+// lockFolder takes an exclusive, non-blocking flock on path.
+func lockFolder(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open folder lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: its folder is in use by another filter (%s)", ErrInUse, path)
+		}
+		return nil, fmt.Errorf("lock folder: %w", err)
+	}
+	return f, nil
+}
+
+// ErrInUse: another filter still runs the VM (a vMotion not yet handed
+// over); applying again later succeeds once it let go.
+var ErrInUse = errors.New("vm in use")
 
 func (v *vmState) disk(key int32) *Disk {
 	for _, d := range v.disks {
@@ -282,6 +338,7 @@ func (v *vmState) enterCBTLocked(reason string) {
 	v.reason = reason
 	v.cbtSince = time.Now()
 	v.cbtEntries++
+	v.addedSync = false
 	v.buf = nil
 	v.bufBytes = 0
 	v.sendPos = 0
@@ -332,6 +389,21 @@ func (v *vmState) syncDirty(d *Disk) error {
 // connectedLocked is called when the proxy answered Hello: it drops what the
 // target already has, rewinds the send position and decides what to do.
 func (v *vmState) connectedLocked(ack *wire.HelloAck, s *session) error {
+	if s.gen != v.gen {
+		return errors.New("the session was greeted with an outdated hello")
+	}
+	if ack.Resume < v.acked {
+		// The target (another proxy's path, or a target that lost its
+		// tail) lacks writes this filter already freed: their blocks are
+		// no longer known, so every block is resent.
+		v.log.Warn("the target resumes below what it acknowledged: resending every block",
+			"resume", ack.Resume, "acked", v.acked)
+		if err := v.markAllLocked(); err != nil {
+			return err
+		}
+		v.acked = ack.Resume
+		v.rescan = true
+	}
 	v.session = s
 	if ack.Resume > v.seq {
 		v.seq = ack.Resume
@@ -345,6 +417,11 @@ func (v *vmState) connectedLocked(ack *wire.HelloAck, s *session) error {
 	v.sendPos = 0
 	if ack.InitialSyncDone {
 		v.initDone = true
+	} else if v.initDone {
+		// a target that no longer has the initial sync (a new replica)
+		// gets it again
+		v.initDone, v.initMarkerSeq = false, 0
+		v.rescan = true
 	}
 	switch v.mode {
 	case ModeStarting:
@@ -362,11 +439,29 @@ func (v *vmState) connectedLocked(ack *wire.HelloAck, s *session) error {
 			v.startScanLocked(ModeResync)
 		}
 	case ModeInitial:
-		if !v.scanning {
+		if !v.scanning || v.rescan {
 			v.startScanLocked(ModeInitial)
+		}
+	case ModeSyncing, ModeResync:
+		if v.rescan {
+			if v.initDone {
+				v.startScanLocked(ModeResync)
+			} else {
+				v.startScanLocked(ModeInitial)
+			}
 		}
 	}
 	v.cond.Broadcast()
+	return nil
+}
+
+// markAllLocked makes every block of every disk dirty and never sent.
+func (v *vmState) markAllLocked() error {
+	for _, d := range v.disks {
+		if err := d.dirty.markAll(); err != nil {
+			return fmt.Errorf("disk %d: %w", d.key, err)
+		}
+	}
 	return nil
 }
 
@@ -417,7 +512,12 @@ func (v *vmState) tick(now time.Time) {
 func (v *vmState) status(now time.Time) VMStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	st := VMStatus{VM: v.name, Status: v.mode.Status(), Mode: v.mode.String(), Reason: v.reason,
+	status := v.mode.Status()
+	if v.addedSync && (v.mode == ModeSyncing || v.mode == ModeResync) {
+		// an added disk's first copy is its initial sync
+		status = model.StatusInitialSync
+	}
+	st := VMStatus{VM: v.name, Status: status, Mode: v.mode.String(), Reason: v.reason,
 		Connected: v.session != nil, Seq: v.seq, Acked: v.acked, BufferBytes: v.bufBytes,
 		BufferEntries: len(v.buf), CBTEntries: v.cbtEntries}
 	if len(v.buf) > 0 {
@@ -435,6 +535,9 @@ func (v *vmState) status(now time.Time) VMStatus {
 		st.Disks = append(st.Disks, ds)
 	}
 	st.SyncDoneBytes, st.SyncTotalBytes = done, total
+	if v.mode == ModeResync && v.scanning {
+		st.SyncDoneBytes, st.SyncTotalBytes = v.scanBytes, v.scanTotal
+	}
 	if el := now.Sub(v.scanStart).Seconds(); v.scanning && el > 0 {
 		st.SyncRateBytesPerSec = float64(v.scanBytes) / el
 	}
