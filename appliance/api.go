@@ -85,6 +85,9 @@ type ServerConfig struct {
 	// Inventory checks a policy's vCenter references before it is
 	// proposed; nil: only the references the state holds are checked.
 	Inventory PolicyInventory
+	// OnPolicyWrite is told the ID of every policy written through this
+	// node (the reconciler's Enqueue), so nothing waits for its poll.
+	OnPolicyWrite func(policyID string)
 }
 
 // Server is the HTTPS API of one coordinator node.

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/continuum-cdp/continuum/appliance/controllers"
@@ -55,8 +57,12 @@ type CoordinatorOptions struct {
 	Logger    *slog.Logger
 	// Ready, when set, is closed once the API is serving.
 	Ready chan<- struct{}
-	// Controllers run on the leader only.
+	// Controllers run on the leader only, besides the policy reconciler
+	// and the long-term point scheduler that every node has.
 	Controllers []Controller
+	// HeartbeatTimeout: a filter or proxy not heard from for longer is
+	// dead (default 15s).
+	HeartbeatTimeout time.Duration
 }
 
 func (o *CoordinatorOptions) validate() error {
@@ -364,8 +370,15 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 	o := c.opts
 	vcenters := &controllers.Connector{Store: c.node, Unseal: c.node.Unseal, Dir: o.DataDir, Logger: c.log}
 	defer vcenters.Close(context.Background())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	loops, rec, filters, err := c.controllers(reg, vcenters)
+	if err != nil {
+		return err
+	}
+	defer filters.Close()
 	srv, err := NewServer(ServerConfig{NodeID: o.NodeID, APIAddr: o.APIAddr, RaftAddr: o.RaftAddr, Store: c.node,
-		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log,
+		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log, Registry: reg, OnPolicyWrite: rec.Enqueue,
 		Inventory: &VCenterInventory{Get: func(ctx context.Context, id string) (InventorySource, error) {
 			return vcenters.Get(ctx, id)
 		}, Logger: c.log}})
@@ -388,6 +401,9 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 	c.runner = NewLeaderRunner(c.node.LeadershipChanges(), c.node, c.log)
 	c.runner.OnChange = srv.LeadershipChanged
 	c.runner.Register(Controller{Name: "coordinator-record", Run: c.keepRecord})
+	for _, l := range loops {
+		c.runner.Register(Controller{Name: l.Name, Run: l.Run})
+	}
 	for _, ctl := range o.Controllers {
 		c.runner.Register(ctl)
 	}
@@ -425,6 +441,32 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 		}
 		return fmt.Errorf("serve API on %s: %w", o.APIAddr, err)
 	}
+}
+
+// controllers builds the leader-only loops: the policy reconciler and the
+// long-term point scheduler, reporting to reg.
+func (c *Coordinator) controllers(reg prometheus.Registerer, vcenters *controllers.Connector) ([]controllers.Loop, *controllers.PolicyReconciler, *FilterAdmin, error) {
+	o := c.opts
+	m, err := controllers.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("register controller metrics: %w", err)
+	}
+	filters := NewFilterAdmin(c.mat.ca.Cert, c.mat.cert)
+	comps := &Components{Store: c.node, Filters: filters, HeartbeatTimeout: o.HeartbeatTimeout}
+	rec, err := controllers.NewPolicyReconciler(controllers.Config{
+		Store: c.node, Inventories: vcenters.Get, Components: comps, Metrics: m, Logger: c.log,
+		KeyFor: controllers.DeriveKeys(c.node.ClusterKey()), HeartbeatTimeout: o.HeartbeatTimeout,
+	})
+	if err != nil {
+		filters.Close()
+		return nil, nil, nil, err
+	}
+	sched, err := controllers.NewScheduler(controllers.SchedulerConfig{Store: c.node, Components: comps, Metrics: m, Logger: c.log})
+	if err != nil {
+		filters.Close()
+		return nil, nil, nil, err
+	}
+	return controllers.Loops(rec, sched), rec, filters, nil
 }
 
 // catchUp waits (bounded) until the entries in the local log are applied,
@@ -588,6 +630,7 @@ before restarts from its data directory with the same command line.`,
 	f.StringVar(&o.Join, "join", "", "API URL of a member to join through")
 	f.StringVar(&o.JoinToken, "join-token", "", "join token (<ca-sha256>.<secret>) from a member's join.token or 'cluster token create --role join'")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&o.HeartbeatTimeout, "heartbeat-timeout", 15*time.Second, "a filter or proxy not heard from for this long is dead")
 	return cmd
 }
 

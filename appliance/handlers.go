@@ -673,6 +673,14 @@ func clonePolicy(p *model.Policy) *model.Policy {
 	return &c
 }
 
+// policyWritten tells the reconciler (on this node, the leader that
+// applied the write) to look at the policy now.
+func (s *Server) policyWritten(id string) {
+	if s.cfg.OnPolicyWrite != nil {
+		s.cfg.OnPolicyWrite(id)
+	}
+}
+
 func (s *Server) listPolicies(r *http.Request) (int, any, error) {
 	out := []*model.Policy{}
 	err := s.read(r, func(st *model.State) {
@@ -755,6 +763,7 @@ func (s *Server) createPolicy(r *http.Request) (int, any, error) {
 	if err := s.apply(r, raftstore.PutPolicy{Policy: p, Create: true}); err != nil {
 		return 0, nil, err
 	}
+	s.policyWritten(p.ID)
 	return http.StatusCreated, s.storedPolicy(p.ID, &p), nil
 }
 
@@ -812,6 +821,7 @@ func (s *Server) updatePolicy(r *http.Request) (int, any, error) {
 	if err := s.apply(r, raftstore.PutPolicy{Policy: p, ExpectGeneration: expect}); err != nil {
 		return 0, nil, err
 	}
+	s.policyWritten(p.ID)
 	return http.StatusOK, s.storedPolicy(p.ID, &p), nil
 }
 
@@ -824,6 +834,7 @@ func (s *Server) deletePolicy(r *http.Request) (int, any, error) {
 	if err := s.apply(r, raftstore.DeletePolicy{ID: p.ID}); err != nil {
 		return 0, nil, err
 	}
+	s.policyWritten(p.ID)
 	return http.StatusNoContent, nil, nil
 }
 
@@ -837,6 +848,7 @@ func (s *Server) setPolicyEnabled(enabled bool) handler {
 		if err := s.apply(r, raftstore.SetPolicyEnabled{ID: p.ID, Enabled: enabled}); err != nil {
 			return 0, nil, err
 		}
+		s.policyWritten(p.ID)
 		return http.StatusOK, s.storedPolicy(p.ID, p), nil
 	}
 }

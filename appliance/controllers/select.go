@@ -41,6 +41,12 @@ func Alive(p *model.Proxy, now time.Time, timeout time.Duration) bool {
 	return !p.LastHeartbeat.IsZero() && now.Sub(p.LastHeartbeat) <= timeout
 }
 
+// HostAlive reports whether the filter of host h heartbeated within
+// timeout of now: the same rule as for proxies.
+func HostAlive(h *model.Host, now time.Time, timeout time.Duration) bool {
+	return !h.LastHeartbeat.IsZero() && now.Sub(h.LastHeartbeat) <= timeout
+}
+
 // Rank is p's rank for a proxy wanted near cluster.
 func Rank(p *model.Proxy, cluster string) int {
 	switch {
