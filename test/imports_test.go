@@ -20,17 +20,18 @@ var allowedImports = map[string][]string{
 	"internal/model":   {},
 	"internal/pki":     {},
 	"internal/netutil": {},
+	"internal/agent":   {"internal/model", "internal/pki"},
 	"internal/wire":    {"internal/model"},
 	"client":           {"internal/model"},
 	"raftstore":        {"internal/model"},
 	"vsphere":          {"internal/model"},
 	"vcd":              {"internal/model"},
-	"proxy":            {"internal/wire", "internal/model", "internal/pki"},
-	"filter":           {"internal/wire", "internal/model", "internal/pki"},
+	"proxy":            {"internal/wire", "internal/model", "internal/pki", "internal/agent"},
+	"filter":           {"internal/wire", "internal/model", "internal/pki", "internal/agent"},
 	"vcsim":            {"internal/model", "vsphere", "vcd"},
 	"ova":              {"internal/model"},
 	"appliance": {"raftstore", "vsphere", "vcd", "proxy", "filter", "client",
-		"internal/wire", "internal/model", "internal/pki", "internal/netutil"},
+		"internal/wire", "internal/model", "internal/pki", "internal/netutil", "internal/agent"},
 }
 
 // owner returns the top-level area of a package path inside the module.
