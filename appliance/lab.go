@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/continuum-cdp/continuum/client"
+	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/netutil"
 )
 
@@ -30,10 +32,14 @@ type LabOptions struct {
 	Nodes      int
 	NoDemo     bool
 	NoWorkload bool
-	WithVcsim  bool // start "continuum vcsim" first
-	Exe        string
-	Out        io.Writer
-	Logger     *slog.Logger
+	NoTable    bool // no live table on Out
+	// NoComponents registers the proxies but starts no proxy or filter
+	// process.
+	NoComponents bool
+	WithVcsim    bool // start "continuum vcsim" first
+	Exe          string
+	Out          io.Writer
+	Logger       *slog.Logger
 }
 
 // labProc is one supervised child process.
@@ -41,11 +47,13 @@ type labProc struct {
 	name  string
 	args  []string
 	log   string
-	ready string // line on stdout that says it is ready ("" for none)
+	ready string   // line on stdout that says it is ready ("" for none)
+	env   []string // added to the lab's environment
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	started time.Time
 }
 
 func freeLoopbackAddr() (string, error) { return netutil.FreeLoopbackAddr() }
@@ -59,6 +67,9 @@ func (p *labProc) start(exe string, readyCh chan<- struct{}) error {
 	}
 	cmd := exec.Command(exe, p.args...)
 	cmd.Stderr = f
+	if len(p.env) > 0 {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	// Own process group so that stopping the lab reaches grandchildren;
 	// Pdeathsig so a killed lab leaves no orphans behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -73,7 +84,7 @@ func (p *labProc) start(exe string, readyCh chan<- struct{}) error {
 	}
 	done := make(chan struct{})
 	p.mu.Lock()
-	p.cmd, p.done = cmd, done
+	p.cmd, p.done, p.started = cmd, done, time.Now()
 	p.mu.Unlock()
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -110,6 +121,12 @@ func (p *labProc) stop(grace time.Duration) {
 	}
 }
 
+func (p *labProc) startedAt() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started
+}
+
 func (p *labProc) exited() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -135,6 +152,94 @@ func parseEnvFile(path string) (map[string]string, error) {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// labSupervisor starts the lab's processes and restarts any that exits
+// until the lab stops.
+type labSupervisor struct {
+	exe string
+	log *slog.Logger
+
+	mu       sync.Mutex
+	procs    []*labProc
+	stopping bool
+	stopCh   chan struct{}
+	wg       sync.WaitGroup
+}
+
+func newLabSupervisor(exe string, log *slog.Logger) *labSupervisor {
+	return &labSupervisor{exe: exe, log: log, stopCh: make(chan struct{})}
+}
+
+// launch starts p once; the channel closes when p prints its ready line.
+func (s *labSupervisor) launch(p *labProc) (<-chan struct{}, error) {
+	ready := make(chan struct{})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return nil, errors.New("the lab is stopping")
+	}
+	if err := p.start(s.exe, ready); err != nil {
+		return nil, err
+	}
+	s.procs = append(s.procs, p)
+	return ready, nil
+}
+
+// supervise restarts p each time it exits: after first, doubling up to
+// max while it keeps dying within a minute of its start.
+func (s *labSupervisor) supervise(p *labProc, first, max time.Duration) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		delay := first
+		for {
+			select {
+			case <-s.stopCh:
+				return
+			case <-p.exited():
+			}
+			if time.Since(p.startedAt()) > time.Minute {
+				delay = first
+			}
+			s.log.Warn("process exited; restarting", "name", p.name, "after", delay, "log", p.log)
+			select {
+			case <-s.stopCh:
+				return
+			case <-time.After(delay):
+			}
+			s.mu.Lock()
+			if s.stopping {
+				s.mu.Unlock()
+				return
+			}
+			err := p.start(s.exe, nil)
+			s.mu.Unlock()
+			if err != nil {
+				s.log.Error("restart process", "name", p.name, "err", err)
+			}
+			delay = min(2*delay, max)
+		}
+	}()
+}
+
+// stopAll ends supervision, then stops every process (SIGTERM, then
+// SIGKILL after grace).
+func (s *labSupervisor) stopAll(grace time.Duration) {
+	s.mu.Lock()
+	if !s.stopping {
+		s.stopping = true
+		close(s.stopCh)
+	}
+	procs := append([]*labProc(nil), s.procs...)
+	s.mu.Unlock()
+	s.wg.Wait()
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Add(1)
+		go func(p *labProc) { defer wg.Done(); p.stop(grace) }(p)
+	}
+	wg.Wait()
+}
 
 // RunLab starts the lab's processes, writes DIR/lab.env, and supervises
 // until ctx ends.
@@ -168,31 +273,16 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		}
 	}
 	log := o.Logger
-	var procs []*labProc
-	var mu sync.Mutex
-	stopping := false
+	sup := newLabSupervisor(o.Exe, log)
+	// In-process work (workload, table) stops before the processes do.
+	work, stopWork := context.WithCancel(ctx)
+	var workWG sync.WaitGroup
 	defer func() {
-		mu.Lock()
-		stopping = true
-		mu.Unlock()
-		var wg sync.WaitGroup
-		for _, p := range procs {
-			wg.Add(1)
-			go func(p *labProc) { defer wg.Done(); p.stop(10 * time.Second) }(p)
-		}
-		wg.Wait()
+		stopWork()
+		workWG.Wait()
+		sup.stopAll(10 * time.Second)
 		log.Info("lab stopped")
 	}()
-	launch := func(p *labProc) (<-chan struct{}, error) {
-		ready := make(chan struct{})
-		if err := p.start(o.Exe, ready); err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		procs = append(procs, p)
-		mu.Unlock()
-		return ready, nil
-	}
 
 	env := map[string]string{}
 	if o.WithVcsim {
@@ -203,9 +293,10 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		if err := os.RemoveAll(vdir); err != nil {
 			return fmt.Errorf("clear the simulator directory: %w", err)
 		}
-		p := &labProc{name: "vcsim", args: []string{"vcsim", "--listen", addr, "--dir", vdir},
+		p := &labProc{name: "vcsim", args: []string{"vcsim", "--listen", addr, "--dir", vdir,
+			"--proxy-vms", strconv.Itoa(labProxyVMs), "--disk-sizes-mb", labDiskSizesMB},
 			log: filepath.Join(dir, "logs", "vcsim.log"), ready: "vcsim ready"}
-		ready, err := launch(p)
+		ready, err := sup.launch(p)
 		if err != nil {
 			return err
 		}
@@ -235,7 +326,6 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		nodes = append(nodes, node{id: n.ID, api: n.API, raft: n.Raft, data: filepath.Join(dir, n.ID)})
 	}
 	first := nodes[0]
-	var coordProcs []*labProc
 	for i, n := range nodes {
 		args := []string{"coordinator", "--node-id", n.id, "--data-dir", n.data, "--api-addr", n.api, "--raft-addr", n.raft}
 		if i == 0 {
@@ -247,14 +337,14 @@ func RunLab(ctx context.Context, o LabOptions) error {
 			}
 			args = append(args, "--join", "https://"+first.api, "--join-token", strings.TrimSpace(string(tok)))
 		}
-		p := &labProc{name: n.id, args: args, log: filepath.Join(dir, "logs", n.id+".log"), ready: ""}
-		if _, err := launch(p); err != nil {
+		p := &labProc{name: n.id, args: args, log: filepath.Join(dir, "logs", n.id+".log")}
+		if _, err := sup.launch(p); err != nil {
 			return err
 		}
-		coordProcs = append(coordProcs, p)
 		if err := waitCoordinator(ctx, p, n.data, n.api, i == 0); err != nil {
 			return err
 		}
+		sup.supervise(p, time.Second, time.Second)
 		log.Info("coordinator up", "node", n.id, "api", "https://"+n.api)
 	}
 
@@ -279,13 +369,47 @@ func RunLab(ctx context.Context, o LabOptions) error {
 	if err := waitVoters(ctx, cl, o.Nodes, 60*time.Second); err != nil {
 		return err
 	}
+	var vc *model.VCenter
 	if url := env["GOVC_URL"]; url != "" {
-		if _, err := cl.GetVCenter(ctx, "lab"); err != nil {
-			_, err := cl.AddVCenter(ctx, client.VCenterRequest{Name: "lab", URL: url, Username: env["GOVC_USERNAME"],
+		if vc, err = cl.GetVCenter(ctx, "lab"); err != nil {
+			vc, err = cl.AddVCenter(ctx, client.VCenterRequest{Name: "lab", URL: url, Username: env["GOVC_USERNAME"],
 				Password: env["GOVC_PASSWORD"], Insecure: env["GOVC_INSECURE"] == "1" || env["GOVC_INSECURE"] == "true"})
 			if err != nil {
 				return fmt.Errorf("register the lab vCenter: %w", err)
 			}
+		} else if vc.URL != url {
+			// A restarted lab's simulator may serve on the same address
+			// only; the registration follows it.
+			log.Warn("the lab vCenter moved", "was", vc.URL, "now", url)
+		}
+	}
+
+	var comps *labComponents
+	var inv *labInventory
+	if vc != nil {
+		if inv, err = readLabInventory(ctx, env, log); err != nil {
+			return err
+		}
+		installLabFilter(ctx, cl, vc.ID, inv, log)
+		var names []string
+		for _, p := range labProxies {
+			names = append(names, "proxy-"+p.Name)
+		}
+		for _, h := range inv.Hosts {
+			names = append(names, "filter-"+h.Name)
+		}
+		addrs, err := layout.components(filepath.Join(dir, "lab.json"), names)
+		if err != nil {
+			return err
+		}
+		comps, err = startLabComponents(ctx, cl, componentSetup{dir: dir, coords: apis, caPath: caPath, vcID: vc.ID,
+			inv: inv, addrs: addrs, sup: sup, log: log, noManaged: o.NoComponents})
+		if err != nil {
+			return err
+		}
+		if bad := comps.waitHealthy(ctx, caPEM, 60*time.Second); len(bad) > 0 {
+			log.Warn("components not healthy yet; they keep being supervised", "names", strings.Join(bad, ","),
+				"logs", filepath.Join(dir, "logs"))
 		}
 	}
 
@@ -302,54 +426,39 @@ func RunLab(ctx context.Context, o LabOptions) error {
 	if err := os.WriteFile(envPath, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", envPath, err)
 	}
-	fmt.Fprintf(o.Out, "lab ready\n\n  source %s\n  continuum cluster status\n  continuum drill ha --kill\n\nlogs: %s\nstop with Ctrl-C\n",
-		envPath, filepath.Join(dir, "logs"))
-	if !o.NoDemo {
-		log.Info("no demo policy yet: the controllers that protect VMs are not part of this build")
-	}
 
-	// Supervise: restart any coordinator that dies.
-	for {
-		cases := make([]<-chan struct{}, len(coordProcs))
-		for i, p := range coordProcs {
-			cases[i] = p.exited()
-		}
-		dead := -1
-		waitAny := make(chan int, len(cases))
-		stopWait := make(chan struct{})
-		for i, ch := range cases {
-			go func(i int, ch <-chan struct{}) {
-				select {
-				case <-ch:
-					waitAny <- i
-				case <-stopWait:
-				}
-			}(i, ch)
-		}
-		select {
-		case <-ctx.Done():
-			close(stopWait)
-			return nil
-		case dead = <-waitAny:
-			close(stopWait)
-		}
-		mu.Lock()
-		st := stopping
-		mu.Unlock()
-		if st {
-			return nil
-		}
-		p := coordProcs[dead]
-		log.Warn("coordinator exited; restarting", "node", p.name, "log", p.log)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-		if err := p.start(o.Exe, nil); err != nil {
-			log.Error("restart coordinator", "node", p.name, "err", err)
+	var policy *model.Policy
+	if !o.NoDemo && vc != nil {
+		if policy, err = ensureDemoPolicy(ctx, cl, vc.ID, inv.DemoVMs); err != nil {
+			// The lab stays up for the user to look at why.
+			log.Error("demo policy not created", "err", err)
 		}
 	}
+	fmt.Fprintf(o.Out, "lab ready\n\n  source %s\n  continuum cluster status\n  continuum proxy list\n", envPath)
+	if policy != nil {
+		fmt.Fprintf(o.Out, "  continuum policy status %s\n", policy.Name)
+	}
+	fmt.Fprintf(o.Out, "  continuum drill ha --kill\n\nlogs: %s\nstop with Ctrl-C\n", filepath.Join(dir, "logs"))
+
+	if policy != nil {
+		obs := newLabObserver(cl, policy.Name)
+		workWG.Add(1)
+		go func() { defer workWG.Done(); obs.run(work, 2*time.Second) }()
+		if !o.NoWorkload && comps != nil {
+			wl := &labWorkload{obs: obs, comps: comps, log: log}
+			for _, vm := range inv.DemoVMs {
+				workWG.Add(1)
+				go func() { defer workWG.Done(); wl.runVM(work, vm) }()
+			}
+			obs.workload = wl
+		}
+		if !o.NoTable {
+			workWG.Add(1)
+			go func() { defer workWG.Done(); obs.table(work, o.Out, 2*time.Second) }()
+		}
+	}
+	<-ctx.Done()
+	return nil
 }
 
 // labLayout is DIR/lab.json: the addresses of a lab, kept so that running
@@ -358,6 +467,67 @@ func RunLab(ctx context.Context, o LabOptions) error {
 type labLayout struct {
 	Vcsim string        `json:"vcsim,omitempty"`
 	Nodes []labNodeAddr `json:"nodes"`
+	// Components are the addresses of the proxies and filters, by process
+	// name, kept so that their records stay right across restarts.
+	Components map[string]labCompAddr `json:"components,omitempty"`
+}
+
+// components returns the addresses of the named component processes,
+// picking free ports for new ones and for those whose port another
+// program took meanwhile, and saves the layout.
+func (l *labLayout) components(path string, names []string) (map[string]labCompAddr, error) {
+	used := map[string]bool{l.Vcsim: true}
+	for _, n := range l.Nodes {
+		used[n.API], used[n.Raft] = true, true
+	}
+	for _, c := range l.Components {
+		used[c.Listen], used[c.Admin], used[c.NBD] = true, true, true
+	}
+	free := func(a string) bool {
+		if a == "" {
+			return false
+		}
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return false
+		}
+		ln.Close()
+		return true
+	}
+	pick := func() (string, error) {
+		for range 50 {
+			a, err := freeLoopbackAddr()
+			if err != nil {
+				return "", err
+			}
+			if !used[a] {
+				used[a] = true
+				return a, nil
+			}
+		}
+		return "", errors.New("no free loopback port for the lab's components")
+	}
+	if l.Components == nil {
+		l.Components = map[string]labCompAddr{}
+	}
+	out := map[string]labCompAddr{}
+	for _, n := range names {
+		c := l.Components[n]
+		for _, f := range []*string{&c.Listen, &c.Admin, &c.NBD} {
+			if f == &c.NBD && !strings.HasPrefix(n, "filter-") {
+				continue
+			}
+			if !free(*f) {
+				a, err := pick()
+				if err != nil {
+					return nil, err
+				}
+				*f = a
+			}
+		}
+		l.Components[n], out[n] = c, c
+	}
+	return out, writeLayout(path, l)
 }
 
 type labNodeAddr struct {
@@ -507,10 +677,17 @@ func newLabCommand() *cobra.Command {
 	var o LabOptions
 	cmd := &cobra.Command{
 		Use:   "lab",
-		Short: "Run a coordinator cluster (and a vCenter simulator when built in) on loopback",
-		Long: `Start 3 coordinator processes on loopback (and "continuum vcsim" first when
-available), write DIR/lab.env, print "lab ready" and supervise: a coordinator
-that dies is restarted. Ctrl-C stops everything.`,
+		Short: "Run the whole system on loopback: vCenter simulator, coordinators, proxies, filters, a demo",
+		Long: `Start a vCenter simulator (when built in), 3 coordinator processes, the
+proxies (a physical and VM ones in each cluster) and one filter per simulated
+host on loopback, every one supervised (restarted when it dies). Write
+DIR/lab.env for the CLI and govc, and print "lab ready".
+
+Unless --no-demo, protect the demo VMs under a policy named "demo", write to
+their disks through the filters' NBD exports (unless --no-workload: then the
+disks are left to your own NBD clients, see "continuum vm disks VM"), and show
+a table of the VMs every 2s (unless --no-table). Ctrl-C stops everything.
+Running it again on the same DIR restarts the same lab.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if vc, _, err := cmd.Root().Find([]string{"vcsim"}); err == nil && vc.Name() == "vcsim" {
@@ -524,5 +701,6 @@ that dies is restarted. Ctrl-C stops everything.`,
 	cmd.Flags().IntVar(&o.Nodes, "nodes", 3, "coordinator nodes")
 	cmd.Flags().BoolVar(&o.NoDemo, "no-demo", false, "do not create the demo policy")
 	cmd.Flags().BoolVar(&o.NoWorkload, "no-workload", false, "do not write to the demo VMs' disks")
+	cmd.Flags().BoolVar(&o.NoTable, "no-table", false, "do not print the live table of the demo VMs")
 	return cmd
 }
