@@ -370,26 +370,7 @@ func (s *Service) handleRetention(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt := Retention{ShortTerm: req.ShortTerm.D(), LongTerm: req.LongTerm.D()}
-	s.mu.Lock()
-	prev, had := s.retention[v.Name()]
-	s.retention[v.Name()] = rt
-	if err := s.saveRetentionLocked(); err != nil {
-		if had {
-			s.retention[v.Name()] = prev
-		} else {
-			delete(s.retention, v.Name())
-		}
-		s.mu.Unlock()
-		writeErr(w, err)
-		return
-	}
-	s.mu.Unlock()
-	if s.isServing(v.Name()) {
-		// Applied by the retention loop once nothing is served.
-		writeJSON(w, http.StatusOK, req)
-		return
-	}
-	if err := v.ApplyRetention(time.Now(), rt.ShortTerm, rt.LongTerm); err != nil {
+	if err := s.SetRetention(map[string]Retention{v.Name(): rt}); err != nil {
 		writeErr(w, err)
 		return
 	}

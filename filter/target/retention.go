@@ -1,6 +1,65 @@
 package target
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/continuum-cdp/continuum/internal/model"
+)
+
+// SetRetention sets the retention windows of the VMs in windows (from the
+// coordinator's configuration or the admin API), keeps them next to the
+// journal so they outlive a restart without a coordinator, and applies a
+// changed window at once to a VM whose journal exists (unless a point of
+// it is being served; the loop applies it later). A VM without a journal
+// yet gets its window when its first session comes. Other VMs keep theirs.
+// Invalid windows change nothing.
+func (s *Service) SetRetention(windows map[string]Retention) error {
+	for vm, rt := range windows {
+		if vm == "" {
+			return model.Invalid("vm", "a retention window needs a vm name")
+		}
+		if rt.ShortTerm < 0 || rt.LongTerm < 0 {
+			return model.Invalid("short_term", "vm %s: retention windows must not be negative", vm)
+		}
+	}
+	s.mu.Lock()
+	prev := make(map[string]Retention, len(s.retention))
+	for k, v := range s.retention {
+		prev[k] = v
+	}
+	var changed []string
+	for vm, rt := range windows {
+		if old, ok := s.retention[vm]; !ok || old != rt {
+			s.retention[vm] = rt
+			changed = append(changed, vm)
+		}
+	}
+	if len(changed) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	if err := s.saveRetentionLocked(); err != nil {
+		s.retention = prev
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.Unlock()
+	var errs []error
+	now := time.Now()
+	for _, name := range changed {
+		v, ok := s.store.VM(name)
+		if !ok || s.isServing(name) {
+			continue
+		}
+		rt := windows[name]
+		if err := v.ApplyRetention(now, rt.ShortTerm, rt.LongTerm); err != nil {
+			errs = append(errs, fmt.Errorf("apply retention of %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // retentionLoop applies each VM's retention windows periodically. It
 // depends on nothing but the journal, so short-term points keep being

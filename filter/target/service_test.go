@@ -519,3 +519,46 @@ func TestTargetFilterRetentionWaitsForServedPoints(t *testing.T) {
 	}
 	checkPoints(t, s, "vm", m)
 }
+
+// TestTargetFilterSetRetention: windows from the configuration apply at
+// once to an existing VM, wait for a VM that has no journal yet, survive a
+// restart, and bad windows change nothing.
+func TestTargetFilterSetRetention(t *testing.T) {
+	dir := t.TempDir()
+	s1, err := New(Config{JournalDir: dir, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s1.Run(t.Context()) }()
+	pc, _ := dialService(t, s1, "vm", testDisks)
+	m := sendWorkload(t, pc, rand.New(rand.NewPCG(21, 21)), testDisks, 5, wire.CodecNone)
+	vm, _ := s1.Store().VM("vm")
+	if n := len(vm.List()); n != 6 {
+		t.Fatalf("%d points before retention", n)
+	}
+	if err := s1.SetRetention(map[string]Retention{"vm": {ShortTerm: time.Nanosecond}, "later": {ShortTerm: time.Hour, LongTerm: 48 * time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(vm.List()); n > 2 {
+		t.Fatalf("%d points left after a 1ns short-term window was set", n)
+	}
+	checkPoints(t, s1, "vm", m)
+	for _, bad := range []map[string]Retention{{"vm": {ShortTerm: -time.Second}}, {"": {ShortTerm: time.Second}}} {
+		if err := s1.SetRetention(bad); err == nil {
+			t.Fatalf("%v accepted", bad)
+		}
+	}
+	if rt := s1.retentionOf("vm"); rt != (Retention{ShortTerm: time.Nanosecond}) {
+		t.Fatalf("a refused window changed the setting: %+v", rt)
+	}
+	s1.Close()
+	<-done
+	s2 := startService(t, Config{JournalDir: dir})
+	dialService(t, s2, "later", testDisks)
+	var vms []VMInfo
+	getJSON(t, "http://"+s2.AdminAddr()+"/v1/vms", &vms)
+	if len(vms) != 2 || vms[0].VM != "later" || vms[0].Retention.ShortTerm.D() != time.Hour || vms[0].Retention.LongTerm.D() != 48*time.Hour {
+		t.Fatalf("windows after restart: %+v", vms)
+	}
+}
