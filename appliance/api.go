@@ -88,6 +88,9 @@ type ServerConfig struct {
 	// OnPolicyWrite is told the ID of every policy written through this
 	// node (the reconciler's Enqueue), so nothing waits for its poll.
 	OnPolicyWrite func(policyID string)
+	// Filters reaches the filters' admin APIs; nil: a client built from
+	// CA and NodeCert per request.
+	Filters *FilterAdmin
 }
 
 // Server is the HTTPS API of one coordinator node.

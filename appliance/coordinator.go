@@ -378,7 +378,7 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 	}
 	defer filters.Close()
 	srv, err := NewServer(ServerConfig{NodeID: o.NodeID, APIAddr: o.APIAddr, RaftAddr: o.RaftAddr, Store: c.node,
-		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log, Registry: reg, OnPolicyWrite: rec.Enqueue,
+		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log, Registry: reg, OnPolicyWrite: rec.Enqueue, Filters: filters,
 		Inventory: &VCenterInventory{Get: func(ctx context.Context, id string) (InventorySource, error) {
 			return vcenters.Get(ctx, id)
 		}, Logger: c.log}})

@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -61,6 +65,10 @@ func (s *Server) routeTable() []route {
 		{Method: "POST", Path: v1 + "/policies/{id}/enable", Summary: "Enable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(true)},
 		{Method: "POST", Path: v1 + "/policies/{id}/disable", Summary: "Disable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(false)},
 		{Method: "GET", Path: v1 + "/policies/{id}/status", Summary: "Per-VM tasks and overall status of a policy", Response: "PolicyStatus", Auth: authAdmin, Place: leaderRead, h: s.policyStatus},
+
+		{Method: "GET", Path: v1 + "/vms/{vm}/disks", Summary: "A protected VM's disks: key, capacity and NBD URI on the filter of its host", Response: "VMDisks", Auth: authAdmin, Place: leaderRead, h: s.vmDisks},
+		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points", Summary: "A protected VM's restore points, from the filter that keeps its journal", Response: "RestorePointInfo[]", Auth: authAdmin, h: s.vmRestorePoints},
+		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points/{point}/disks/{disk}/image", Summary: "The raw image of a disk at a restore point (application/octet-stream)", Auth: authAdmin, raw: http.HandlerFunc(s.vmImage)},
 
 		{Method: "GET", Path: v1 + "/traffic-rules", Summary: "List traffic rules", Response: "TrafficRule[]", Auth: authAdmin, Place: leaderRead, h: s.listTrafficRules},
 		{Method: "POST", Path: v1 + "/traffic-rules", Summary: "Create a traffic rule", Request: "TrafficRule", Response: "TrafficRule", Auth: authAdmin, Place: leaderRW, h: s.createTrafficRule},
@@ -927,4 +935,158 @@ func (s *Server) deleteTrafficRule(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	return http.StatusNoContent, nil, nil
+}
+
+// ---- protected VMs ----
+
+func init() {
+	schemaTypes["VMDisks"] = reflect.TypeOf(client.VMDisks{})
+	schemaTypes["RestorePointInfo"] = reflect.TypeOf(client.RestorePointInfo{})
+}
+
+// protectedTask finds the task of a VM named by its vCenter name or MoRef:
+// the configured task of an enabled policy first, then any.
+func protectedTask(st *model.State, vm string) *model.VMTask {
+	var best *model.VMTask
+	score := func(t *model.VMTask) int {
+		n := 0
+		if p, ok := st.Policies[t.PolicyID]; ok && p.Enabled {
+			n += 2
+		}
+		if t.SourceHost != "" && t.TargetHost != "" {
+			n++
+		}
+		return n
+	}
+	for _, t := range st.Tasks {
+		if t.VMName != vm && t.VMMoRef != vm {
+			continue
+		}
+		if best == nil || score(t) > score(best) || (score(t) == score(best) && t.ID < best.ID) {
+			best = t
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	c := *best
+	c.Disks = slices.Clone(best.Disks)
+	return &c
+}
+
+func (s *Server) vmDisks(r *http.Request) (int, any, error) {
+	vm := r.PathValue("vm")
+	var out *client.VMDisks
+	if err := s.read(r, func(st *model.State) {
+		t := protectedTask(st, vm)
+		if t == nil {
+			return
+		}
+		out = &client.VMDisks{VM: t.VMName, VMMoRef: t.VMMoRef, PolicyID: t.PolicyID, Host: t.SourceHost, Disks: []client.VMDisk{}}
+		nbdAddr := ""
+		if h, ok := st.Hosts[t.SourceHost]; ok {
+			nbdAddr = h.FilterNBD
+		}
+		for _, d := range t.Disks {
+			vd := client.VMDisk{Key: d.Key, CapacityBytes: d.CapacityBytes}
+			if nbdAddr != "" {
+				vd.NBDURI = fmt.Sprintf("nbd://%s/%s/%d", nbdAddr, url.PathEscape(t.VMName), d.Key)
+			}
+			out.Disks = append(out.Disks, vd)
+		}
+	}); err != nil {
+		return 0, nil, err
+	}
+	if out == nil {
+		return 0, nil, model.NotFound("vm", "protected VM", vm)
+	}
+	return http.StatusOK, out, nil
+}
+
+// vmTarget finds the VM's task and the admin address of the filter that
+// keeps its journal, from this node's state (tasks change rarely; the
+// filter has the last word on points).
+func (s *Server) vmTarget(vm string) (*model.VMTask, string, error) {
+	var t *model.VMTask
+	var addr string
+	var err error
+	s.store.Read(func(st *model.State) {
+		if t = protectedTask(st, vm); t != nil {
+			addr, err = targetAdmin(st, t)
+		}
+	})
+	if t == nil {
+		return nil, "", model.NotFound("vm", "protected VM", vm)
+	}
+	return t, addr, err
+}
+
+// filterAdmin returns the filters' admin client and what to call when done
+// with it.
+func (s *Server) filterAdmin() (*FilterAdmin, func()) {
+	if s.cfg.Filters != nil {
+		return s.cfg.Filters, func() {}
+	}
+	fa := NewFilterAdmin(s.cfg.CA.Cert, s.cfg.NodeCert)
+	return fa, fa.Close
+}
+
+func (s *Server) vmRestorePoints(r *http.Request) (int, any, error) {
+	t, addr, err := s.vmTarget(r.PathValue("vm"))
+	if err != nil {
+		return 0, nil, err
+	}
+	fa, done := s.filterAdmin()
+	defer done()
+	cl, err := fa.Client(addr)
+	if err != nil {
+		return 0, nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	pts, err := cl.Points(ctx, t.VMName)
+	if err != nil {
+		return 0, nil, fromRemote(err, fmt.Sprintf("list restore points of %s on filter %s", t.VMName, addr))
+	}
+	out := make([]client.RestorePointInfo, 0, len(pts))
+	for _, p := range pts {
+		out = append(out, client.RestorePointInfo{ID: p.ID, Time: p.Time, Kind: p.Kind})
+	}
+	return http.StatusOK, out, nil
+}
+
+// vmImage streams a disk image from the target filter to the caller.
+func (s *Server) vmImage(w http.ResponseWriter, r *http.Request) {
+	point, err := pointID(r.PathValue("point"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	disk, err := strconv.ParseInt(r.PathValue("disk"), 10, 32)
+	if err != nil {
+		writeError(w, model.Invalid("disk", "not a disk key: %q", r.PathValue("disk")))
+		return
+	}
+	t, addr, err := s.vmTarget(r.PathValue("vm"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	fa, done := s.filterAdmin()
+	defer done()
+	body, size, err := fa.Image(r.Context(), addr, t.VMName, point, int32(disk))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer body.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	if _, err := io.CopyBuffer(w, body, make([]byte, 1<<20)); err != nil {
+		// The headers are gone; the short body tells the client.
+		s.log.Warn("stream restore point image", "vm", t.VMName, "point", point, "disk", disk, "err", err)
+	}
 }
