@@ -103,13 +103,19 @@ func (r *routeRig) connectFilter(vm string) (*fakeFilter, *wire.HelloAck) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	return connectFilterConn(r.t, nc, vm)
+}
+
+// connectFilterConn opens a filter session of vm on nc.
+func connectFilterConn(t *testing.T, nc net.Conn, vm string) (*fakeFilter, *wire.HelloAck) {
+	t.Helper()
 	c := wire.NewConn(nc)
-	r.t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.Close() })
 	ack, err := wire.Greet(c, &wire.Hello{Role: wire.RoleSourceFilter, VM: vm, Disks: targetTestDisks}, 20*time.Second)
 	if err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
-	f := &fakeFilter{t: r.t, c: c, vm: vm, acked: make(chan uint64, 1<<16), closed: make(chan error, 1)}
+	f := &fakeFilter{t: t, c: c, vm: vm, acked: make(chan uint64, 1<<16), closed: make(chan error, 1)}
 	if ack.Err != "" {
 		return f, ack
 	}
@@ -194,32 +200,36 @@ func (f *fakeFilter) state(seq uint64) map[int32][]byte {
 // checkJournal compares every listed point of the VM with the writes, and
 // wants the last write's sequence to be the newest point.
 func (r *routeRig) checkJournal(f *fakeFilter) int {
-	r.t.Helper()
-	v, ok := r.filter.Store().VM(f.vm)
+	return checkJournal(r.t, r.filter, f)
+}
+
+func checkJournal(t *testing.T, s *target.Service, f *fakeFilter) int {
+	t.Helper()
+	v, ok := s.Store().VM(f.vm)
 	if !ok {
-		r.t.Fatalf("vm %s not in the journal", f.vm)
+		t.Fatalf("vm %s not in the journal", f.vm)
 	}
 	pts := v.List()
 	if len(pts) == 0 || v.LastID() != f.seq {
-		r.t.Fatalf("journal ends at %d, last write %d (%d points)", v.LastID(), f.seq, len(pts))
+		t.Fatalf("journal ends at %d, last write %d (%d points)", v.LastID(), f.seq, len(pts))
 	}
 	for i, p := range pts {
 		if i > 0 && p.ID <= pts[i-1].ID {
-			r.t.Fatalf("points not strictly increasing: %+v", pts)
+			t.Fatalf("points not strictly increasing: %+v", pts)
 		}
 		want := f.state(p.ID)
 		for key, w := range want {
 			pr, err := v.OpenPoint(p.ID, key)
 			if err != nil {
-				r.t.Fatal(err)
+				t.Fatal(err)
 			}
 			got := make([]byte, pr.Size())
 			if _, err := pr.ReadAt(got, 0); err != nil {
-				r.t.Fatal(err)
+				t.Fatal(err)
 			}
 			pr.Close()
 			if !bytes.Equal(got, w) {
-				r.t.Fatalf("point %d disk %d differs from the writes up to it", p.ID, key)
+				t.Fatalf("point %d disk %d differs from the writes up to it", p.ID, key)
 			}
 		}
 	}

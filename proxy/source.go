@@ -215,6 +215,29 @@ func (p *SourceProxy) serveFilter(nc net.Conn) error {
 		return fmt.Errorf("read hello: %w", err)
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	return p.serveFilterHello(c, h)
+}
+
+// serveHello runs a filter session whose Hello a dispatcher already read,
+// as part of the proxy's goroutines.
+func (p *SourceProxy) serveHello(c *wire.Conn, h *wire.Hello) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		return errors.New("source proxy closed")
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	defer p.wg.Done()
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Time{})
+	return p.serveFilterHello(c, h)
+}
+
+// serveFilterHello is serveFilter once the Hello is read.
+func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
+	var err error
 	if h.Role != wire.RoleSourceFilter || h.VM == "" || len(h.Disks) == 0 {
 		_ = c.Send(&wire.HelloAck{Err: fmt.Sprintf("unexpected hello: role %q vm %q with %d disks", h.Role, h.VM, len(h.Disks))})
 		return fmt.Errorf("reject hello from role %q vm %q", h.Role, h.VM)

@@ -280,6 +280,30 @@ func (t *Target) serveSource(ctx context.Context, nc net.Conn) {
 	}
 }
 
+// serveHello runs a source session whose Hello a dispatcher already read.
+func (t *Target) serveHello(ctx context.Context, src *wire.Conn, h *wire.Hello) {
+	nc := src.NetConn()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		src.Close()
+		return
+	}
+	t.conns[nc] = true
+	t.wg.Add(1)
+	t.mu.Unlock()
+	defer t.wg.Done()
+	defer t.untrack(nc)
+	defer src.Close()
+	log := t.log.With("remote", nc.RemoteAddr().String())
+	if err := t.sessionHello(ctx, src, h, log); err != nil && ctx.Err() == nil {
+		var rj *targetReject
+		if !errors.As(err, &rj) {
+			log.Info("source session ended", "err", err)
+		}
+	}
+}
+
 func (t *Target) session(ctx context.Context, src *wire.Conn, log *slog.Logger) error {
 	_ = src.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
 	m, err := src.ReadMsg()
