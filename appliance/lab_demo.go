@@ -23,7 +23,7 @@ import (
 // short-term points, a long-term point every hour.
 const (
 	labDemoPolicy  = "demo"
-	labDiskSizesMB = "128,256,512" // the demo VMs' disks, cycled: a quick initial sync
+	labDiskSizesMB = "64,128,256" // the demo VMs' disks, cycled: a quick initial sync
 )
 
 func demoPolicySpec(vcID string, vms []string) *model.Policy {

@@ -26,7 +26,7 @@ func TestCoordinatorLab(t *testing.T) {
 	bin := continuumBinary(t)
 	t0 := time.Now()
 	dir := filepath.Join(t.TempDir(), "lab")
-	lab := startLab(t, bin, dir)
+	lab := startLab(t, bin, dir, "--no-demo")
 	t.Logf("lab ready after %s", time.Since(t0))
 	env := map[string]string{}
 	b, err := os.ReadFile(filepath.Join(dir, "lab.env"))
@@ -116,7 +116,7 @@ func TestCoordinatorLab(t *testing.T) {
 
 	// Running the lab again on the same directory restarts the same
 	// cluster with its state.
-	lab = startLab(t, bin, dir)
+	lab = startLab(t, bin, dir, "--no-demo")
 	cl2, err := client.New(env["CONTINUUM_API"], env["CONTINUUM_TOKEN"], ca)
 	if err != nil {
 		t.Fatal(err)
@@ -144,10 +144,11 @@ type labProcess struct {
 	ready chan struct{}
 }
 
-// startLab runs "continuum lab" and waits for "lab ready".
-func startLab(t *testing.T, bin, dir string) *labProcess {
+// startLab runs "continuum lab --dir DIR ARGS..." and waits for "lab
+// ready".
+func startLab(t *testing.T, bin, dir string, args ...string) *labProcess {
 	t.Helper()
-	cmd := exec.Command(bin, "lab", "--dir", dir, "--no-demo")
+	cmd := exec.Command(bin, append([]string{"lab", "--dir", dir}, args...)...)
 	logf, err := os.OpenFile(dir+".log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
