@@ -182,8 +182,12 @@ type labComponents struct {
 	admins  map[string]string // process name -> admin address
 }
 
-// nbdFor returns the NBD address of the filter on the host with that MoRef.
+// nbdFor returns the NBD address of the filter on a host, given its ID
+// ("<vcenter-id>/<moref>"), MoRef or name.
 func (lc *labComponents) nbdFor(moref string) string {
+	if i := strings.LastIndexByte(moref, '/'); i >= 0 {
+		moref = moref[i+1:]
+	}
 	for _, h := range lc.Hosts {
 		if h.MoRef == moref || h.Name == moref {
 			return h.Addr.NBD

@@ -84,7 +84,7 @@ type labView struct {
 	Policy  *model.Policy
 	Status  *client.PolicyStatus
 	Proxies map[string]*model.Proxy // by ID
-	Hosts   map[string]*model.Host  // by MoRef
+	Hosts   map[string]*model.Host  // by ID and by MoRef
 	Err     error
 }
 
@@ -135,7 +135,7 @@ func (o *labObserver) poll(ctx context.Context) *labView {
 	}
 	if hs, err := o.cl.ListHosts(ctx); err == nil {
 		for _, h := range hs {
-			v.Hosts[h.MoRef] = h
+			v.Hosts[h.ID], v.Hosts[h.MoRef] = h, h
 		}
 	}
 	return v
