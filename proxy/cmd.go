@@ -75,9 +75,11 @@ func (v durationValue) Set(s string) error {
 	return nil
 }
 
-// NewCommand is the proxy role: `continuum proxy --role source|target ...`.
+// NewCommand is the proxy role: `continuum proxy --role source|target ...`,
+// or managed by coordinators with --coordinator.
 func NewCommand() *cobra.Command {
 	var cfg FileConfig
+	var mf managedFlags
 	var configFile string
 	cfg.RPO = model.Duration(5 * time.Second)
 	cfg.Codec = wire.DefaultCodec.String()
@@ -94,13 +96,27 @@ durable. A target proxy verifies, decrypts and decompresses points and
 delivers them to the target filter.
 
 Without a coordinator, the configuration is static: flags or --config FILE
-(JSON with the flag names in snake case; explicit flags win).`,
+(JSON with the flag names in snake case; explicit flags win).
+
+With --coordinator (managed mode) the proxy takes its VMs from the
+coordinators: it heartbeats with the component token, gets a certificate of
+the cluster CA for its data hops and admin listener, and is the source
+proxy of every task naming its --listen address (or --advertise) as source
+proxy and the target proxy of every task naming it as target proxy. It
+keeps its last configuration in --state-dir and runs it while no
+coordinator answers.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configFile != "" {
 				if err := loadConfig(cmd.Flags(), configFile, &cfg); err != nil {
 					return err
 				}
+			}
+			if len(mf.Coordinators) > 0 {
+				if mf.Token == "" {
+					mf.Token = os.Getenv("CONTINUUM_COMPONENT_TOKEN")
+				}
+				return runManaged(cmd.Context(), cfg, mf)
 			}
 			return runProxy(cmd.Context(), cfg)
 		},
@@ -127,6 +143,12 @@ Without a coordinator, the configuration is static: flags or --config FILE
 	f.StringVar(&cfg.SpillDir, "spill-dir", "", "source role: directory for points beyond the memory limit")
 	f.Int64Var(&cfg.SpillBytes, "spill-bytes", 4<<30, "source role: size of the spill directory")
 	f.StringVar(&cfg.TargetFilter, "target-filter", "", "target role: address of the target filter")
+	f.StringSliceVar(&mf.Coordinators, "coordinator", nil, "managed mode: https://host:port of a coordinator (repeatable or comma-separated)")
+	f.StringVar(&mf.Token, "token", "", "managed mode: component token (default $CONTINUUM_COMPONENT_TOKEN)")
+	f.StringVar(&mf.CACert, "cacert", "", "managed mode: PEM of the cluster CA")
+	f.StringVar(&mf.StateDir, "state-dir", "", "managed mode: directory for the cached configuration and this proxy's certificate")
+	f.StringVar(&mf.ProxyID, "proxy-id", "", "managed mode: ID (or name) of this proxy's record")
+	f.StringVar(&mf.Advertise, "advertise", "", "managed mode: data address as registered (default --listen)")
 	return cmd
 }
 
