@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -309,5 +310,39 @@ func TestComponentHeartbeatCreatesHostFromInventory(t *testing.T) {
 	b, _ := json.Marshal(again)
 	if !bytes.Contains(b, []byte(`"tasks":[]`)) {
 		t.Fatalf("an empty config lists no tasks as []: %s", b)
+	}
+}
+
+// A follower forwards a heartbeat to the leader, which records it and
+// answers the config.
+func TestComponentHeartbeatForwardedByFollower(t *testing.T) {
+	e := newEnv(t)
+	vc, src, dst := e.seed(t)
+	task := e.seedTask(t, vc, src, dst)
+	_, tok := e.componentClient(t)
+	leaf, err := e.ca.Issue("n2", []string{"127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := model.NewState()
+	st.Tokens["c"] = &model.Token{ID: "c", Role: model.TokenComponent, SHA256: hashToken(tokenSecret(tok))}
+	st.Coordinators["n1"] = &model.Coordinator{ID: "n1", APIAddr: strings.TrimPrefix(e.url, "https://")}
+	srv, err := NewServer(ServerConfig{NodeID: "n2", Store: &followerStore{leaderID: "n1", state: st}, CA: e.ca, NodeCert: leaf.TLSCertificate(e.ca.Cert)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	req := httptest.NewRequest("POST", "/api/v1/components/heartbeat", strings.NewReader(`{"kind":"proxy","id":"src","vms":[{"task_id":"`+task.ID+`","lag_seconds":2}]}`))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	rec := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(rec, req)
+	var cfg model.ComponentConfig
+	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &cfg) != nil || len(cfg.Tasks) != 1 {
+		t.Fatalf("forwarded heartbeat: %d %s", rec.Code, trunc(rec.Body.Bytes()))
+	}
+	var lag float64
+	e.node.Read(func(s *model.State) { lag = s.Tasks[task.ID].LagSeconds })
+	if lag != 2 || len(st.Proxies) != 0 {
+		t.Fatalf("leader lag %v; follower state changed: %v", lag, st.Proxies)
 	}
 }
