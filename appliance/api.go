@@ -91,6 +91,9 @@ type ServerConfig struct {
 	// Filters reaches the filters' admin APIs; nil: a client built from
 	// CA and NodeCert per request.
 	Filters *FilterAdmin
+	// Installers reaches a vCenter to install the filter on its clusters;
+	// nil: filter installs answer 503.
+	Installers func(ctx context.Context, vcenterID string) (FilterInstaller, error)
 }
 
 // Server is the HTTPS API of one coordinator node.

@@ -409,9 +409,34 @@ func proxyTable(tw io.Writer, l []*model.Proxy) {
 	}
 }
 
-// AddFilterClientCommands attaches the filter client subcommands to parent;
-// "filter install --cluster C" comes with the filter controllers.
-func AddFilterClientCommands(parent *cobra.Command) {}
+// AddFilterClientCommands attaches the filter client subcommands
+// ("install") to parent, the filter role command when it exists.
+func AddFilterClientCommands(parent *cobra.Command) {
+	o := &clientOpts{}
+	var req client.FilterInstallRequest
+	install := &cobra.Command{Use: "install --cluster C", Short: "Install the I/O filter on a cluster (and the CDP storage policy)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if req.Cluster == "" {
+				return errors.New("--cluster is required")
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			cl, err := c.InstallFilter(ctxOf(cmd), req)
+			if err != nil {
+				return err
+			}
+			return o.print(cmd.OutOrStdout(), cl, func(tw *tabwriter.Writer) {
+				row(tw, "ID", "NAME", "FILTER", "STORAGE POLICY")
+				row(tw, cl.ID, cl.Name, cl.FilterState, cl.StorageProfileID)
+			})
+		}}
+	install.Flags().StringVar(&req.Cluster, "cluster", "", "cluster name or MoRef")
+	install.Flags().StringVar(&req.VCenterID, "vcenter", "", "vCenter name or ID (optional with one vCenter)")
+	addClientFlags(install.Flags(), o)
+	parent.AddCommand(install)
+}
 
 // ---- policy ----
 

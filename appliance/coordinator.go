@@ -379,6 +379,17 @@ func (c *Coordinator) serve(ctx context.Context, joined bool) error {
 	defer filters.Close()
 	srv, err := NewServer(ServerConfig{NodeID: o.NodeID, APIAddr: o.APIAddr, RaftAddr: o.RaftAddr, Store: c.node,
 		CA: c.mat.ca, NodeCert: c.mat.cert, Logger: c.log, Registry: reg, OnPolicyWrite: rec.Enqueue, Filters: filters,
+		Installers: func(ctx context.Context, id string) (FilterInstaller, error) {
+			inv, err := vcenters.Get(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			fi, ok := inv.(FilterInstaller)
+			if !ok {
+				return nil, fmt.Errorf("vCenter %s: the connection cannot install filters", id)
+			}
+			return fi, nil
+		},
 		Inventory: &VCenterInventory{Get: func(ctx context.Context, id string) (InventorySource, error) {
 			return vcenters.Get(ctx, id)
 		}, Logger: c.log}})

@@ -24,6 +24,7 @@ import (
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
 	"github.com/continuum-cdp/continuum/raftstore"
+	"github.com/continuum-cdp/continuum/vsphere"
 )
 
 func (s *Server) routeTable() []route {
@@ -66,6 +67,7 @@ func (s *Server) routeTable() []route {
 		{Method: "POST", Path: v1 + "/policies/{id}/disable", Summary: "Disable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(false)},
 		{Method: "GET", Path: v1 + "/policies/{id}/status", Summary: "Per-VM tasks and overall status of a policy", Response: "PolicyStatus", Auth: authAdmin, Place: leaderRead, h: s.policyStatus},
 
+		{Method: "POST", Path: v1 + "/filter/install", Summary: "Install the I/O filter on a cluster (and create the CDP storage policy)", Request: "FilterInstallRequest", Response: "Cluster", Auth: authAdmin, Place: leaderRW, h: s.installFilter},
 		{Method: "GET", Path: v1 + "/vms/{vm}/disks", Summary: "A protected VM's disks: key, capacity and NBD URI on the filter of its host", Response: "VMDisks", Auth: authAdmin, Place: leaderRead, h: s.vmDisks},
 		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points", Summary: "A protected VM's restore points, from the filter that keeps its journal", Response: "RestorePointInfo[]", Auth: authAdmin, h: s.vmRestorePoints},
 		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points/{point}/disks/{disk}/image", Summary: "The raw image of a disk at a restore point (application/octet-stream)", Auth: authAdmin, raw: http.HandlerFunc(s.vmImage)},
@@ -942,6 +944,78 @@ func (s *Server) deleteTrafficRule(r *http.Request) (int, any, error) {
 func init() {
 	schemaTypes["VMDisks"] = reflect.TypeOf(client.VMDisks{})
 	schemaTypes["RestorePointInfo"] = reflect.TypeOf(client.RestorePointInfo{})
+	schemaTypes["FilterInstallRequest"] = reflect.TypeOf(client.FilterInstallRequest{})
+}
+
+// FilterInstaller installs the I/O filter on a cluster of one vCenter;
+// *vsphere.Client satisfies it.
+type FilterInstaller interface {
+	Inventory(ctx context.Context) (*vsphere.Inventory, error)
+	InstallFilter(ctx context.Context, cluster string) (*vsphere.FilterState, error)
+}
+
+// installFilter installs the filter on a cluster named by name or MoRef
+// and records the cluster with its filter state.
+func (s *Server) installFilter(r *http.Request) (int, any, error) {
+	var req client.FilterInstallRequest
+	if err := decodeBody(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Cluster == "" {
+		return 0, nil, model.Invalid("cluster", "required")
+	}
+	var vc *model.VCenter
+	var n int
+	s.store.Read(func(st *model.State) {
+		n = len(st.VCenters)
+		if req.VCenterID != "" {
+			vc = find(st.VCenters, req.VCenterID, vcName)
+		} else if n == 1 {
+			for _, v := range st.VCenters {
+				vc = v
+			}
+		}
+		if vc != nil {
+			vc = redactVC(vc)
+		}
+	})
+	switch {
+	case vc == nil && req.VCenterID != "":
+		return 0, nil, model.NotFound("vcenter_id", "vcenter", req.VCenterID)
+	case vc == nil:
+		return 0, nil, model.Invalid("vcenter_id", "required when %d vCenters are registered", n)
+	case s.cfg.Installers == nil:
+		return 0, nil, errUnavailable("this node cannot reach vCenters")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	defer cancel()
+	inst, err := s.cfg.Installers(ctx, vc.ID)
+	if err != nil {
+		return 0, nil, &apiError{status: http.StatusBadGateway, code: model.CodeUnavailable, msg: fmt.Sprintf("connect to vCenter %s: %v", vc.Name, err)}
+	}
+	inv, err := inst.Inventory(ctx)
+	if err != nil {
+		return 0, nil, &apiError{status: http.StatusBadGateway, code: model.CodeUnavailable, msg: fmt.Sprintf("read inventory of vCenter %s: %v", vc.Name, err)}
+	}
+	var cl *vsphere.Cluster
+	for i := range inv.Clusters {
+		if c := &inv.Clusters[i]; c.MoRef == req.Cluster || (cl == nil && c.Name == req.Cluster) {
+			cl = c
+		}
+	}
+	if cl == nil {
+		return 0, nil, model.NotFound("cluster", "cluster", req.Cluster)
+	}
+	fs, err := inst.InstallFilter(ctx, cl.MoRef)
+	if err != nil {
+		return 0, nil, fmt.Errorf("install the filter on cluster %s: %w", cl.Name, err)
+	}
+	out := model.Cluster{ID: vc.ID + "/" + cl.MoRef, VCenterID: vc.ID, MoRef: cl.MoRef, Name: cl.Name,
+		FilterState: model.FilterInstalled, FilterVersion: fs.FilterID, StorageProfileID: fs.ProfileID}
+	if err := s.apply(r, raftstore.PutCluster{Cluster: out}); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, &out, nil
 }
 
 // protectedTask finds the task of a VM named by its vCenter name or MoRef:

@@ -41,6 +41,6 @@ func NewRootCommand(roleCommands ...*cobra.Command) *cobra.Command {
 	}
 	AddFilterClientCommands(filterCmd)
 	root.AddCommand(newCoordinatorCommand(), newClusterCommand(), newVCenterCommand(), newPolicyCommand(),
-		newDrillCommand(), newLabCommand())
+		newDrillCommand(), newLabCommand(), newVMCommand(), newRestorePointCommand())
 	return root
 }

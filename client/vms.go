@@ -41,6 +41,20 @@ type RestorePointInfo struct {
 	Kind model.PointKind `json:"kind"`
 }
 
+// FilterInstallRequest is the body of POST /api/v1/filter/install.
+type FilterInstallRequest struct {
+	// VCenterID names the vCenter (ID or name); optional with one vCenter.
+	VCenterID string `json:"vcenter_id,omitempty"`
+	Cluster   string `json:"cluster"` // name or MoRef
+}
+
+// InstallFilter installs the I/O filter on a cluster and returns the
+// cluster record.
+func (c *Client) InstallFilter(ctx context.Context, req FilterInstallRequest) (*model.Cluster, error) {
+	var r model.Cluster
+	return &r, c.Do(ctx, http.MethodPost, "/api/v1/filter/install", req, &r)
+}
+
 func vmPath(vm string) string { return "/api/v1/vms/" + esc(vm) }
 
 // VMDisks lists a protected VM's disks with their NBD URIs.

@@ -11,7 +11,6 @@ import (
 
 	"github.com/continuum-cdp/continuum/appliance"
 	"github.com/continuum-cdp/continuum/filter"
-	"github.com/continuum-cdp/continuum/filter/target"
 	"github.com/continuum-cdp/continuum/ova"
 	"github.com/continuum-cdp/continuum/proxy"
 	"github.com/continuum-cdp/continuum/vcsim"
@@ -24,7 +23,7 @@ func run() int {
 	defer stop()
 	root := appliance.NewRootCommand(proxy.NewCommand(), filter.NewCommand())
 	root.AddCommand(vcsim.Commands()...)
-	root.AddCommand(ova.Command(), target.NewRestorePointCommand())
+	root.AddCommand(ova.Command())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
