@@ -98,6 +98,8 @@ func (s *Server) componentHeartbeat(r *http.Request) (int, any, error) {
 			return 0, nil, err
 		}
 		if create {
+			// The new record already carries what the heartbeat reports.
+			h.FilterAddr, h.FilterAdmin, h.FilterNBD, h.LastHeartbeat = rep.DataAddr, rep.AdminAddr, rep.NBDAddr, cmd.At
 			if err := s.apply(r, raftstore.PutHost{Host: *h}); err != nil {
 				return 0, nil, fmt.Errorf("record host %s of filter %s: %w", h.ID, rep.ID, err)
 			}
