@@ -390,10 +390,12 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		if inv, err = readLabInventory(ctx, env, log); err != nil {
 			return err
 		}
-		installLabFilter(ctx, cl, vc.ID, inv, log)
+		if err := installLabFilter(ctx, cl, vc.ID, inv, log); err != nil {
+			return err
+		}
 		var names []string
 		for _, p := range labProxies {
-			names = append(names, "proxy-"+p.Name)
+			names = append(names, p.proc())
 		}
 		for _, h := range inv.Hosts {
 			names = append(names, "filter-"+h.Name)

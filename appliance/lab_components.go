@@ -45,6 +45,14 @@ type labProxySpec struct {
 	MaxTasks int
 }
 
+// proc is the name of the proxy's process (its log, its state directory).
+func (s labProxySpec) proc() string {
+	if strings.HasPrefix(s.Name, "proxy-") {
+		return s.Name
+	}
+	return "proxy-" + s.Name
+}
+
 var labProxies = []labProxySpec{
 	{Name: "phys-src", Role: model.RoleSource, Kind: model.KindPhysical, MaxTasks: 1},
 	{Name: "phys-dst", Role: model.RoleTarget, Kind: model.KindPhysical, MaxTasks: 1},
@@ -217,7 +225,7 @@ func startLabComponents(ctx context.Context, cl *client.Client, s componentSetup
 	lc := &labComponents{admins: map[string]string{}}
 	proxyAddrs := map[string]labCompAddr{}
 	for _, p := range labProxies {
-		proxyAddrs[p.Name] = s.addrs["proxy-"+p.Name]
+		proxyAddrs[p.Name] = s.addrs[p.proc()]
 	}
 	var err error
 	if lc.Proxies, err = ensureLabProxies(ctx, cl, s.vcID, s.inv, proxyAddrs); err != nil {
@@ -245,7 +253,7 @@ func startLabComponents(ctx context.Context, cl *client.Client, s componentSetup
 		s.log.Warn("this build's filter command has no managed mode (--coordinator): filters are not started")
 	}
 	for _, spec := range labProxies {
-		name := "proxy-" + spec.Name
+		name := spec.proc()
 		a := s.addrs[name]
 		args := append([]string{"proxy"}, common(name)...)
 		args = append(args, "--proxy-id", lc.Proxies[spec.Name].ID, "--listen", a.Listen, "--admin-addr", a.Admin)

@@ -63,19 +63,33 @@ func ensureDemoPolicy(ctx context.Context, cl *client.Client, vcID string, vms [
 	return p, nil
 }
 
-// installLabFilter installs the I/O filter on the lab's clusters when the
-// coordinator offers it; the data path runs without it in the lab.
-func installLabFilter(ctx context.Context, cl *client.Client, vcID string, inv *labInventory, log *slog.Logger) {
-	clusters, err := cl.ListClusters(ctx)
-	if err != nil {
-		log.Warn("list clusters", "err", err)
-		return
-	}
-	for _, c := range clusters {
-		if c.VCenterID == vcID && c.FilterState != model.FilterInstalled {
-			log.Info("cluster without the I/O filter", "cluster", c.Name, "state", c.FilterState)
+// installLabFilter installs the I/O filter on the lab's clusters (and with
+// it the CDP storage policy) unless they have it: a policy protects VMs
+// only between clusters that have the filter.
+func installLabFilter(ctx context.Context, cl *client.Client, vcID string, inv *labInventory, log *slog.Logger) error {
+	have := map[string]bool{}
+	if cs, err := cl.ListClusters(ctx); err == nil {
+		for _, c := range cs {
+			if c.VCenterID == vcID && c.FilterState == model.FilterInstalled {
+				have[c.Name] = true
+			}
 		}
 	}
+	names := make([]string, 0, len(inv.Clusters))
+	for n := range inv.Clusters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if have[n] {
+			continue
+		}
+		if _, err := cl.InstallFilter(ctx, client.FilterInstallRequest{VCenterID: vcID, Cluster: n}); err != nil {
+			return fmt.Errorf("install the filter on cluster %s: %w", n, err)
+		}
+		log.Info("filter installed", "cluster", n)
+	}
+	return nil
 }
 
 // labView is one poll of the demo policy.
