@@ -400,9 +400,20 @@ func (r *PolicyReconciler) putTask(ctx context.Context, t *model.VMTask) error {
 // TaskID is the ID of the task of a VM under a policy.
 func TaskID(policyID, vmKey string) string { return policyID + "/" + vmKey }
 
-// failAll records reason on every task and returns err for a retry.
+// failAll records reason on every task and returns err for a retry. A VM
+// named only by name has no task before vCenter resolved it; it gets one
+// under its name so that the policy's status shows the reason (the task
+// moves to the VM's MoRef once vCenter answers).
 func (r *PolicyReconciler) failAll(ctx context.Context, sn *snapshot, err error) error {
 	var errs []error
+	for _, ref := range sn.policy.VMs {
+		if hasTask(sn, ref) {
+			continue
+		}
+		if _, e := r.ensureTask(ctx, sn, TaskID(sn.policy.ID, ref.Key()), ref.MoRef, ref.Name); e != nil {
+			errs = append(errs, e)
+		}
+	}
 	for _, t := range sortedTasks(sn.tasks) {
 		errs = append(errs, r.failTask(ctx, t, err.Error()))
 	}
@@ -420,6 +431,34 @@ func (r *PolicyReconciler) failTask(ctx context.Context, t *model.VMTask, reason
 		*t = nt
 	}
 	return err
+}
+
+// hasTask reports whether a VM of the policy has a task already.
+func hasTask(sn *snapshot, ref model.VMRef) bool {
+	for _, t := range sn.tasks {
+		if (ref.MoRef != "" && t.VMMoRef == ref.MoRef) || (ref.MoRef == "" && ref.Name != "" && t.VMName == ref.Name) {
+			return true
+		}
+	}
+	return false
+}
+
+// failPlanned records w.err on a VM whose replica is ready: the task keeps
+// what was planned (replica, disks, hosts), so the next reconcile finds the
+// replica without asking vCenter and the status shows where it stands.
+func (r *PolicyReconciler) failPlanned(ctx context.Context, w *work) error {
+	nt := w.next
+	nt.Status, nt.Reason = model.StatusError, w.err.Error()
+	nt.UpdatedAt = w.task.UpdatedAt
+	if reflect.DeepEqual(nt, *w.task) {
+		return nil
+	}
+	nt.UpdatedAt = r.cfg.Clock.Now()
+	if err := r.putTask(ctx, &nt); err != nil {
+		return err
+	}
+	*w.task = nt
+	return nil
 }
 
 // ensureTask creates the task of a VM if it has none (step one of the
@@ -670,7 +709,7 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 	for _, w := range ready {
 		if err := r.selectProxies(sn, p, pl, inv, w, now); err != nil {
 			w.err = err
-			errs = append(errs, r.failTask(ctx, w.task, err.Error()), err)
+			errs = append(errs, r.failPlanned(ctx, w), err)
 		}
 	}
 
@@ -682,7 +721,7 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 	})
 	for _, w := range ready {
 		if w.err != nil && !errors.Is(w.err, ErrNoProxy) {
-			errs = append(errs, r.failTask(ctx, w.task, w.err.Error()), w.err)
+			errs = append(errs, r.failPlanned(ctx, w), w.err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

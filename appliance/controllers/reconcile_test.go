@@ -374,3 +374,48 @@ func counter(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A policy naming its VMs by name shows why it waits even before vCenter
+// resolved them: the reason goes on a task under the VM's name, which
+// moves to the VM's MoRef once configuration proceeds.
+func TestNamedVMsShowWhyThePolicyWaits(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	dead := []model.Proxy{
+		proxy("src-phys", model.RoleSource, model.KindPhysical, "", 0),
+		proxy("dst-phys", model.RoleTarget, model.KindPhysical, "", 0),
+	}
+	for i := range dead {
+		dead[i].LastHeartbeat = time.Now().Add(-time.Hour)
+	}
+	p := l.setup(st, 0, dead...)
+	name := vcsim.ProtectedVMName(0)
+	p.VMs = []model.VMRef{{Name: name}}
+	mustApply(t, st, raftstore.PutPolicy{Policy: p})
+	r := newReconciler(t, st, l, comps)
+	if _, err := r.Reconcile(l.ctx, p.ID); !errors.Is(err, ErrNoProxy) {
+		t.Fatalf("dead proxies: %v", err)
+	}
+	tasks := tasksOf(st, p.ID)
+	tk, ok := tasks[TaskID(p.ID, name)]
+	if len(tasks) != 1 || !ok || tk.Status != model.StatusError || !strings.Contains(tk.Reason, "no source proxy is alive") {
+		t.Fatalf("tasks %+v", tasks)
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); !errors.Is(err, ErrNoProxy) || len(tasksOf(st, p.ID)) != 1 {
+		t.Fatalf("again: %v, %d tasks", err, len(tasksOf(st, p.ID)))
+	}
+
+	for _, px := range dead {
+		px.LastHeartbeat = time.Now()
+		mustApply(t, st, raftstore.PutProxy{Proxy: px})
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	tasks = tasksOf(st, p.ID)
+	moref := l.vm(name).MoRef
+	if tk, ok := tasks[TaskID(p.ID, moref)]; len(tasks) != 1 || !ok || tk.Status != model.StatusInitialSync {
+		t.Fatalf("after the proxies came back: %+v", tasks)
+	}
+}
