@@ -107,6 +107,13 @@ func (p *SourceProxy) Configure(routes map[string]SourceRoute) error {
 	if p.closed {
 		return errors.New("source proxy closed")
 	}
+	for vm, cr := range compiled {
+		// an unchanged key keeps its sealer: each new sealer draws a random
+		// nonce prefix, and fewer draws keep nonce collisions further away
+		if old := p.routes[vm]; old != nil && old.sealer != nil && bytes.Equal(old.Key, cr.Key) {
+			cr.sealer = old.sealer
+		}
+	}
 	// rules of the same name and limits keep their bucket (and the bytes
 	// it already let through) across configurations
 	buckets := map[string]*sourceBucket{}
