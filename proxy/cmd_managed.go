@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,7 +95,10 @@ func runManaged(ctx context.Context, cfg FileConfig, mf managedFlags) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	dataTLS := DataTLS(cert, pool)
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(&cert)
+	dataTLS := renewingDataTLS(&current, pool)
+	go renewCertificate(ctx, ag, &current, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := NewManaged(ManagedConfig{ID: mf.ProxyID, Advertise: advertise, AdminAddr: cfg.AdminAddr, TLS: dataTLS,
@@ -121,8 +125,8 @@ func runManaged(ctx context.Context, cfg FileConfig, mf managedFlags) error {
 		}
 		// HTTPS with the cluster certificate; a client certificate is
 		// optional (the admin routes only read) but must chain to the CA
-		adminTLS := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
-			ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven}
+		adminTLS := &tls.Config{MinVersion: tls.VersionTLS12, ClientCAs: pool, ClientAuth: tls.VerifyClientCertIfGiven,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil }}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(tls.NewListener(al, adminTLS))
 		defer srv.Close()
@@ -173,5 +177,26 @@ func certificate(ctx context.Context, ag *agent.Agent, log *slog.Logger) (tls.Ce
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 10*time.Second)
+	}
+}
+
+// renewCertificate asks the agent for the certificate twice a day; the
+// agent replaces it when little of its validity is left, and the next
+// handshakes use the new one.
+func renewCertificate(ctx context.Context, ag *agent.Agent, current *atomic.Pointer[tls.Certificate], log *slog.Logger) {
+	t := time.NewTicker(12 * time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cert, _, err := ag.TLS(ctx)
+		if err != nil {
+			log.Warn("renew certificate; keeping the current one", "err", err)
+			continue
+		}
+		current.Store(&cert)
 	}
 }

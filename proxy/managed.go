@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,9 +57,23 @@ type Managed struct {
 // chain is verified, not the host name, because components reach each
 // other by whatever address the coordinators recorded.
 func DataTLS(cert tls.Certificate, pool *x509.CertPool) *tls.Config {
+	c := dataTLS(pool)
+	c.Certificates = []tls.Certificate{cert}
+	return c
+}
+
+// renewingDataTLS is DataTLS whose certificate is read from cert at every
+// handshake, so a renewed certificate applies without a restart.
+func renewingDataTLS(cert *atomic.Pointer[tls.Certificate], pool *x509.CertPool) *tls.Config {
+	c := dataTLS(pool)
+	c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.Load(), nil }
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert.Load(), nil }
+	return c
+}
+
+func dataTLS(pool *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		Certificates:       []tls.Certificate{cert},
 		RootCAs:            pool,
 		ClientCAs:          pool,
 		ClientAuth:         tls.RequireAndVerifyClientCert,
