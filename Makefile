@@ -28,7 +28,7 @@ test: test-deps build lint
 	$(GO) test -timeout 20m $(PLAIN_PKGS)
 
 lab: build
-	$(BIN) lab --dir $(LABDIR)
+	$(BIN) lab --dir $(LABDIR) $(LABFLAGS)
 
 bench: test-deps build
 	./scripts/bench.sh

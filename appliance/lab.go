@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +50,10 @@ type labProc struct {
 	log   string
 	ready string   // line on stdout that says it is ready ("" for none)
 	env   []string // added to the lab's environment
+	// tier orders the stop: higher tiers stop first, so that the data path
+	// goes before the coordinators that configure it, and those before
+	// the vCenter they hold sessions to.
+	tier int
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -222,8 +227,8 @@ func (s *labSupervisor) supervise(p *labProc, first, max time.Duration) {
 	}()
 }
 
-// stopAll ends supervision, then stops every process (SIGTERM, then
-// SIGKILL after grace).
+// stopAll ends supervision, then stops every process, tier by tier from
+// the highest (SIGTERM, then SIGKILL after grace).
 func (s *labSupervisor) stopAll(grace time.Duration) {
 	s.mu.Lock()
 	if !s.stopping {
@@ -233,12 +238,23 @@ func (s *labSupervisor) stopAll(grace time.Duration) {
 	procs := append([]*labProc(nil), s.procs...)
 	s.mu.Unlock()
 	s.wg.Wait()
-	var wg sync.WaitGroup
+	tiers := map[int][]*labProc{}
+	var order []int
 	for _, p := range procs {
-		wg.Add(1)
-		go func(p *labProc) { defer wg.Done(); p.stop(grace) }(p)
+		if tiers[p.tier] == nil {
+			order = append(order, p.tier)
+		}
+		tiers[p.tier] = append(tiers[p.tier], p)
 	}
-	wg.Wait()
+	sort.Sort(sort.Reverse(sort.IntSlice(order)))
+	for _, t := range order {
+		var wg sync.WaitGroup
+		for _, p := range tiers[t] {
+			wg.Add(1)
+			go func(p *labProc) { defer wg.Done(); p.stop(grace) }(p)
+		}
+		wg.Wait()
+	}
 }
 
 // RunLab starts the lab's processes, writes DIR/lab.env, and supervises
@@ -337,7 +353,7 @@ func RunLab(ctx context.Context, o LabOptions) error {
 			}
 			args = append(args, "--join", "https://"+first.api, "--join-token", strings.TrimSpace(string(tok)))
 		}
-		p := &labProc{name: n.id, args: args, log: filepath.Join(dir, "logs", n.id+".log")}
+		p := &labProc{name: n.id, args: args, log: filepath.Join(dir, "logs", n.id+".log"), tier: 1}
 		if _, err := sup.launch(p); err != nil {
 			return err
 		}

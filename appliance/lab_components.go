@@ -258,7 +258,7 @@ func startLabComponents(ctx context.Context, cl *client.Client, s componentSetup
 		args := append([]string{"proxy"}, common(name)...)
 		args = append(args, "--proxy-id", lc.Proxies[spec.Name].ID, "--listen", a.Listen, "--admin-addr", a.Admin)
 		if proxyOK {
-			procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log")})
+			procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log"), tier: 2})
 			lc.admins[name] = a.Admin
 		}
 	}
@@ -273,7 +273,7 @@ func startLabComponents(ctx context.Context, cl *client.Client, s componentSetup
 			"--journal-dir", filepath.Join(s.dir, "journals", h.Name),
 			"--listen", h.Addr.Listen, "--nbd-addr", h.Addr.NBD, "--admin-addr", h.Addr.Admin)
 		if filterOK {
-			procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log")})
+			procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log"), tier: 2})
 			lc.admins[name] = h.Addr.Admin
 		}
 	}
