@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,17 +246,73 @@ func testKey(b byte) []byte {
 	return k
 }
 
+// ackGate relays connections to a target proxy; while held, nothing flows
+// back, so the points it delivers become durable at the target filter but
+// stay unacknowledged at the source proxy.
+type ackGate struct {
+	addr string
+	held atomic.Bool
+}
+
+func newAckGate(t *testing.T, upstream string) *ackGate {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	g := &ackGate{addr: l.Addr().String()}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(u, c); u.Close(); c.Close() }()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := u.Read(buf)
+					for g.held.Load() {
+						time.Sleep(5 * time.Millisecond)
+						if _, werr := c.Write(nil); werr != nil {
+							return
+						}
+					}
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return g
+}
+
 // TestSourceRouteSwitchTarget: writes flow through target proxy A; the
-// VM's route moves to target proxy B while points are in flight; every
-// write is acknowledged and the target journal holds exactly the writes,
-// point by point, with no point applied twice.
+// acknowledgements from A are held back, so points are durable at the
+// target filter but not acknowledged at the source when the VM's route
+// moves to target proxy B. B's handshake carries the filter's resume
+// position: the held writes are acknowledged, nothing is applied twice,
+// and the journal holds exactly the writes, point by point.
 func TestSourceRouteSwitchTarget(t *testing.T) {
 	r := newRouteRig(t)
 	key := testKey(3)
 	tr := map[string]TargetRoute{"vm-a": {TaskID: "task-1", Filter: r.filter.Addr(), Key: key}}
 	tpA, _, addrA := r.targetProxy(tr)
 	tpB, _, addrB := r.targetProxy(tr)
-	if err := r.source.Configure(map[string]SourceRoute{"vm-a": {TaskID: "task-1", Target: addrA, Key: key}}); err != nil {
+	gate := newAckGate(t, addrA)
+	if err := r.source.Configure(map[string]SourceRoute{"vm-a": {TaskID: "task-1", Target: gate.addr, Key: key}}); err != nil {
 		t.Fatal(err)
 	}
 	f, ack := r.connectFilter("vm-a")
@@ -266,17 +324,29 @@ func TestSourceRouteSwitchTarget(t *testing.T) {
 	f.marker(wire.MarkerInitialSyncDone)
 	f.write(rnd, 40, false)
 	f.waitAck(f.seq)
-	pointsA := counterValue(t, tpA.m.points)
-	if pointsA == 0 {
+	if counterValue(t, tpA.m.points) == 0 {
 		t.Fatal("nothing went through target proxy A")
 	}
 
-	// switch with writes still arriving, so some points are cut but not
-	// acknowledged when the route changes
+	gate.held.Store(true)
+	heldFrom := f.seq + 1
 	f.write(rnd, 30, false)
+	v, _ := r.filter.Store().VM("vm-a")
+	for i := 0; v.LastID() != f.seq; i++ {
+		if i == 1000 {
+			t.Fatalf("the target filter holds %d of %d", v.LastID(), f.seq)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for len(f.acked) > 0 {
+		if a := <-f.acked; a >= heldFrom {
+			t.Fatalf("write %d acknowledged through a held gate", a)
+		}
+	}
 	if err := r.source.Configure(map[string]SourceRoute{"vm-a": {TaskID: "task-1", Target: addrB, Key: key}}); err != nil {
 		t.Fatal(err)
 	}
+	f.waitAck(f.seq) // the held writes, acknowledged by B's resume position
 	f.write(rnd, 60, false)
 	f.waitAck(f.seq)
 	if n := counterValue(t, tpB.m.points); n == 0 {
