@@ -182,3 +182,37 @@ func TestManagedApplyChecks(t *testing.T) {
 		}
 	}
 }
+
+// TestManagedCommandChecks: managed mode refuses incomplete flags before
+// it listens or calls anyone.
+func TestManagedCommandChecks(t *testing.T) {
+	full := managedFlags{Coordinators: []string{"https://127.0.0.1:1"}, Token: "tok", CACert: "ca.pem", StateDir: t.TempDir(), ProxyID: "p1"}
+	cfg := FileConfig{Listen: "127.0.0.1:0", Codec: "s2", LogLevel: "error"}
+	for name, c := range map[string]struct {
+		mf  func(*managedFlags)
+		cfg func(*FileConfig)
+	}{
+		"no proxy id":  {mf: func(m *managedFlags) { m.ProxyID = "" }},
+		"no token":     {mf: func(m *managedFlags) { m.Token = "" }},
+		"no ca":        {mf: func(m *managedFlags) { m.CACert = "" }},
+		"no state dir": {mf: func(m *managedFlags) { m.StateDir = "" }},
+		"no listen":    {cfg: func(f *FileConfig) { f.Listen = "" }},
+		"plaintext":    {cfg: func(f *FileConfig) { f.Plaintext = true }},
+		"bad codec":    {cfg: func(f *FileConfig) { f.Codec = "lzma" }},
+		"missing ca":   {},
+	} {
+		mf, fc := full, cfg
+		if c.mf != nil {
+			c.mf(&mf)
+		}
+		if c.cfg != nil {
+			c.cfg(&fc)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := runManaged(ctx, fc, mf)
+		cancel()
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
