@@ -551,3 +551,35 @@ func TestTargetManagedRoutes(t *testing.T) {
 		t.Fatalf("a refused configuration changed the routes: %s", ack.Err)
 	}
 }
+
+// TestSourceRouteRuleBuckets: VMs under the same throttling rule share one
+// bucket, which survives a new configuration; another limit gets its own.
+func TestSourceRouteRuleBuckets(t *testing.T) {
+	r := newRouteRig(t)
+	slow := []model.TrafficRule{{ID: "r1", Name: "wan", TargetCIDR: "10.0.0.0/8", ThrottleBytesPerSec: 1 << 20}}
+	routes := map[string]SourceRoute{
+		"vm-a": {Target: "127.0.0.1:1", Rules: slow},
+		"vm-b": {Target: "127.0.0.1:2", Rules: slow},
+	}
+	if err := r.source.Configure(routes); err != nil {
+		t.Fatal(err)
+	}
+	b := r.source.routes["vm-a"].rules[0].bucket
+	if b == nil || r.source.routes["vm-b"].rules[0].bucket != b {
+		t.Fatal("two VMs under one rule do not share its bucket")
+	}
+	routes["vm-c"] = SourceRoute{Target: "127.0.0.1:3", Rules: slow}
+	if err := r.source.Configure(routes); err != nil {
+		t.Fatal(err)
+	}
+	if r.source.routes["vm-c"].rules[0].bucket != b || r.source.routes["vm-a"].rules[0].bucket != b {
+		t.Fatal("a new configuration replaced the rule's bucket")
+	}
+	faster := []model.TrafficRule{{ID: "r1", Name: "wan", TargetCIDR: "10.0.0.0/8", ThrottleBytesPerSec: 8 << 20}}
+	if err := r.source.Configure(map[string]SourceRoute{"vm-a": {Target: "127.0.0.1:1", Rules: faster}}); err != nil {
+		t.Fatal(err)
+	}
+	if nb := r.source.routes["vm-a"].rules[0].bucket; nb == b || nb == nil || nb.rate != 8<<20 {
+		t.Fatal("a changed limit kept the old bucket")
+	}
+}
