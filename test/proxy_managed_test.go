@@ -153,6 +153,21 @@ func startVcsim(t *testing.T, root string) map[string]string {
 	return env
 }
 
+// within polls cond every 100ms until it holds or d passes: the machine
+// may be busy with other tests, so the waits are generous.
+func within(t *testing.T, d time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not after %s: %v", what, d, err)
+}
+
 // streamFilter plays a source filter over TLS: ordered writes, resent
 // after a reconnect from the resume position the proxy answers.
 type streamFilter struct {
@@ -364,7 +379,7 @@ func TestProxyManaged(t *testing.T) {
 	}
 	defer cl.Close()
 	cl.RetryFor = 10 * time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 
 	vc, err := cl.AddVCenter(ctx, client.VCenterRequest{Name: "lab", URL: venv["GOVC_URL"], Username: venv["GOVC_USERNAME"],
@@ -373,7 +388,7 @@ func TestProxyManaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []string{"src-cluster", "dst-cluster"} {
-		eventually(t, "install the filter on "+c, func() error {
+		within(t, 60*time.Second, "install the filter on "+c, func() error {
 			_, err := cl.InstallFilter(ctx, client.FilterInstallRequest{VCenterID: vc.ID, Cluster: c})
 			return err
 		})
@@ -408,7 +423,7 @@ func TestProxyManaged(t *testing.T) {
 		procs[spec.name] = p
 	}
 	for name, p := range procs {
-		eventually(t, "proxy "+name+" serves its admin API", func() error {
+		within(t, 60*time.Second, "proxy "+name+" serves its admin API", func() error {
 			select {
 			case <-p.done:
 				t.Fatalf("proxy %s exited:\n%s", name, p.logTail())
@@ -472,7 +487,7 @@ func TestProxyManaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	var task *model.VMTask
-	eventually(t, "the task is planned with both proxies and hosts", func() error {
+	within(t, 90*time.Second, "the task is planned with both proxies and hosts", func() error {
 		st, err := cl.PolicyStatus(ctx, pol.ID)
 		if err != nil {
 			return err
@@ -503,7 +518,7 @@ func TestProxyManaged(t *testing.T) {
 	if err != nil || len(st.TargetVMs) != 1 || st.TargetVMs[0] != task.VMName {
 		t.Fatalf("target proxy A status %+v %v", st, err)
 	}
-	eventually(t, "the coordinator records the source proxy's lag", func() error {
+	within(t, 60*time.Second, "the coordinator records the source proxy's lag", func() error {
 		ps, err := cl.PolicyStatus(ctx, pol.ID)
 		if err != nil {
 			return err
