@@ -109,20 +109,23 @@ func (p *labProc) start(exe string, readyCh chan<- struct{}) error {
 	return nil
 }
 
-// stop sends SIGTERM to the process group, then SIGKILL after grace.
-func (p *labProc) stop(grace time.Duration) {
+// stop sends SIGTERM to the process group, then SIGKILL after grace; it
+// reports whether SIGKILL was needed.
+func (p *labProc) stop(grace time.Duration) (killed bool) {
 	p.mu.Lock()
 	cmd, done := p.cmd, p.done
 	p.mu.Unlock()
 	if cmd == nil || cmd.Process == nil {
-		return
+		return false
 	}
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-done:
+		return false
 	case <-time.After(grace):
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
+		return true
 	}
 }
 
@@ -251,7 +254,12 @@ func (s *labSupervisor) stopAll(grace time.Duration) {
 		var wg sync.WaitGroup
 		for _, p := range tiers[t] {
 			wg.Add(1)
-			go func(p *labProc) { defer wg.Done(); p.stop(grace) }(p)
+			go func(p *labProc) {
+				defer wg.Done()
+				if p.stop(grace) {
+					s.log.Warn("process did not stop on SIGTERM; killed", "name", p.name, "grace", grace, "log", p.log)
+				}
+			}(p)
 		}
 		wg.Wait()
 	}
