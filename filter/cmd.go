@@ -125,6 +125,7 @@ func parseSize(s string) (int64, error) {
 // NewCommand is the filter role: `continuum filter --role source|target ...`.
 func NewCommand() *cobra.Command {
 	var cfg FileConfig
+	var mo managedOptions
 	var configFile, genCerts string
 	cfg.Grace = model.Duration(30 * time.Second)
 	cmd := &cobra.Command{
@@ -137,6 +138,22 @@ A source filter owns the protected disks of its VMs (flat sparse files in
 any NBD client writes through it, and streams every write to a source proxy
 (initial sync, CBT mode, resync). A target filter keeps the journal of
 restore points and serves restores.
+
+With --coordinator (managed mode), one filter process serves one host and
+runs both sides: the source side for the VMs that run on the host (their
+flat files in <datastore>/<vm>/, NBD exports on --nbd-addr), the target side
+for the replicas on it (journal in --journal-dir, data listener --listen).
+Its configuration comes from the coordinators with each heartbeat and is
+cached in --state-dir; while no coordinator answers, the cached one keeps
+running, also across restarts. Its certificate (from the cluster CA,
+obtained once with the component token) secures the data hops and the
+admin listener, which is HTTPS: /healthz and /metrics are open, the rest
+needs a client certificate of the cluster CA (a coordinator's).
+
+  continuum filter --coordinator https://10.0.0.1:8443 --cacert ca.pem \
+    --token TOKEN --state-dir /var/lib/continuum/filter --host host-21 \
+    --datastore /ds/source --journal-dir /ds/journal --listen :9500 \
+    --nbd-addr :10809 --admin-addr :9501
 
 Without a coordinator, the configuration is static: flags or --config FILE
 (JSON with the flag names in snake case, and "vms": [{"name", "disks":
@@ -154,6 +171,16 @@ exits.`,
 				if err := loadConfig(cmd.Flags(), configFile, &cfg); err != nil {
 					return err
 				}
+			}
+			if len(mo.Coordinators) > 0 {
+				if mo.Token == "" {
+					mo.Token = strings.TrimSpace(os.Getenv(tokenEnv))
+				}
+				log, err := newLogger(cfg.LogLevel)
+				if err != nil {
+					return err
+				}
+				return runManaged(cmd.Context(), cmd, cfg, mo, log)
 			}
 			return run(cmd.Context(), cmd, cfg)
 		},
@@ -182,6 +209,13 @@ exits.`,
 	f.Var(durationValue{&cfg.ShortTerm}, "short-term", "target role: short-term retention (0 keeps all)")
 	f.Var(durationValue{&cfg.LongTerm}, "long-term", "target role: long-term retention (0 keeps all)")
 	f.BoolVar(&cfg.NoSync, "no-sync", false, "target role: do not fsync the journal (benchmarks only)")
+	f.StringSliceVar(&mo.Coordinators, "coordinator", nil, "managed mode: https://HOST:PORT of a coordinator (repeatable or comma-separated)")
+	f.StringVar(&mo.Token, "token", "", "managed mode: component token (default $"+tokenEnv+")")
+	f.StringVar(&mo.CACert, "cacert", "", "managed mode: PEM of the cluster CA")
+	f.StringVar(&mo.StateDir, "state-dir", "", "managed mode: keeps the cached configuration and the certificate")
+	f.StringVar(&mo.Host, "host", "", "managed mode: this filter's ESXi host (MoRef or name)")
+	f.StringVar(&mo.VCenterID, "vcenter-id", "", "managed mode: the host's vCenter (needed with several vCenters)")
+	f.DurationVar(&mo.Interval, "heartbeat-interval", 2*time.Second, "managed mode: heartbeat period")
 	f.Int64Var(&cfg.JournalMaxBytes, "journal-max-bytes", 0, "target role: bytes the journal's files may use (0: no cap); past it appends fail as on a full datastore")
 	return cmd
 }
@@ -282,12 +316,19 @@ func GenerateCerts(dir string) error {
 	return nil
 }
 
-func run(ctx context.Context, cmd *cobra.Command, cfg FileConfig) error {
+func newLogger(levelName string) (*slog.Logger, error) {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return fmt.Errorf("log level %q: %w", cfg.LogLevel, err)
+	if err := level.UnmarshalText([]byte(levelName)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", levelName, err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+}
+
+func run(ctx context.Context, cmd *cobra.Command, cfg FileConfig) error {
+	log, err := newLogger(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
 	tlsCfg, err := tlsConfig(cfg)
 	if err != nil {
 		return err

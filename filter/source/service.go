@@ -268,6 +268,12 @@ func (s *Service) Apply(vms []VMConfig) error {
 	return errors.Join(errs...)
 }
 
+// CheckVM validates one wanted VM the way Apply does, so that a caller can
+// leave out a bad one instead of having the whole list refused.
+func (s *Service) CheckVM(c VMConfig) error {
+	return s.opts.validateVMs([]VMConfig{c})
+}
+
 // keeps says whether the open VM can become c without closing: each of
 // its disks is still wanted, with the same capacity and file.
 func (v *vmState) keeps(c VMConfig) bool {

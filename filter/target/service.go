@@ -175,6 +175,10 @@ func (s *Service) NBDAddr() string { return s.nbdL.Addr().String() }
 // Store is the journal (for tests and tools in the same process).
 func (s *Service) Store() *journal.Store { return s.store }
 
+// Registry holds the service's metrics, for a process that serves them
+// with others.
+func (s *Service) Registry() *prometheus.Registry { return s.reg }
+
 // Handler is the admin API, for embedding.
 func (s *Service) Handler() http.Handler { return s.http.Handler }
 

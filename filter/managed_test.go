@@ -1,0 +1,474 @@
+package filter
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/continuum-cdp/continuum/filter/nbd"
+	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/internal/pki"
+	"github.com/continuum-cdp/continuum/internal/wire"
+)
+
+// testCoordinator answers heartbeats with the configuration set by the
+// test, issues component certificates from its CA, and can be down.
+type testCoordinator struct {
+	t   *testing.T
+	ca  *pki.CA
+	srv *httptest.Server
+
+	mu      sync.Mutex
+	cfg     model.ComponentConfig
+	down    bool
+	reports []model.ComponentReport
+}
+
+func newTestCoordinator(t *testing.T, ca *pki.CA) *testCoordinator {
+	c := &testCoordinator{t: t, ca: ca}
+	node, err := ca.Issue("c1", []string{"127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v1/components/heartbeat", func(w http.ResponseWriter, r *http.Request) {
+		var rep model.ComponentReport
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&rep); err != nil {
+			t.Errorf("heartbeat body: %v", err)
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.down {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":{"code":"unavailable","message":"no leader"}}`)
+			return
+		}
+		c.reports = append(c.reports, rep)
+		_ = json.NewEncoder(w).Encode(c.cfg)
+	})
+	mux.HandleFunc("POST /api/v1/components/certificate", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Name  string   `json:"name"`
+			Hosts []string `json:"hosts"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, "bad", http.StatusBadRequest)
+			return
+		}
+		l, err := ca.IssueComponent(req.Name, req.Hosts, 0)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		key, _ := pki.KeyPEM(l.Key)
+		_ = json.NewEncoder(w).Encode(map[string]string{"ca_cert": string(pki.CertPEM(ca.Cert)),
+			"cert": string(pki.CertPEM(l.Cert)), "key": string(key)})
+	})
+	c.srv = httptest.NewUnstartedServer(mux)
+	c.srv.TLS = pki.APIServerTLS(ca.Cert, node.TLSCertificate(ca.Cert))
+	c.srv.StartTLS()
+	t.Cleanup(c.srv.Close)
+	return c
+}
+
+func (c *testCoordinator) set(cfg model.ComponentConfig) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg.Kind, cfg.ID = model.ComponentFilter, "vc-1/host-1"
+	cfg.Version = fmt.Sprint(time.Now().UnixNano())
+	c.cfg = cfg
+}
+
+func (c *testCoordinator) setDown(b bool) {
+	c.mu.Lock()
+	c.down = b
+	c.mu.Unlock()
+}
+
+func (c *testCoordinator) last() (model.ComponentReport, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.reports) == 0 {
+		return model.ComponentReport{}, 0
+	}
+	return c.reports[len(c.reports)-1], len(c.reports)
+}
+
+// testProxy is a source proxy and target in one, over mutual TLS with a
+// component certificate: it applies what it gets to one image per disk.
+type testProxy struct {
+	t   *testing.T
+	l   net.Listener
+	mu  sync.Mutex
+	img map[string][]byte // "vm/key"
+	seq map[string]uint64
+	ini map[string]bool
+}
+
+func newTestProxy(t *testing.T, ca *pki.CA) *testProxy {
+	leaf, err := ca.IssueComponent("px", []string{"127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{leaf.TLSCertificate(ca.Cert)},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.Pool(ca.Cert)}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &testProxy{t: t, l: l, img: map[string][]byte{}, seq: map[string]uint64{}, ini: map[string]bool{}}
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(nc)
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return p
+}
+
+func (p *testProxy) serve(nc net.Conn) {
+	c := wire.NewConn(nc)
+	defer c.Close()
+	h, err := wire.Expect[*wire.Hello](c)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	for _, d := range h.Disks {
+		k := fmt.Sprintf("%s/%d", h.VM, d.Key)
+		if p.img[k] == nil {
+			p.img[k] = make([]byte, d.Capacity)
+		}
+	}
+	ack := &wire.HelloAck{Resume: p.seq[h.VM], InitialSyncDone: p.ini[h.VM]}
+	p.mu.Unlock()
+	if c.Send(ack) != nil {
+		return
+	}
+	for {
+		m, err := c.ReadMsg()
+		if err != nil {
+			return
+		}
+		var seq uint64
+		p.mu.Lock()
+		switch m := m.(type) {
+		case *wire.Write:
+			seq = m.Seq
+			if seq > p.seq[h.VM] {
+				img := p.img[fmt.Sprintf("%s/%d", h.VM, m.Disk)]
+				if m.Op == wire.OpData {
+					copy(img[m.Off:], m.Data)
+				} else {
+					clear(img[m.Off : m.Off+int64(m.Len)])
+				}
+			}
+		case *wire.Marker:
+			seq = m.Seq
+			if m.Kind == wire.MarkerInitialSyncDone {
+				p.ini[h.VM] = true
+			}
+		}
+		if seq > p.seq[h.VM] {
+			p.seq[h.VM] = seq
+		}
+		p.mu.Unlock()
+		if seq > 0 && c.Send(&wire.Ack{Seq: seq}) != nil {
+			return
+		}
+	}
+}
+
+func (p *testProxy) image(k string) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.img[k])
+}
+
+// filterProc is the filter command run in this process.
+type filterProc struct {
+	cancel context.CancelFunc
+	done   chan error
+	ready  map[string]string
+}
+
+func startManaged(t *testing.T, args ...string) *filterProc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	cmd := NewCommand()
+	cmd.SetArgs(args)
+	cmd.SetOut(pw)
+	f := &filterProc{cancel: cancel, done: make(chan error, 1)}
+	go func() { err := cmd.ExecuteContext(ctx); pw.Close(); f.done <- err }()
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "filter ready") {
+				line <- sc.Text()
+			}
+		}
+	}()
+	select {
+	case l := <-line:
+		f.ready = map[string]string{}
+		for _, kv := range strings.Fields(l)[2:] {
+			k, v, _ := strings.Cut(kv, "=")
+			f.ready[k] = v
+		}
+	case err := <-f.done:
+		t.Fatalf("filter exited before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("filter not ready")
+	}
+	t.Cleanup(f.stop)
+	return f
+}
+
+func (f *filterProc) stop() {
+	f.cancel()
+	<-f.done
+	f.done <- nil // a second stop returns at once
+}
+
+func waitUntil(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func qemuWrite(t *testing.T, nbdAddr, export string, pattern byte, off, n int) {
+	t.Helper()
+	uri := nbd.URI(nbdAddr, export)
+	out, err := exec.Command("qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x%02x %d %d", pattern, off, n), uri).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-io write to %s: %v\n%s", uri, err, out)
+	}
+}
+
+// TestManagedFilter: the filter's configuration comes from the
+// coordinator: a task whose VM runs on its host is exported over NBD and
+// streamed to the task's proxy; a disk added and a proxy changed follow;
+// the admin listener is HTTPS with open /healthz and /metrics and
+// certificate-only API; with the coordinator down, a restarted filter
+// runs its cached configuration.
+func TestManagedFilter(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Fatal("qemu-io is required (Debian package qemu-utils, see scripts/test-deps.sh)")
+	}
+	ca, err := pki.NewCA("test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pki.CertPEM(ca.Cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	coord := newTestCoordinator(t, ca)
+	pa, pb := newTestProxy(t, ca), newTestProxy(t, ca)
+	task := model.TaskPath{TaskID: "pol-1/vm-7", PolicyID: "pol-1", VM: "web", SourceHost: "host-1", TargetHost: "host-2",
+		SourceProxy: pa.l.Addr().String(), Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1 << 20}},
+		ShortTermRetention: model.Duration(time.Hour)}
+	replica := model.TaskPath{TaskID: "pol-2/vm-9", PolicyID: "pol-2", VM: "db", SourceHost: "host-3", TargetHost: "host-1",
+		Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1 << 20}}, ShortTermRetention: model.Duration(2 * time.Hour),
+		LongTermRetention: model.Duration(72 * time.Hour)}
+	coord.set(model.ComponentConfig{Tasks: []model.TaskPath{task, replica}})
+	args := []string{"--coordinator", coord.srv.URL, "--token", "tok", "--cacert", caFile,
+		"--state-dir", filepath.Join(dir, "state"), "--host", "host-1", "--datastore", filepath.Join(dir, "ds"),
+		"--journal-dir", filepath.Join(dir, "journal"), "--listen", "127.0.0.1:0", "--nbd-addr", "127.0.0.1:0",
+		"--admin-addr", "127.0.0.1:0", "--heartbeat-interval", "100ms", "--log-level", "warn"}
+	f := startManaged(t, args...)
+	nbdAddr, admin := f.ready["nbd"], f.ready["admin"]
+
+	waitUntil(t, "a report of the task in Syncing", func() error {
+		rep, _ := coord.last()
+		if rep.NBDAddr != nbdAddr || rep.AdminAddr != admin || rep.DataAddr != f.ready["data"] || rep.ID != "host-1" {
+			return fmt.Errorf("addresses %+v", rep)
+		}
+		if len(rep.VMs) != 1 || rep.VMs[0].TaskID != task.TaskID || rep.VMs[0].Status != model.StatusSyncing {
+			return fmt.Errorf("vms %+v", rep.VMs)
+		}
+		return nil
+	})
+	qemuWrite(t, nbdAddr, "web/2000", 0xab, 4096, 65536)
+	want, err := os.ReadFile(filepath.Join(dir, "ds", "web", "web-2000-flat.vmdk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want[4096] != 0xab {
+		t.Fatal("the write did not reach the flat file")
+	}
+	waitUntil(t, "the write at the proxy", func() error {
+		if !bytes.Equal(pa.image("web/2000"), want) {
+			return fmt.Errorf("image differs")
+		}
+		return nil
+	})
+	b, err := os.ReadFile(filepath.Join(dir, "journal", "retention.json"))
+	if err != nil || !strings.Contains(string(b), `"db"`) {
+		t.Fatalf("the replica's retention window was not kept: %v %s", err, b)
+	}
+
+	// the admin API
+	pool := pki.Pool(ca.Cert)
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", InsecureSkipVerify: true}}}
+	comp, _ := ca.IssueComponent("other", []string{"127.0.0.1"}, 0)
+	node, _ := ca.Issue("c2", []string{"127.0.0.1"}, 0)
+	asComp := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{comp.TLSCertificate(ca.Cert)}}}}
+	asNode := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{node.TLSCertificate(ca.Cert)}}}}
+	for _, c := range []struct {
+		client *http.Client
+		path   string
+		want   int
+	}{
+		{anon, "/healthz", 200}, {anon, "/metrics", 200}, {anon, "/v1/vms", 401}, {anon, "/v1/status", 401},
+		{asComp, "/v1/vms", 403}, {asNode, "/v1/vms", 200}, {asNode, "/v1/status", 200},
+	} {
+		resp, err := c.client.Get("https://" + admin + c.path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", c.path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Fatalf("GET %s: %d, want %d: %s", c.path, resp.StatusCode, c.want, body)
+		}
+		if c.path == "/metrics" && (!strings.Contains(string(body), "continuum_source_filter_seq") || !strings.Contains(string(body), `continuum_nbd_requests_total{op="write",side="source"}`)) {
+			t.Fatalf("metrics lack the source side:\n%s", body)
+		}
+	}
+	if _, err := http.Get("http://" + admin + "/healthz"); err == nil {
+		// plain HTTP gets no answer from a TLS listener that is worth a 200
+		resp, _ := http.Get("http://" + admin + "/healthz")
+		if resp != nil && resp.StatusCode == 200 {
+			t.Fatal("the admin listener answered plain HTTP")
+		}
+	}
+
+	// a new disk, another proxy
+	task.Disks = append(task.Disks, model.DiskMap{Key: 2001, CapacityBytes: 2 << 20})
+	task.SourceProxy = pb.l.Addr().String()
+	coord.set(model.ComponentConfig{Tasks: []model.TaskPath{task, replica}})
+	waitUntil(t, "the new disk exported", func() error {
+		out, err := exec.Command("qemu-io", "-f", "raw", "-r", "-c", "read 0 512", nbd.URI(nbdAddr, "web/2001")).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	qemuWrite(t, nbdAddr, "web/2001", 0xcd, 1<<20, 8192)
+	qemuWrite(t, nbdAddr, "web/2000", 0x11, 0, 512)
+	waitUntil(t, "both disks exact at the new proxy", func() error {
+		for _, k := range []int32{2000, 2001} {
+			want, err := os.ReadFile(filepath.Join(dir, "ds", "web", DiskFileName("web", k)))
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(pb.image(fmt.Sprintf("web/%d", k)), want) {
+				return fmt.Errorf("disk %d differs", k)
+			}
+		}
+		rep, _ := coord.last()
+		if len(rep.VMs) != 1 || rep.VMs[0].Status != model.StatusSyncing {
+			return fmt.Errorf("vms %+v", rep.VMs)
+		}
+		return nil
+	})
+
+	// coordinator down: a restarted filter runs the cached configuration
+	coord.setDown(true)
+	time.Sleep(300 * time.Millisecond) // the last configuration is cached once applied
+	f.stop()
+	f = startManaged(t, args...)
+	nbdAddr = f.ready["nbd"]
+	qemuWrite(t, nbdAddr, "web/2001", 0xef, 0, 4096)
+	waitUntil(t, "the write after the restart at the proxy", func() error {
+		want, err := os.ReadFile(filepath.Join(dir, "ds", "web", DiskFileName("web", 2001)))
+		if err != nil {
+			return err
+		}
+		if want[0] != 0xef || !bytes.Equal(pb.image("web/2001"), want) {
+			return fmt.Errorf("image differs")
+		}
+		return nil
+	})
+	st, err := os.Stat(filepath.Join(dir, "state", "config.json"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("cached configuration: %v %v", err, st)
+	}
+
+	// back up: the task removed, its export goes
+	coord.set(model.ComponentConfig{Tasks: []model.TaskPath{replica}})
+	coord.setDown(false)
+	waitUntil(t, "the export withdrawn", func() error {
+		out, err := exec.Command("qemu-io", "-f", "raw", "-r", "-c", "read 0 512", nbd.URI(nbdAddr, "web/2000")).CombinedOutput()
+		if err == nil {
+			return fmt.Errorf("still exported: %s", out)
+		}
+		rep, _ := coord.last()
+		if len(rep.VMs) != 0 {
+			return fmt.Errorf("still reported: %+v", rep.VMs)
+		}
+		return nil
+	})
+	if _, err := os.Stat(filepath.Join(dir, "ds", "web", DiskFileName("web", 2000))); err != nil {
+		t.Fatalf("the removed VM's file: %v", err)
+	}
+}
+
+// TestManagedFlags: managed mode refuses what it cannot run, before
+// anything is opened.
+func TestManagedFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"--coordinator", "https://127.0.0.1:1", "--token", "t", "--cacert", "x", "--state-dir", dir, "--datastore", dir, "--journal-dir", dir, "--listen", "127.0.0.1:0"},
+		{"--coordinator", "https://127.0.0.1:1", "--token", "t", "--cacert", "x", "--state-dir", dir, "--host", "h", "--journal-dir", dir, "--listen", "127.0.0.1:0"},
+		{"--coordinator", "https://127.0.0.1:1", "--cacert", "x", "--state-dir", dir, "--host", "h", "--datastore", dir, "--journal-dir", dir, "--listen", "127.0.0.1:0"},
+		{"--coordinator", "https://127.0.0.1:1", "--token", "t", "--cacert", "x", "--state-dir", dir, "--host", "h", "--datastore", dir, "--journal-dir", dir, "--listen", "127.0.0.1:0", "--role", "source"},
+	} {
+		t.Setenv(tokenEnv, "")
+		cmd := NewCommand()
+		cmd.SetArgs(args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.Execute(); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("refused flags left files: %v", entries)
+	}
+}
