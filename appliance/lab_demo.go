@@ -64,26 +64,16 @@ func ensureDemoPolicy(ctx context.Context, cl *client.Client, vcID string, vms [
 }
 
 // installLabFilter installs the I/O filter on the lab's clusters (and with
-// it the CDP storage policy) unless they have it: a policy protects VMs
-// only between clusters that have the filter.
+// it the CDP storage policy): a policy protects VMs only between clusters
+// that have the filter. It asks even when the records say installed: the
+// simulator of a restarted lab starts without it.
 func installLabFilter(ctx context.Context, cl *client.Client, vcID string, inv *labInventory, log *slog.Logger) error {
-	have := map[string]bool{}
-	if cs, err := cl.ListClusters(ctx); err == nil {
-		for _, c := range cs {
-			if c.VCenterID == vcID && c.FilterState == model.FilterInstalled {
-				have[c.Name] = true
-			}
-		}
-	}
 	names := make([]string, 0, len(inv.Clusters))
 	for n := range inv.Clusters {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if have[n] {
-			continue
-		}
 		if _, err := cl.InstallFilter(ctx, client.FilterInstallRequest{VCenterID: vcID, Cluster: n}); err != nil {
 			return fmt.Errorf("install the filter on cluster %s: %w", n, err)
 		}
