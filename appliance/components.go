@@ -229,10 +229,32 @@ func (c *Components) CreateLongTerm(ctx context.Context, task model.VMTask) (tim
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	p, err := cl.LongTerm(ctx, task.VMName)
+	var re *target.RemoteError
+	if errors.As(err, &re) && re.Status == http.StatusPreconditionFailed {
+		// Nothing was written since the newest long-term point: that
+		// point already holds the VM as it is now.
+		if at, ok := newestLongTerm(ctx, cl, task.VMName); ok {
+			return at, nil
+		}
+	}
 	if err != nil {
 		return time.Time{}, fmt.Errorf("create long-term point of %s on filter %s: %w", task.VMName, addr, err)
 	}
 	return p.Time, nil
+}
+
+// newestLongTerm returns the time of the newest long-term point of vm.
+func newestLongTerm(ctx context.Context, cl *target.Client, vm string) (time.Time, bool) {
+	pts, err := cl.Points(ctx, vm)
+	if err != nil {
+		return time.Time{}, false
+	}
+	for i := len(pts) - 1; i >= 0; i-- {
+		if pts[i].Kind == model.PointLongTerm {
+			return pts[i].Time, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // pointID parses a restore-point ID of a path.

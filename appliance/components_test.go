@@ -98,6 +98,7 @@ func TestComponentsConfigureNamesMissingComponents(t *testing.T) {
 type fakeFilter struct {
 	srv   *httptest.Server
 	image []byte
+	idle  bool // long-term answers 412: nothing new since the last one
 
 	mu       sync.Mutex
 	longTerm []string
@@ -140,7 +141,12 @@ func newFakeFilter(t *testing.T, ca *pki.CA, image []byte) *fakeFilter {
 	mux.HandleFunc("POST /v1/vms/{vm}/long-term", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.longTerm = append(f.longTerm, r.PathValue("vm"))
+		idle := f.idle
 		f.mu.Unlock()
+		if idle {
+			writeErr(w, http.StatusPreconditionFailed, model.CodeFailedPrecond, "no short-term point since 1")
+			return
+		}
 		_ = json.NewEncoder(w).Encode(target.PointInfo{ID: 3, Time: time.Unix(130, 0).UTC(), Kind: model.PointLongTerm})
 	})
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -269,6 +275,14 @@ func TestVMRoutesReachTheTargetFilter(t *testing.T) {
 		if p != "n1" {
 			t.Fatalf("filter saw client certificate %q, want the node's", p)
 		}
+	}
+
+	// Nothing written since the last long-term point: that point stands.
+	f.mu.Lock()
+	f.idle = true
+	f.mu.Unlock()
+	if at, err := comps.CreateLongTerm(ctx, task); err != nil || !at.Equal(time.Unix(100, 0)) {
+		t.Fatalf("idle VM: point at %v, %v; want the newest long-term point's time", at, err)
 	}
 
 	// A task whose replica has no host yet cannot get a point.

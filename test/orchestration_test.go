@@ -247,11 +247,14 @@ func (o *orchestra) eventually(what string, d time.Duration, cond func() error) 
 	o.t.Fatalf("%s: %v\n%s", what, err, logs.String())
 }
 
-func (o *orchestra) policy(name string, vms []string) *model.Policy {
+func (o *orchestra) policy(name string, vms []string, longTermEvery time.Duration) *model.Policy {
 	o.t.Helper()
 	p := &model.Policy{Name: name, VCenterID: o.vc.ID, Enabled: true,
 		Target: model.Target{VCenterID: o.vc.ID, Cluster: vcsim.TargetClusterName, Datastore: vcsim.TargetDatastoreName(0)},
 		RPO:    model.Duration(2 * time.Second), ShortTermRetention: model.Duration(time.Hour)}
+	if longTermEvery > 0 {
+		p.LongTermEvery, p.LongTermRetention = model.Duration(longTermEvery), model.Duration(time.Hour)
+	}
 	for _, vm := range vms {
 		p.VMs = append(p.VMs, model.VMRef{Name: vm})
 	}
@@ -353,7 +356,7 @@ func TestOrchestration(t *testing.T) {
 	api := o.cluster.nodes[0].url()
 
 	vms := []string{vcsim.ProtectedVMName(0), vcsim.ProtectedVMName(1)}
-	p := o.policy("gold", vms)
+	p := o.policy("gold", vms, 4*time.Second)
 	o.waitSyncing(p, 3*time.Minute)
 	o.checkReplicas(p)
 
@@ -399,9 +402,37 @@ func TestOrchestration(t *testing.T) {
 		}
 	}
 
+	// The leader's scheduler asks the target filter for long-term points.
+	longTerm := func(vm string) (int, error) {
+		pts, err := o.cl.RestorePoints(ctx, vm)
+		n := 0
+		for _, p := range pts {
+			if p.Kind == model.PointLongTerm {
+				n++
+			}
+		}
+		return n, err
+	}
+	lt0, err := longTerm(vms[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks, err := o.cl.VMDisks(ctx, vms[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 128k 8k", "-c", "flush", disks.Disks[0].NBDURI)
+	o.eventually("a scheduled long-term point", 60*time.Second, func() error {
+		n, err := longTerm(vms[0])
+		if err == nil && n <= lt0 {
+			err = fmt.Errorf("%d long-term points, %d before", n, lt0)
+		}
+		return err
+	})
+
 	// The leader dies while a second policy is being configured: once the
 	// first of its replicas is recorded.
-	p2 := o.policy("silver", []string{vcsim.ProtectedVMName(2), vcsim.ProtectedVMName(3)})
+	p2 := o.policy("silver", []string{vcsim.ProtectedVMName(2), vcsim.ProtectedVMName(3)}, 0)
 	synced := 0
 	o.eventually("a replica of the second policy recorded", 60*time.Second, func() error {
 		st, err := o.cl.PolicyStatus(ctx, p2.ID)
@@ -457,7 +488,7 @@ func TestOrchestration200VMs(t *testing.T) {
 	for i := range n {
 		vms = append(vms, vcsim.ProtectedVMName(i))
 	}
-	p := o.policy("fleet", vms)
+	p := o.policy("fleet", vms, 0)
 	o.waitSyncing(p, 8*time.Minute)
 	o.checkReplicas(p)
 }
