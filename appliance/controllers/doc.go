@@ -8,12 +8,13 @@
 // when this node becomes leader and cancels when it stops being leader. The
 // loops see the replicated state, vCenter and the data-path components only
 // through the small interfaces Store, Inventory and Components, which
-// raftstore.Node, vsphere.Client and the component registry satisfy.
+// raftstore.Node, vsphere.Client and appliance.Components satisfy.
 //
 // Wiring on a coordinator node:
 //
 //	m, _ := controllers.NewMetrics(registry)
 //	conn := &controllers.Connector{Store: node, Unseal: node.Unseal, Dir: dataDir, Logger: log}
+//	components := &appliance.Components{Store: node, Filters: filterAdmin}
 //	rec, _ := controllers.NewPolicyReconciler(controllers.Config{
 //		Store: node, Inventories: conn.Get, Components: components, Metrics: m, Logger: log,
 //		KeyFor: controllers.DeriveKeys(node.ClusterKey()),
