@@ -38,6 +38,10 @@ type LabOptions struct {
 	// process.
 	NoComponents bool
 	WithVcsim    bool // start "continuum vcsim" first
+	// VMs and DiskSizesMB, when set, size the simulator's source VMs
+	// (benchmarks run the lab with many small VMs).
+	VMs         int
+	DiskSizesMB string
 	Exe          string
 	Out          io.Writer
 	Logger       *slog.Logger
@@ -317,9 +321,15 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		if err := os.RemoveAll(vdir); err != nil {
 			return fmt.Errorf("clear the simulator directory: %w", err)
 		}
-		p := &labProc{name: "vcsim", args: []string{"vcsim", "--listen", addr, "--dir", vdir,
-			"--proxy-vms", strconv.Itoa(labProxyVMs), "--disk-sizes-mb", labDiskSizesMB},
-			log: filepath.Join(dir, "logs", "vcsim.log"), ready: "vcsim ready"}
+		sizes := labDiskSizesMB
+		if o.DiskSizesMB != "" {
+			sizes = o.DiskSizesMB
+		}
+		args := []string{"vcsim", "--listen", addr, "--dir", vdir, "--proxy-vms", strconv.Itoa(labProxyVMs), "--disk-sizes-mb", sizes}
+		if o.VMs > 0 {
+			args = append(args, "--vms", strconv.Itoa(o.VMs))
+		}
+		p := &labProc{name: "vcsim", args: args, log: filepath.Join(dir, "logs", "vcsim.log"), ready: "vcsim ready"}
 		ready, err := sup.launch(p)
 		if err != nil {
 			return err
@@ -728,5 +738,9 @@ Running it again on the same DIR restarts the same lab.`,
 	cmd.Flags().BoolVar(&o.NoDemo, "no-demo", false, "do not create the demo policy")
 	cmd.Flags().BoolVar(&o.NoWorkload, "no-workload", false, "do not write to the demo VMs' disks")
 	cmd.Flags().BoolVar(&o.NoTable, "no-table", false, "do not print the live table of the demo VMs")
+	cmd.Flags().IntVar(&o.VMs, "vms", 0, "source VMs in the simulator (0: its default)")
+	cmd.Flags().StringVar(&o.DiskSizesMB, "disk-sizes-mb", "", "disk sizes of the simulator's source VMs, cycled (MB, comma-separated)")
+	_ = cmd.Flags().MarkHidden("vms")
+	_ = cmd.Flags().MarkHidden("disk-sizes-mb")
 	return cmd
 }
