@@ -42,9 +42,9 @@ type LabOptions struct {
 	// (benchmarks run the lab with many small VMs).
 	VMs         int
 	DiskSizesMB string
-	Exe          string
-	Out          io.Writer
-	Logger       *slog.Logger
+	Exe         string
+	Out         io.Writer
+	Logger      *slog.Logger
 }
 
 // labProc is one supervised child process.
