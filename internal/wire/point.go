@@ -96,6 +96,10 @@ type PointOptions struct {
 	VM string
 	// MaxRawLen bounds the decoded size (0: DefaultMaxRawLen).
 	MaxRawLen int
+	// Buf, when its capacity suffices, holds the encoded payload instead
+	// of a new allocation (a caller's free list); its contents are
+	// overwritten. A sealed point's payload is a copy and Buf only scratch.
+	Buf []byte
 }
 
 // RawSize is the size of the serialised extent list and data.
@@ -133,28 +137,36 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 	if size > math.MaxUint32 {
 		return fmt.Errorf("encode point %d: %d bytes exceed a point's limit", p.ID, size)
 	}
-	raw := make([]byte, 0, size)
-	raw = be.AppendUint32(raw, uint32(len(extents)))
+	head := make([]byte, 0, 4+len(extents)*extentHeaderLen)
+	head = be.AppendUint32(head, uint32(len(extents)))
 	for i := range extents {
 		e := &extents[i]
-		raw = be.AppendUint32(raw, uint32(e.Disk))
-		raw = be.AppendUint64(raw, uint64(e.Off))
-		raw = append(raw, e.Op)
-		raw = be.AppendUint64(raw, uint64(e.Len))
+		head = be.AppendUint32(head, uint32(e.Disk))
+		head = be.AppendUint64(head, uint64(e.Off))
+		head = append(head, e.Op)
+		head = be.AppendUint64(head, uint64(e.Len))
 	}
-	for i := range extents {
-		if extents[i].Op == OpData {
-			raw = append(raw, extents[i].Data...)
-		}
-	}
-	p.RawLen = uint32(len(raw))
+	p.RawLen = uint32(size)
 	p.Codec = opts.Codec
 	var body []byte
 	switch opts.Codec {
 	case CodecNone:
-		body = raw
+		body = append(opts.Buf[:0], head...)
+		for i := range extents {
+			if extents[i].Op == OpData {
+				body = append(body, extents[i].Data...)
+			}
+		}
 	case CodecS2, CodecZstd:
-		body = compressChunks(opts.Codec, raw)
+		cw := chunkWriter{codec: opts.Codec, out: opts.Buf[:0]}
+		cw.out = slices.Grow(cw.out, compressedBound(opts.Codec, size))
+		cw.write(head)
+		for i := range extents {
+			if extents[i].Op == OpData {
+				cw.write(extents[i].Data)
+			}
+		}
+		body = cw.finish()
 	default:
 		return fmt.Errorf("encode point %d: unknown codec %d", p.ID, opts.Codec)
 	}
@@ -309,33 +321,85 @@ func zstdDecoder() *zstd.Decoder {
 	return zdec
 }
 
-// compressChunks: per chunk {rawLen uint32, compLen uint32 (high bit:
-// stored)} then the bytes.
-func compressChunks(c Codec, raw []byte) []byte {
-	out := make([]byte, 0, len(raw)/2+chunkHeaderLen*(len(raw)/ChunkSize+1))
-	for off := 0; off < len(raw); off += ChunkSize {
-		chunk := raw[off:min(off+ChunkSize, len(raw))]
-		hdr := len(out)
-		out = append(out, 0, 0, 0, 0, 0, 0, 0, 0)
-		start := len(out)
-		switch c {
-		case CodecS2:
-			out = slices.Grow(out, s2.MaxEncodedLen(len(chunk)))
-			out = out[:start+s2.MaxEncodedLen(len(chunk))]
-			n := len(s2.Encode(out[start:], chunk))
-			out = out[:start+n]
-		case CodecZstd:
-			out = zstdEncoder().EncodeAll(chunk, out)
-		}
-		comp := uint32(len(out) - start)
-		if int(comp) >= len(chunk) {
-			out = append(out[:start], chunk...)
-			comp = uint32(len(chunk)) | chunkStored
-		}
-		be.PutUint32(out[hdr:], uint32(len(chunk)))
-		be.PutUint32(out[hdr+4:], comp)
+// compressedBound is the most a compressed payload of raw bytes can take:
+// a chunk that does not compress is stored as is.
+func compressedBound(c Codec, raw int) int {
+	n := (raw + ChunkSize - 1) / ChunkSize
+	if c == CodecS2 {
+		// s2 writes into room for its worst case before the chunk falls
+		// back to stored
+		return raw + n*chunkHeaderLen + (s2.MaxEncodedLen(ChunkSize) - ChunkSize)
 	}
-	return out
+	return raw + n*chunkHeaderLen
+}
+
+// chunkWriter compresses a byte stream in ChunkSize chunks as it is
+// written: per chunk {rawLen uint32, compLen uint32 (high bit: stored)}
+// then the bytes. A whole chunk available in one write is compressed in
+// place; only the pieces that straddle a chunk boundary are gathered in
+// a scratch chunk, so a point's raw form is never built.
+type chunkWriter struct {
+	codec   Codec
+	out     []byte
+	scratch []byte
+}
+
+func (w *chunkWriter) write(b []byte) {
+	for len(b) > 0 {
+		if len(w.scratch) == 0 && len(b) >= ChunkSize {
+			w.chunk(b[:ChunkSize])
+			b = b[ChunkSize:]
+			continue
+		}
+		if w.scratch == nil {
+			w.scratch = (*chunkScratch.Get().(*[]byte))[:0]
+		}
+		n := min(len(b), ChunkSize-len(w.scratch))
+		w.scratch = append(w.scratch, b[:n]...)
+		b = b[n:]
+		if len(w.scratch) == ChunkSize {
+			w.chunk(w.scratch)
+			w.scratch = w.scratch[:0]
+		}
+	}
+}
+
+func (w *chunkWriter) finish() []byte {
+	if w.scratch != nil {
+		if len(w.scratch) > 0 {
+			w.chunk(w.scratch)
+		}
+		b := w.scratch[:0]
+		chunkScratch.Put(&b)
+		w.scratch = nil
+	}
+	return w.out
+}
+
+var chunkScratch = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize); return &b }}
+
+func (w *chunkWriter) chunk(chunk []byte) {
+	out := w.out
+	hdr := len(out)
+	out = append(out, 0, 0, 0, 0, 0, 0, 0, 0)
+	start := len(out)
+	switch w.codec {
+	case CodecS2:
+		out = slices.Grow(out, s2.MaxEncodedLen(len(chunk)))
+		out = out[:start+s2.MaxEncodedLen(len(chunk))]
+		n := len(s2.Encode(out[start:], chunk))
+		out = out[:start+n]
+	case CodecZstd:
+		out = zstdEncoder().EncodeAll(chunk, out)
+	}
+	comp := uint32(len(out) - start)
+	if int(comp) >= len(chunk) {
+		out = append(out[:start], chunk...)
+		comp = uint32(len(chunk)) | chunkStored
+	}
+	be.PutUint32(out[hdr:], uint32(len(chunk)))
+	be.PutUint32(out[hdr+4:], comp)
+	w.out = out
 }
 
 func decompressChunks(c Codec, body []byte, rawLen int) ([]byte, error) {

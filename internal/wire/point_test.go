@@ -206,3 +206,59 @@ func TestSealPointLater(t *testing.T) {
 		t.Fatal("sealed without a key")
 	}
 }
+
+// The encoder gathers only the pieces that straddle chunk boundaries: the
+// chunks must still be full (ChunkSize raw bytes, all but the last) and
+// decode to the same extents, also when the payload is built in a reused
+// buffer that held an older, larger payload.
+func TestPointChunksAcrossExtentsAndReusedBuffer(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	var ext []Extent
+	off := int64(0)
+	for _, n := range []int{1, 4095, ChunkSize - 7, 3, ChunkSize, 2*ChunkSize + 11, 513, ChunkSize} {
+		d := make([]byte, n)
+		for i := range d {
+			if r.IntN(4) == 0 {
+				d[i] = byte(r.Uint32())
+			}
+		}
+		ext = append(ext, Extent{Disk: 2000, Off: off, Op: OpData, Len: int64(n), Data: d})
+		ext = append(ext, Extent{Disk: 2001, Off: off, Op: OpZero, Len: 9})
+		off += int64(n) + 100
+	}
+	for _, codec := range []Codec{CodecNone, CodecS2, CodecZstd} {
+		old := bytes.Repeat([]byte{0xee}, RawSize(ext)+ChunkSize)
+		opts := PointOptions{Codec: codec, VM: "vm-1", Buf: old}
+		p := &Point{ID: 9, Kind: PointShortTerm}
+		if err := EncodePoint(p, ext, opts); err != nil {
+			t.Fatal(err)
+		}
+		if &p.Payload[0] != &old[0] {
+			t.Errorf("%s: payload not built in the given buffer", codec)
+		}
+		if int(p.RawLen) != RawSize(ext) {
+			t.Fatalf("%s: raw length %d, want %d", codec, p.RawLen, RawSize(ext))
+		}
+		if codec != CodecNone {
+			body, raw := p.Payload, 0
+			for len(body) > 0 {
+				n, comp := int(be.Uint32(body)), be.Uint32(body[4:])&^chunkStored
+				raw += n
+				if n != ChunkSize && raw != int(p.RawLen) {
+					t.Fatalf("%s: chunk of %d raw bytes before the last", codec, n)
+				}
+				body = body[chunkHeaderLen+int(comp):]
+			}
+		}
+		got, err := DecodePoint(p, opts)
+		if err != nil {
+			t.Fatalf("%s: %v", codec, err)
+		}
+		for i := range ext {
+			g, w := got[i], ext[i]
+			if g.Disk != w.Disk || g.Off != w.Off || g.Op != w.Op || g.Len != w.Len || !bytes.Equal(g.Data, w.Data) {
+				t.Fatalf("%s: extent %d differs", codec, i)
+			}
+		}
+	}
+}
