@@ -97,6 +97,9 @@ func (m *memStore) Apply(ctx context.Context, cmd raftstore.Command) (any, error
 			return nil, model.NotFound("id", "restore point", c.ID)
 		}
 		delete(s.RestorePoints, c.ID)
+	case raftstore.PutHost:
+		h := c.Host
+		s.Hosts[h.ID] = &h
 	case raftstore.PutTrafficRule:
 		r := c.TrafficRule
 		s.TrafficRules[r.ID] = &r

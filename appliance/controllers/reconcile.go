@@ -221,12 +221,24 @@ func (r *PolicyReconciler) poll(ctx context.Context, q *queue) {
 					nowDead[id] = true
 				}
 			}
+			for id, h := range s.Hosts {
+				nowDead["host:"+id] = !HostAlive(h, now, r.cfg.HeartbeatTimeout)
+			}
 			for _, tk := range s.Tasks {
 				for _, px := range []string{tk.SourceProxy, tk.TargetProxy} {
 					if px == "" {
 						continue
 					}
 					if _, known := s.Proxies[px]; (!known || nowDead[px]) && !dead[px] {
+						add = append(add, tk.PolicyID)
+					}
+				}
+				// A filter that stops or starts reporting changes what
+				// its VMs can do.
+				for _, h := range []string{tk.SourceHost, tk.TargetHost} {
+					d, known := nowDead["host:"+h]
+					was, wasKnown := dead["host:"+h]
+					if known && (d != was || !wasKnown) {
 						add = append(add, tk.PolicyID)
 					}
 				}
@@ -275,6 +287,7 @@ type snapshot struct {
 	tasks   map[string]*model.VMTask
 	replica map[string]*model.Replica
 	proxies map[string]*model.Proxy
+	hosts   map[string]model.Host // hosts whose filter reported, by ID
 	rules   []model.TrafficRule
 	load    map[string]int // tasks per proxy, other policies included
 	// claims lists, per VM MoRef, the other enabled policies that have a
@@ -283,7 +296,7 @@ type snapshot struct {
 }
 
 func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, error) {
-	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, load: map[string]int{}, claims: map[string][]*model.Policy{}}
+	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, hosts: map[string]model.Host{}, load: map[string]int{}, claims: map[string][]*model.Policy{}}
 	err := r.cfg.Store.ReadConsistent(ctx, func(s *model.State) {
 		p, ok := s.Policies[id]
 		if !ok {
@@ -317,6 +330,9 @@ func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, erro
 		for pid, px := range s.Proxies {
 			c := *px
 			sn.proxies[pid] = &c
+		}
+		for hid, h := range s.Hosts {
+			sn.hosts[hid] = *h
 		}
 		for _, tr := range s.TrafficRules {
 			sn.rules = append(sn.rules, *tr)
@@ -953,7 +969,13 @@ func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) erro
 	r.mu.Lock()
 	same := r.pushed[w.next.ID] == fp
 	r.mu.Unlock()
-	if !same {
+	if same {
+		// Nothing to push, but a filter of the path that stopped reporting
+		// fails the VM until it is back.
+		if err := r.deadFilter(sn, &w.next); err != nil {
+			return err
+		}
+	} else {
 		if err := r.cfg.Components.Configure(ctx, dp); err != nil {
 			return fmt.Errorf("push configuration of %s to proxies %s and %s: %w", w.vm.Name, dp.SourceProxy.Name, dp.TargetProxy.Name, err)
 		}
@@ -975,6 +997,24 @@ func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) erro
 		return err
 	}
 	*w.task = w.next
+	return nil
+}
+
+// deadFilter says which filter of the task's path has stopped reporting.
+// A host with no record is left to Components.Configure.
+func (r *PolicyReconciler) deadFilter(sn *snapshot, t *model.VMTask) error {
+	now := r.cfg.Clock.Now()
+	for _, side := range []struct{ name, id string }{{"source", t.SourceHost}, {"target", t.TargetHost}} {
+		h, ok := sn.hosts[side.id]
+		if !ok || HostAlive(&h, now, r.cfg.HeartbeatTimeout) {
+			continue
+		}
+		name := h.Name
+		if name == "" {
+			name = side.id
+		}
+		return fmt.Errorf("the filter of %s host %s has not reported for %s", side.name, name, now.Sub(h.LastHeartbeat).Round(time.Second))
+	}
 	return nil
 }
 

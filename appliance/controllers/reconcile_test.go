@@ -353,6 +353,21 @@ func TestRunFollowsChangeFeed(t *testing.T) {
 	old.LastHeartbeat = time.Now().Add(-time.Hour)
 	mustApply(t, st, raftstore.PutProxy{Proxy: old})
 	waitFor(t, "the dead proxy replaced", func() bool { return tasksOf(st, p.ID)[tid].SourceProxy == "src-vm" })
+
+	// The source host's filter goes silent, then reports again: the poll
+	// notices both.
+	src := tasksOf(st, p.ID)[tid].SourceHost
+	host := model.Host{ID: src, VCenterID: vcID, MoRef: trimVC(src), Name: "src-host", LastHeartbeat: time.Now()}
+	mustApply(t, st, raftstore.PutHost{Host: host})
+	host.LastHeartbeat = time.Now().Add(-time.Hour)
+	mustApply(t, st, raftstore.PutHost{Host: host})
+	waitFor(t, "the silent filter noticed", func() bool {
+		tk := tasksOf(st, p.ID)[tid]
+		return tk.Status == model.StatusError && strings.Contains(tk.Reason, "src-host")
+	})
+	host.LastHeartbeat = time.Now()
+	mustApply(t, st, raftstore.PutHost{Host: host})
+	waitFor(t, "the filter back", func() bool { return tasksOf(st, p.ID)[tid].Status == model.StatusInitialSync })
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {
@@ -417,5 +432,40 @@ func TestNamedVMsShowWhyThePolicyWaits(t *testing.T) {
 	moref := l.vm(name).MoRef
 	if tk, ok := tasks[TaskID(p.ID, moref)]; len(tasks) != 1 || !ok || tk.Status != model.StatusInitialSync {
 		t.Fatalf("after the proxies came back: %+v", tasks)
+	}
+}
+
+// A filter that stops reporting fails its VMs, even though nothing new is
+// pushed; once it reports again they go back to the data path.
+func TestSilentFilterFailsItsVMs(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 1)
+	r := newReconciler(t, st, l, comps)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	var tk model.VMTask
+	for _, v := range tasksOf(st, p.ID) {
+		tk = v
+	}
+	pushes := comps.pushCount()
+	host := model.Host{ID: tk.TargetHost, VCenterID: vcID, MoRef: trimVC(tk.TargetHost), Name: "dst-host", LastHeartbeat: time.Now().Add(-time.Hour)}
+	mustApply(t, st, raftstore.PutHost{Host: host})
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil {
+		t.Fatal("a silent target filter went unnoticed")
+	}
+	got := tasksOf(st, p.ID)[tk.ID]
+	if got.Status != model.StatusError || !strings.Contains(got.Reason, "filter of target host dst-host has not reported") {
+		t.Fatalf("task %s %q", got.Status, got.Reason)
+	}
+	host.LastHeartbeat = time.Now()
+	mustApply(t, st, raftstore.PutHost{Host: host})
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := tasksOf(st, p.ID)[tk.ID]; got.Status != model.StatusInitialSync || got.Reason != "" || comps.pushCount() != pushes {
+		t.Fatalf("after the filter is back: %s %q, %d pushes (was %d)", got.Status, got.Reason, comps.pushCount(), pushes)
 	}
 }
