@@ -85,15 +85,17 @@ type SourceProxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex
-	cond      *sync.Cond // memory freed, VM state changed
-	vms       map[string]*sourceVM
-	memBytes  int64 // open intervals + points in memory
-	spillUsed int64
-	listeners map[net.Listener]bool
-	closed    bool
-	bucket    *sourceBucket
-	rules     []*sourceRule
+	mu         sync.Mutex
+	cond       *sync.Cond // memory freed, VM state changed
+	vms        map[string]*sourceVM
+	memBytes   int64    // open intervals + points in memory
+	free       [][]byte // payload buffers of acknowledged points, for reuse
+	reusedBufs int64    // payloads encoded into a reused buffer
+	spillUsed  int64
+	listeners  map[net.Listener]bool
+	closed     bool
+	bucket     *sourceBucket
+	rules      []*sourceRule
 
 	routes      map[string]*sourceRoute // per-VM routes (Configure)
 	ruleBuckets map[string]*sourceBucket

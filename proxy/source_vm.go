@@ -71,9 +71,13 @@ type sourcePoint struct {
 	msg    *wire.Point // nil when spilled
 	hdr    wire.Point  // header fields, kept for spilled points
 	spill  string
-	size   int64
+	size   int64 // on the wire
+	mem    int64 // held in memory: the payload's capacity
 	oldest time.Time
 	cutAt  time.Time
+	// sending: a target session is writing the payload; an acknowledged
+	// point's buffer goes back to the free list only once that is over
+	sending, acked bool
 }
 
 // write adds one filter write to the open interval; a resent write that is
@@ -237,7 +241,10 @@ func (v *sourceVM) encode(job *sourceCutJob) {
 	p := v.p
 	id, kind, marker := job.id, job.kind, job.marker
 	pt := &wire.Point{ID: id, Time: time.Now().UnixNano(), Kind: kind, Marker: marker}
-	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, VM: v.name})
+	p.mu.Lock()
+	buf := p.takeBufLocked()
+	p.mu.Unlock()
+	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, VM: v.name, Buf: buf})
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if v.dropped {
@@ -255,18 +262,20 @@ func (v *sourceVM) encode(job *sourceCutJob) {
 		}
 		return
 	}
-	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen, oldest: job.oldest,
-		cutAt: time.Unix(0, pt.Time)}
+	sp := &sourcePoint{id: id, msg: pt, size: int64(len(pt.Payload)) + wire.PointFixedLen,
+		mem: int64(cap(pt.Payload)) + wire.PointFixedLen, oldest: job.oldest, cutAt: time.Unix(0, pt.Time)}
 	v.statPoints++
 	v.statRaw += int64(pt.RawLen)
 	v.statWire += sp.size
-	if p.memBytes+sp.size > p.cfg.MemoryBytes && p.canSpillLocked() {
+	if p.memBytes+sp.mem > p.cfg.MemoryBytes && p.canSpillLocked() {
 		if err := v.spillLocked(sp); err != nil {
 			v.log.Warn("spill point, keeping it in memory", "id", id, "err", err)
+		} else {
+			p.putBufLocked(pt.Payload)
 		}
 	}
 	if sp.msg != nil {
-		p.memBytes += sp.size
+		p.memBytes += sp.mem
 	}
 	v.points = append(v.points, sp)
 	v.log.Debug("point cut", "id", id, "kind", kind, "marker", marker, "extents", len(job.ext), "raw", pt.RawLen, "wire", sp.size)
@@ -316,6 +325,10 @@ func (v *sourceVM) ackPointsLocked(id uint64) *wire.Conn {
 	for k < len(v.points) && v.points[k].id <= id {
 		sp := v.points[k]
 		p.releaseLocked(sp)
+		sp.acked = true
+		if !sp.sending && sp.msg != nil {
+			p.putBufLocked(sp.msg.Payload)
+		}
 		lag := now.Sub(sp.oldest)
 		sourceLag.Observe(lag.Seconds())
 		v.ackLag, v.lastPointAt = lag, sp.cutAt
@@ -511,28 +524,47 @@ func (v *sourceVM) targetWriteLoop(c *wire.Conn, done <-chan struct{}, pol traff
 		}
 		sp := v.points[v.sendIdx]
 		v.sendIdx++
+		sp.sending = true
 		p.mu.Unlock()
-		m, err := sp.load()
-		if err != nil {
+		if err := v.sendPoint(c, sp, pol); err != nil {
 			return err
 		}
-		size := sp.size
-		if pol.sealer != nil {
-			// sealed per connection: the rule of the path decides
-			if m, err = wire.SealPoint(m, pol.sealer, v.name); err != nil {
-				return err
-			}
-			size = int64(len(m.Payload)) + wire.PointFixedLen
+	}
+}
+
+// sendPoint writes one point to the target session; its buffer may be
+// reused once this is over and the point is acknowledged.
+func (v *sourceVM) sendPoint(c *wire.Conn, sp *sourcePoint, pol trafficPolicy) error {
+	p := v.p
+	defer func() {
+		p.mu.Lock()
+		sp.sending = false
+		if sp.acked && sp.msg != nil {
+			p.putBufLocked(sp.msg.Payload)
 		}
-		if pol.bucket != nil {
-			if err := pol.bucket.take(v.ctx, size); err != nil {
-				return err
-			}
+		p.mu.Unlock()
+	}()
+	m, err := sp.load()
+	if err != nil {
+		return err
+	}
+	size := sp.size
+	if pol.sealer != nil {
+		// sealed per connection: the rule of the path decides
+		if m, err = wire.SealPoint(m, pol.sealer, v.name); err != nil {
+			return err
 		}
-		if err := c.Send(m); err != nil {
-			return fmt.Errorf("send point %d: %w", sp.id, err)
+		size = int64(len(m.Payload)) + wire.PointFixedLen
+	}
+	if pol.bucket != nil {
+		if err := pol.bucket.take(v.ctx, size); err != nil {
+			return err
 		}
 	}
+	if err := c.Send(m); err != nil {
+		return fmt.Errorf("send point %d: %w", sp.id, err)
+	}
+	return nil
 }
 
 // errDropped ends the filter session of a VM removed from the configuration.
@@ -545,8 +577,40 @@ func (p *SourceProxy) releaseLocked(sp *sourcePoint) {
 		os.Remove(sp.spill)
 		p.spillUsed -= sp.size
 	} else {
-		p.memBytes -= sp.size
+		p.memBytes -= sp.mem
 	}
+}
+
+// freeBufs is how many payload buffers the free list keeps: enough for
+// the encoder to find one while the points in flight hold theirs.
+const freeBufs = 2
+
+// takeBufLocked returns a payload buffer from the free list (nil if
+// empty); the largest, so that the encoder rarely has to grow it.
+func (p *SourceProxy) takeBufLocked() []byte {
+	if len(p.free) == 0 {
+		return nil
+	}
+	best := 0
+	for i := range p.free {
+		if cap(p.free[i]) > cap(p.free[best]) {
+			best = i
+		}
+	}
+	b := p.free[best]
+	p.free = append(p.free[:best], p.free[best+1:]...)
+	p.reusedBufs++
+	return b
+}
+
+// putBufLocked keeps a payload buffer no point uses any more, unless the
+// free list is full or the buffer is oversized (a point far beyond the
+// cut size, e.g. one big write).
+func (p *SourceProxy) putBufLocked(b []byte) {
+	if cap(b) == 0 || len(p.free) >= freeBufs || int64(cap(b)) > 2*p.cfg.CutBytes+4<<20 {
+		return
+	}
+	p.free = append(p.free, b[:0])
 }
 
 func isDone(ch <-chan struct{}) bool {
