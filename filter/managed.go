@@ -166,6 +166,8 @@ func runManaged(ctx context.Context, cmd *cobra.Command, cfg FileConfig, mo mana
 		return err
 	}
 	m.dataAddr = m.tgt.Addr()
+	// no replica is accepted before a configuration names it
+	m.tgt.SetVMs(nil)
 	errc := make(chan error, 4)
 	var wg sync.WaitGroup
 	runCtx, stop := context.WithCancel(ctx)
@@ -395,7 +397,8 @@ func vmConfig(t model.TaskPath, datastore string) source.VMConfig {
 func DiskFileName(vm string, key int32) string { return fmt.Sprintf("%s-%d-flat.vmdk", vm, key) }
 
 // apply runs a configuration: the source side opens, moves or closes VMs,
-// the target side takes the retention windows. A task that cannot run
+// the target side takes the replicas (no other VM opens a session) and
+// their retention windows. A task that cannot run
 // here is left out and reported; the others run. An error makes the agent
 // apply the configuration again at the next heartbeat.
 func (m *managed) apply(cfg model.ComponentConfig) error {
@@ -435,6 +438,11 @@ func (m *managed) apply(cfg model.ComponentConfig) error {
 	m.mu.Lock()
 	m.srcTasks, m.notOpen = srcTasks, notOpen
 	m.mu.Unlock()
+	replicas := make([]string, 0, len(windows))
+	for vm := range windows {
+		replicas = append(replicas, vm)
+	}
+	m.tgt.SetVMs(replicas)
 	tgtErr := m.tgt.SetRetention(windows)
 	if err := errors.Join(srcErr, tgtErr); err != nil {
 		return fmt.Errorf("apply configuration %s: %w", cfg.Version, err)

@@ -269,6 +269,27 @@ func waitUntil(t *testing.T, what string, cond func() error) {
 	}
 }
 
+// targetHello opens a target proxy's session to the filter's data
+// listener with a component certificate and returns the answer.
+func targetHello(t *testing.T, ca *pki.CA, addr, vm string) *wire.HelloAck {
+	t.Helper()
+	leaf, err := ca.IssueComponent("tp", []string{"127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{leaf.TLSCertificate(ca.Cert)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := wire.NewConn(nc)
+	defer c.Close()
+	ack, err := wire.Greet(c, &wire.Hello{Role: wire.RoleTargetProxy, VM: vm, Disks: []wire.Disk{{Key: 2000, Capacity: 1 << 20}}}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack
+}
+
 func qemuWrite(t *testing.T, nbdAddr, export string, pattern byte, off, n int) {
 	t.Helper()
 	uri := nbd.URI(nbdAddr, export)
@@ -337,6 +358,20 @@ func TestManagedFilter(t *testing.T) {
 		}
 		return nil
 	})
+	// the target side takes the replicas of the configuration only
+	for vm, ok := range map[string]bool{"db": true, "web": false} {
+		ack := targetHello(t, ca, f.ready["data"], vm)
+		if (ack.Err == "") != ok {
+			t.Fatalf("target hello for %s: %+v", vm, ack)
+		}
+	}
+	if nc, err := tls.Dial("tcp", f.ready["data"], &tls.Config{InsecureSkipVerify: true}); err == nil {
+		c := wire.NewConn(nc)
+		if _, err := wire.Greet(c, &wire.Hello{Role: wire.RoleTargetProxy, VM: "db", Disks: []wire.Disk{{Key: 2000, Capacity: 1 << 20}}}, 5*time.Second); err == nil {
+			t.Fatal("the data listener took a session without a client certificate")
+		}
+		c.Close()
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "journal", "retention.json"))
 	if err != nil || !strings.Contains(string(b), `"db"`) {
 		t.Fatalf("the replica's retention window was not kept: %v %s", err, b)

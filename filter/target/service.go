@@ -74,6 +74,7 @@ type Service struct {
 	conns     map[net.Conn]bool
 	sessions  map[string]*session // the active session of each VM
 	retention map[string]Retention
+	allowed   map[string]bool    // nil: every VM (SetVMs)
 	served    map[string]*served // by "vm/point"
 	closed    bool
 

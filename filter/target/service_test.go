@@ -562,3 +562,32 @@ func TestTargetFilterSetRetention(t *testing.T) {
 		t.Fatalf("windows after restart: %+v", vms)
 	}
 }
+
+// TestTargetFilterSetVMs: once configured, only VMs whose replica is on
+// this host open sessions; one dropped from the configuration loses its
+// session and keeps its journal.
+func TestTargetFilterSetVMs(t *testing.T) {
+	s := startService(t, Config{JournalDir: t.TempDir()})
+	s.SetVMs([]string{"a"})
+	if _, ack := dialService(t, s, "b", testDisks); ack.Err == "" {
+		t.Fatal("a vm without a replica here was accepted")
+	}
+	if _, ok := s.Store().VM("b"); ok {
+		t.Fatal("a refused vm got a journal")
+	}
+	pc, ack := dialService(t, s, "a", testDisks)
+	if ack.Err != "" {
+		t.Fatalf("configured vm refused: %s", ack.Err)
+	}
+	sendWorkload(t, pc, rand.New(rand.NewPCG(31, 31)), testDisks, 1, wire.CodecNone)
+	s.SetVMs(nil)
+	if _, err := pc.next(5 * time.Second); err == nil {
+		t.Fatal("the session of a vm dropped from the configuration went on")
+	}
+	if _, ack := dialService(t, s, "a", testDisks); ack.Err == "" {
+		t.Fatal("a vm dropped from the configuration was accepted again")
+	}
+	if v, ok := s.Store().VM("a"); !ok || v.LastID() != 3 {
+		t.Fatal("the dropped vm's journal is gone")
+	}
+}

@@ -65,6 +65,9 @@ func (s *Service) handshake(c *wire.Conn, log *slog.Logger) (*session, error) {
 	if h.VM == "" || len(h.Disks) == 0 {
 		return refuse(fmt.Errorf("hello for vm %q with %d disks", h.VM, len(h.Disks)))
 	}
+	if !s.allowedVM(h.VM) {
+		return refuse(fmt.Errorf("vm %q has no replica on this host", h.VM))
+	}
 	vm, err := s.openVM(h.VM, h.Disks)
 	if err != nil {
 		return refuse(err)
@@ -72,6 +75,11 @@ func (s *Service) handshake(c *wire.Conn, log *slog.Logger) (*session, error) {
 	log = log.With("vm", h.VM)
 	ss := &session{conn: c, vm: vm, log: log}
 	s.mu.Lock()
+	if s.allowed != nil && !s.allowed[h.VM] {
+		// the configuration dropped it during the handshake
+		s.mu.Unlock()
+		return refuse(fmt.Errorf("vm %q has no replica on this host", h.VM))
+	}
 	if old := s.sessions[h.VM]; old != nil {
 		// A newer connection of the same VM wins: the proxy reconnected.
 		old.conn.Close()
@@ -121,6 +129,31 @@ func (s *Service) openVM(name string, disks []wire.Disk) (*journal.VM, error) {
 		}
 	}
 	return existing, nil
+}
+
+// SetVMs restricts the sessions to the VMs whose replica is on this host
+// (the configuration's), ending those of any other; before it is called
+// every VM is accepted (the static configuration). The journals of VMs
+// left out stay.
+func (s *Service) SetVMs(vms []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.allowed = make(map[string]bool, len(vms))
+	for _, v := range vms {
+		s.allowed[v] = true
+	}
+	for name, ss := range s.sessions {
+		if !s.allowed[name] {
+			ss.log.Info("vm left the configuration: session ended")
+			ss.conn.Close()
+		}
+	}
+}
+
+func (s *Service) allowedVM(vm string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.allowed == nil || s.allowed[vm]
 }
 
 func (s *Service) endSession(ss *session) {
