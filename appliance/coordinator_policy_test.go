@@ -2,7 +2,9 @@ package appliance
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/continuum-cdp/continuum/client"
 	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/internal/pki"
 	"github.com/continuum-cdp/continuum/vcsim"
 )
 
@@ -180,6 +183,26 @@ func TestCoordinatorConfiguresPolicies(t *testing.T) {
 		disks, err := cl.VMDisks(ctx, tk.VMName)
 		if err != nil || len(disks.Disks) != len(tk.Disks) || !strings.HasPrefix(disks.Disks[0].NBDURI, "nbd://127.0.0.1:7102/"+tk.VMName+"/") {
 			t.Fatalf("vm disks of %s: %+v %v", tk.VMName, disks, err)
+		}
+	}
+
+	// The leader's controllers report to the node's /metrics.
+	req, _ := http.NewRequest(http.MethodGet, "https://"+api+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	caCert, err := pki.ParseCertPEM(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(caCert, nil)}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`continuum_reconcile_total{controller="policy",result="error"}`, `continuum_reconcile_total{controller="policy",result="success"}`, "go_goroutines"} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("/metrics lacks %s:\n%s", want, body)
 		}
 	}
 
