@@ -96,9 +96,10 @@ type PointOptions struct {
 	VM string
 	// MaxRawLen bounds the decoded size (0: DefaultMaxRawLen).
 	MaxRawLen int
-	// Buf, when its capacity suffices, holds the encoded payload instead
-	// of a new allocation (a caller's free list); its contents are
-	// overwritten. A sealed point's payload is a copy and Buf only scratch.
+	// Buf, when its capacity suffices, holds the encoded payload (encode)
+	// or the decompressed form (decode) instead of a new allocation (a
+	// caller's free list); its contents are overwritten. A sealed point's
+	// payload is a copy and Buf only scratch.
 	Buf []byte
 }
 
@@ -245,7 +246,7 @@ func openRaw(p *Point, opts PointOptions) ([]byte, error) {
 		}
 		return body, nil
 	case CodecS2, CodecZstd:
-		raw, err := decompressChunks(p.Codec, body, int(p.RawLen))
+		raw, err := decompressChunks(p.Codec, body, int(p.RawLen), opts.Buf)
 		if err != nil {
 			return nil, fmt.Errorf("%w: point %d: %w", ErrBadPoint, p.ID, err)
 		}
@@ -402,10 +403,13 @@ func (w *chunkWriter) chunk(chunk []byte) {
 	w.out = out
 }
 
-func decompressChunks(c Codec, body []byte, rawLen int) ([]byte, error) {
+func decompressChunks(c Codec, body []byte, rawLen int, buf []byte) ([]byte, error) {
 	// Grow as chunks decode rather than trusting rawLen up front: a forged
 	// header cannot make us allocate more than the input justifies.
-	out := make([]byte, 0, min(rawLen, len(body)*4+64))
+	out := buf[:0]
+	if cap(buf) < rawLen {
+		out = make([]byte, 0, min(rawLen, len(body)*4+64))
+	}
 	for len(body) > 0 {
 		if len(body) < chunkHeaderLen {
 			return nil, errors.New("truncated chunk header")

@@ -250,7 +250,9 @@ func TestPointChunksAcrossExtentsAndReusedBuffer(t *testing.T) {
 				body = body[chunkHeaderLen+int(comp):]
 			}
 		}
-		got, err := DecodePoint(p, opts)
+		// decoded into a reused buffer too
+		into := bytes.Repeat([]byte{0xdd}, RawSize(ext))
+		got, err := DecodePoint(p, PointOptions{VM: "vm-1", Buf: into})
 		if err != nil {
 			t.Fatalf("%s: %v", codec, err)
 		}
@@ -259,6 +261,9 @@ func TestPointChunksAcrossExtentsAndReusedBuffer(t *testing.T) {
 			if g.Disk != w.Disk || g.Off != w.Off || g.Op != w.Op || g.Len != w.Len || !bytes.Equal(g.Data, w.Data) {
 				t.Fatalf("%s: extent %d differs", codec, i)
 			}
+		}
+		if codec != CodecNone && &got[0].Data[0] != &into[4+len(ext)*extentHeaderLen] {
+			t.Errorf("%s: not decoded into the given buffer", codec)
 		}
 	}
 }
