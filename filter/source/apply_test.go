@@ -607,3 +607,45 @@ func TestApplyInvalidChangesNothing(t *testing.T) {
 		t.Fatal("a refused list created a folder")
 	}
 }
+
+// TestApplyDiskRemovedReopensVM: a disk gone from the VM's list closes
+// and reopens the VM without it (its export goes, its file stays); added
+// back, it is synced in full again.
+func TestApplyDiskRemovedReopensVM(t *testing.T) {
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(9, 9))
+	ft := newFakeTarget(t)
+	p := ft.proxy(true)
+	ex := &fakeExports{}
+	opts := applyOptions(dir, ex)
+	opts.VMs = []VMConfig{vmc("vm1", p.addr(), 1, 2)}
+	svc, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	svc.Start(context.Background())
+	writeSome(t, r, mustDisk(t, svc, "vm1", 2), 10)
+	ft.checkExact(t, svc, "vm1")
+	if err := svc.Apply([]VMConfig{vmc("vm1", p.addr(), 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ex.names(); fmt.Sprint(got) != "[vm1/1]" {
+		t.Fatalf("exports %v", got)
+	}
+	if _, ok := svc.Disk("vm1", 2); ok {
+		t.Fatal("the removed disk is still open")
+	}
+	writeSome(t, r, mustDisk(t, svc, "vm1", 1), 10)
+	ft.checkExact(t, svc, "vm1")
+	// the replica's copy of disk 2 changes behind the filter's back: only
+	// a full sync of the re-added disk repairs it
+	ft.mu.Lock()
+	clear(ft.vms["vm1"].img[2])
+	ft.mu.Unlock()
+	if err := svc.Apply([]VMConfig{vmc("vm1", p.addr(), 1, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	writeSome(t, r, mustDisk(t, svc, "vm1", 1), 5)
+	ft.checkExact(t, svc, "vm1")
+}
