@@ -432,7 +432,7 @@ func (m *managed) apply(cfg model.ComponentConfig) error {
 	}
 	for _, t := range srcTasks {
 		if _, bad := notOpen[t.TaskID]; !bad && !open[t.VM] {
-			notOpen[t.TaskID] = fmt.Sprintf("vm %s is not open on this host: %v", t.VM, srcErr)
+			notOpen[t.TaskID] = fmt.Sprintf("vm %s is not open on this host: %v", t.VM, errorOf(srcErr, t.VM))
 		}
 	}
 	m.mu.Lock()
@@ -448,6 +448,24 @@ func (m *managed) apply(cfg model.ComponentConfig) error {
 		return fmt.Errorf("apply configuration %s: %w", cfg.Version, err)
 	}
 	return nil
+}
+
+// errorOf picks, of a joined error, the parts that name vm.
+func errorOf(err error, vm string) error {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return err
+	}
+	var mine []error
+	for _, e := range j.Unwrap() {
+		if strings.Contains(e.Error(), vm) {
+			mine = append(mine, e)
+		}
+	}
+	if len(mine) == 0 {
+		return err
+	}
+	return errors.Join(mine...)
 }
 
 // report is the heartbeat: the filter's addresses and the state of every

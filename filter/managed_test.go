@@ -326,7 +326,11 @@ func TestManagedFilter(t *testing.T) {
 	replica := model.TaskPath{TaskID: "pol-2/vm-9", PolicyID: "pol-2", VM: "db", SourceHost: "host-3", TargetHost: "host-1",
 		Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1 << 20}}, ShortTermRetention: model.Duration(2 * time.Hour),
 		LongTermRetention: model.Duration(72 * time.Hour)}
-	coord.set(model.ComponentConfig{Tasks: []model.TaskPath{task, replica}})
+	// a task this filter cannot run (a disk capacity that is no multiple
+	// of 512) is reported with why, and does not hold the others back
+	bad := model.TaskPath{TaskID: "pol-3/vm-11", PolicyID: "pol-3", VM: "odd", SourceHost: "host-1", TargetHost: "host-2",
+		SourceProxy: pa.l.Addr().String(), Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1000}}}
+	coord.set(model.ComponentConfig{Tasks: []model.TaskPath{task, replica, bad}})
 	args := []string{"--coordinator", coord.srv.URL, "--token", "tok", "--cacert", caFile,
 		"--state-dir", filepath.Join(dir, "state"), "--host", "host-1", "--datastore", filepath.Join(dir, "ds"),
 		"--journal-dir", filepath.Join(dir, "journal"), "--listen", "127.0.0.1:0", "--nbd-addr", "127.0.0.1:0",
@@ -339,7 +343,8 @@ func TestManagedFilter(t *testing.T) {
 		if rep.NBDAddr != nbdAddr || rep.AdminAddr != admin || rep.DataAddr != f.ready["data"] || rep.ID != "host-1" {
 			return fmt.Errorf("addresses %+v", rep)
 		}
-		if len(rep.VMs) != 1 || rep.VMs[0].TaskID != task.TaskID || rep.VMs[0].Status != model.StatusSyncing {
+		if len(rep.VMs) != 2 || rep.VMs[0].TaskID != task.TaskID || rep.VMs[0].Status != model.StatusSyncing ||
+			rep.VMs[1].TaskID != bad.TaskID || rep.VMs[1].Status != model.StatusCBT || !strings.Contains(rep.VMs[1].Reason, "capacity") {
 			return fmt.Errorf("vms %+v", rep.VMs)
 		}
 		return nil
