@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os/exec"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/continuum-cdp/continuum/internal/model"
@@ -38,6 +40,12 @@ type Scheduler struct {
 	cfg     SchedulerConfig
 	log     *slog.Logger
 	metrics *Metrics
+
+	mu sync.Mutex
+	// passed is when each policy's last pass succeeded: a policy whose VMs
+	// had nothing new keeps its older points and is not asked again
+	// before its next period.
+	passed map[string]time.Time
 }
 
 // NewScheduler checks cfg and fills its defaults.
@@ -64,7 +72,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	if m == nil {
 		m, _ = NewMetrics(nil)
 	}
-	return &Scheduler{cfg: cfg, log: cfg.Logger.With("controller", "long-term"), metrics: m}, nil
+	return &Scheduler{cfg: cfg, log: cfg.Logger.With("controller", "long-term"), metrics: m, passed: map[string]time.Time{}}, nil
 }
 
 // runShellHook runs command with /bin/sh -c; the policy is named in the
@@ -138,6 +146,9 @@ func (s *Scheduler) tick(ctx context.Context) error {
 	now := s.cfg.Clock.Now()
 	var due []duePolicy
 	var expired []string
+	s.mu.Lock()
+	passed := maps.Clone(s.passed)
+	s.mu.Unlock()
 	err := s.cfg.Store.ReadConsistent(ctx, func(st *model.State) {
 		last := map[string]time.Time{}
 		for _, rp := range st.RestorePoints {
@@ -153,6 +164,9 @@ func (s *Scheduler) tick(ctx context.Context) error {
 				continue
 			}
 			if l, ok := last[p.ID]; ok && now.Sub(l) < p.LongTermEvery.D() {
+				continue
+			}
+			if l, ok := passed[p.ID]; ok && now.Sub(l) < p.LongTermEvery.D() {
 				continue
 			}
 			d := duePolicy{policy: *p}
@@ -174,7 +188,13 @@ func (s *Scheduler) tick(ctx context.Context) error {
 	sort.Strings(expired)
 	var errs []error
 	for _, d := range due {
-		errs = append(errs, s.point(ctx, &d.policy, d.tasks, now))
+		err := s.point(ctx, &d.policy, d.tasks, now)
+		if err == nil {
+			s.mu.Lock()
+			s.passed[d.policy.ID] = now
+			s.mu.Unlock()
+		}
+		errs = append(errs, err)
 	}
 	for _, id := range expired {
 		if _, err := s.cfg.Store.Apply(ctx, raftstore.DeleteRestorePoint{ID: id}); err != nil && !errors.Is(err, model.ErrNotFound) {
@@ -214,6 +234,13 @@ func (s *Scheduler) point(ctx context.Context, p *model.Policy, tasks []model.VM
 			ID: t.ID + "@" + at.UTC().Format(time.RFC3339Nano), PolicyID: p.ID, VMMoRef: t.VMMoRef,
 			Kind: model.PointLongTerm, Time: at, ExpiresAt: at.Add(p.LongTermRetention.D()),
 			Status: status, Reason: reason,
+		}
+		// A VM with nothing new answers with its newest point: recorded
+		// already, or past its retention.
+		var known bool
+		s.cfg.Store.Read(func(st *model.State) { _, known = st.RestorePoints[rp.ID] })
+		if known || (p.LongTermRetention > 0 && !rp.ExpiresAt.After(now)) {
+			continue
 		}
 		if _, err := s.cfg.Store.Apply(ctx, raftstore.PutRestorePoint{RestorePoint: rp}); err != nil {
 			errs = append(errs, fmt.Errorf("record long-term point of %s: %w", t.VMName, err))

@@ -159,3 +159,48 @@ func TestSchedulerComponentFailure(t *testing.T) {
 		t.Fatal("a point that was not formed was recorded")
 	}
 }
+
+// idleComponents answers every long-term request with the same newest
+// point, as a target filter does for a VM with nothing new.
+type idleComponents struct {
+	fakeComponents
+	at    time.Time
+	calls int
+}
+
+func (c *idleComponents) CreateLongTerm(ctx context.Context, t model.VMTask) (time.Time, error) {
+	c.calls++
+	return c.at, nil
+}
+
+func TestSchedulerIdleVMKeepsItsPoint(t *testing.T) {
+	st, _, clock, _ := schedFixture(t, "")
+	idle := &idleComponents{at: clock.Now().Add(-10 * time.Minute)}
+	s, err := NewScheduler(SchedulerConfig{Store: st, Components: idle, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Tick(ctx); err != nil || len(points(st)) != 1 || idle.calls != 1 {
+		t.Fatalf("first pass: %v, %d points, %d calls", err, len(points(st)), idle.calls)
+	}
+	// The catalog's newest point is older than the period, yet the pass
+	// is not repeated before the period is over.
+	clock.Advance(55 * time.Minute)
+	if err := s.Tick(ctx); err != nil || idle.calls != 1 {
+		t.Fatalf("asked again within the period: %v, %d calls", err, idle.calls)
+	}
+	clock.Advance(10 * time.Minute)
+	if err := s.Tick(ctx); err != nil || idle.calls != 2 || len(points(st)) != 1 {
+		t.Fatalf("next period: %v, %d calls, %d points", err, idle.calls, len(points(st)))
+	}
+	// Once that point is past its retention it is removed and not
+	// recorded again.
+	clock.Advance(2 * time.Hour)
+	if err := s.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ps := points(st); len(ps) != 0 || idle.calls != 3 {
+		t.Fatalf("after retention: %+v, %d calls", ps, idle.calls)
+	}
+}
