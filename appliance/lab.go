@@ -471,8 +471,10 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		}
 	}
 	fmt.Fprintf(o.Out, "lab ready\n\n  source %s\n  continuum cluster status\n  continuum proxy list\n", envPath)
-	if policy != nil {
-		fmt.Fprintf(o.Out, "  continuum policy status %s\n", policy.Name)
+	if policy != nil && len(policy.VMs) > 0 {
+		vm := policy.VMs[0].Key()
+		fmt.Fprintf(o.Out, "  continuum policy status %s\n  continuum vm disks %s\n  continuum restore-point list %s\n",
+			policy.Name, vm, vm)
 	}
 	fmt.Fprintf(o.Out, "  continuum drill ha --kill\n\nlogs: %s\nstop with Ctrl-C\n", filepath.Join(dir, "logs"))
 
