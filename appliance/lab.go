@@ -34,10 +34,7 @@ type LabOptions struct {
 	NoDemo     bool
 	NoWorkload bool
 	NoTable    bool // no live table on Out
-	// NoComponents registers the proxies but starts no proxy or filter
-	// process.
-	NoComponents bool
-	WithVcsim    bool // start "continuum vcsim" first
+	WithVcsim  bool // start "continuum vcsim" first
 	// VMs and DiskSizesMB, when set, size the simulator's source VMs
 	// (benchmarks run the lab with many small VMs).
 	VMs         int
@@ -439,7 +436,7 @@ func RunLab(ctx context.Context, o LabOptions) error {
 			return err
 		}
 		comps, err = startLabComponents(ctx, cl, componentSetup{dir: dir, coords: apis, caPath: caPath, vcID: vc.ID,
-			inv: inv, addrs: addrs, sup: sup, log: log, noManaged: o.NoComponents})
+			inv: inv, addrs: addrs, sup: sup, log: log})
 		if err != nil {
 			return err
 		}

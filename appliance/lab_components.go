@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -174,14 +173,6 @@ func ensureLabProxies(ctx context.Context, cl *client.Client, vcID string, inv *
 	return out, nil
 }
 
-// managedMode reports whether this build's role command takes the
-// coordinator-managed flags; without them the lab registers the components
-// but cannot run them.
-func managedMode(exe, role string) bool {
-	out, err := exec.Command(exe, role, "--help").CombinedOutput()
-	return err == nil && strings.Contains(string(out), "--coordinator") && strings.Contains(string(out), "--state-dir")
-}
-
 // labComponents is what the lab started beside the coordinators.
 type labComponents struct {
 	Proxies map[string]*model.Proxy // by name
@@ -206,15 +197,14 @@ func (lc *labComponents) nbdFor(moref string) string {
 
 // componentSetup is what startLabComponents needs.
 type componentSetup struct {
-	dir       string
-	coords    []string // https://host:port of every coordinator
-	caPath    string
-	vcID      string
-	inv       *labInventory
-	addrs     map[string]labCompAddr // by process name
-	sup       *labSupervisor
-	log       *slog.Logger
-	noManaged bool // skip starting the processes (set when this build lacks managed mode)
+	dir    string
+	coords []string // https://host:port of every coordinator
+	caPath string
+	vcID   string
+	inv    *labInventory
+	addrs  map[string]labCompAddr // by process name
+	sup    *labSupervisor
+	log    *slog.Logger
 }
 
 // startLabComponents registers the proxies, then starts one supervised
@@ -245,22 +235,13 @@ func startLabComponents(ctx context.Context, cl *client.Client, s componentSetup
 	}
 	env := []string{"CONTINUUM_COMPONENT_TOKEN=" + token}
 	var procs []*labProc
-	proxyOK, filterOK := !s.noManaged && managedMode(s.sup.exe, "proxy"), !s.noManaged && managedMode(s.sup.exe, "filter")
-	if !proxyOK {
-		s.log.Warn("this build's proxy command has no managed mode (--coordinator): proxies are registered but not started")
-	}
-	if !filterOK {
-		s.log.Warn("this build's filter command has no managed mode (--coordinator): filters are not started")
-	}
 	for _, spec := range labProxies {
 		name := spec.proc()
 		a := s.addrs[name]
 		args := append([]string{"proxy"}, common(name)...)
 		args = append(args, "--proxy-id", lc.Proxies[spec.Name].ID, "--listen", a.Listen, "--admin-addr", a.Admin)
-		if proxyOK {
-			procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log"), tier: 2})
-			lc.admins[name] = a.Admin
-		}
+		procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log"), tier: 2})
+		lc.admins[name] = a.Admin
 	}
 	for _, h := range lc.Hosts {
 		name := "filter-" + h.Name
@@ -272,10 +253,8 @@ func startLabComponents(ctx context.Context, cl *client.Client, s componentSetup
 		args = append(args, "--host", h.Name, "--vcenter-id", s.vcID, "--datastore", ds,
 			"--journal-dir", filepath.Join(s.dir, "journals", h.Name),
 			"--listen", h.Addr.Listen, "--nbd-addr", h.Addr.NBD, "--admin-addr", h.Addr.Admin)
-		if filterOK {
-			procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log"), tier: 2})
-			lc.admins[name] = h.Addr.Admin
-		}
+		procs = append(procs, &labProc{name: name, args: args, env: env, log: filepath.Join(s.dir, "logs", name+".log"), tier: 2})
+		lc.admins[name] = h.Addr.Admin
 	}
 	for _, d := range []string{"components", "journals", filepath.Join("datastores", "source"), filepath.Join("datastores", "target")} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {

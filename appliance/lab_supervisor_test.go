@@ -50,7 +50,9 @@ func TestLabSupervisorRestartsAndStopsByTier(t *testing.T) {
 		high.mu.Lock()
 		pid := high.cmd.Process.Pid
 		high.mu.Unlock()
-		if pid != first {
+		// Restarted, and its trap set (its output goes to its log).
+		b, _ := os.ReadFile(high.log)
+		if pid != first && strings.Count(string(b), "ready") == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
