@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/continuum-cdp/continuum/client"
 	"github.com/continuum-cdp/continuum/internal/model"
@@ -491,4 +497,119 @@ func TestOrchestration200VMs(t *testing.T) {
 	p := o.policy("fleet", vms, 0)
 	o.waitSyncing(p, 8*time.Minute)
 	o.checkReplicas(p)
+}
+
+// relocate moves a VM to another host through vCenter (a vMotion).
+func (o *orchestra) relocate(vm, host string) {
+	o.t.Helper()
+	ctx := context.Background()
+	u, err := soap.ParseURL(o.vcURL)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	u.User = url.UserPassword(vcsim.Username, vcsim.Password)
+	gc, err := govmomi.NewClient(ctx, u, true)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	defer gc.Logout(ctx)
+	vmo := object.NewVirtualMachine(gc.Client, types.ManagedObjectReference{Type: "VirtualMachine", Value: vm})
+	hr := types.ManagedObjectReference{Type: "HostSystem", Value: host}
+	task, err := vmo.Relocate(ctx, types.VirtualMachineRelocateSpec{Host: &hr}, types.VirtualMachineMovePriorityDefaultPriority)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		o.t.Fatalf("relocate %s to %s: %v", vm, host, err)
+	}
+}
+
+// checkLatestEqual writes through every disk's NBD export, then waits until
+// the latest restore point, exported through the coordinator, equals the
+// disk as the filter serves it.
+func (o *orchestra) checkLatestEqual(vm string, pattern byte) {
+	o.t.Helper()
+	api := o.cl.Endpoints()[0]
+	out, err := o.cluster.cli(api, "vm", "disks", vm, "-o", "json")
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	var disks client.VMDisks
+	if err := json.Unmarshal([]byte(out), &disks); err != nil || len(disks.Disks) == 0 {
+		o.t.Fatalf("vm disks %s: %v\n%s", vm, err, out)
+	}
+	for _, d := range disks.Disks {
+		// A filter serves a VM's disks once its configuration names the VM:
+		// within a heartbeat of a re-plan.
+		o.eventually("write through "+d.NBDURI, 30*time.Second, func() error {
+			out, err := exec.Command("qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x%02x 192k 16k", pattern), "-c", "flush", d.NBDURI).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		})
+		src := filepath.Join(o.root, fmt.Sprintf("source-%s-%d-%02x.raw", vm, d.Key, pattern))
+		run(o.t, "qemu-img", "convert", "-f", "raw", "-O", "raw", d.NBDURI, src)
+		img := filepath.Join(o.root, fmt.Sprintf("restored-%s-%d-%02x.raw", vm, d.Key, pattern))
+		o.eventually(fmt.Sprintf("latest point of %s disk %d equal to the source", vm, d.Key), 60*time.Second, func() error {
+			pts, err := o.cl.RestorePoints(context.Background(), vm)
+			if err != nil || len(pts) == 0 {
+				return fmt.Errorf("points of %s: %v", vm, err)
+			}
+			last := pts[len(pts)-1].ID
+			if _, err := o.cl.ExportRestorePoint(context.Background(), vm, d.Key, last, img); err != nil {
+				return err
+			}
+			if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", img, src).CombinedOutput(); err != nil {
+				return fmt.Errorf("point %d differs: %v %s", last, err, out)
+			}
+			return nil
+		})
+	}
+}
+
+// TestOrchestrationVMotion: a protected VM moved to the other source host
+// is re-planned: the new host's filter takes it over from the shared
+// datastore, writes through its NBD export reach the replica, and the
+// latest point restores equal.
+func TestOrchestrationVMotion(t *testing.T) {
+	needTools(t, "qemu-io", "qemu-img")
+	o := startOrchestra(t, 1)
+	ctx := context.Background()
+	vm := vcsim.ProtectedVMName(0)
+	p := o.policy("moving", []string{vm}, 0)
+	st := o.waitSyncing(p, 3*time.Minute)
+	o.checkLatestEqual(vm, 0x11)
+
+	from := st.Tasks[0].SourceHost
+	hosts, err := o.cl.ListHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to *model.Host
+	for _, h := range hosts {
+		if h.ID != from && strings.HasPrefix(h.Name, "src-") {
+			to = h
+		}
+	}
+	if to == nil {
+		t.Fatalf("no other source host among %+v", hosts)
+	}
+	o.relocate(st.Tasks[0].VMMoRef, to.MoRef)
+	o.eventually("the task re-planned on "+to.Name, 60*time.Second, func() error {
+		st, err := o.cl.PolicyStatus(ctx, p.ID)
+		if err != nil {
+			return err
+		}
+		tk := st.Tasks[0]
+		if tk.SourceHost != to.ID || (tk.Status != model.StatusSyncing && tk.Status != model.StatusWarning) {
+			return fmt.Errorf("task on %s: %s %s", tk.SourceHost, tk.Status, tk.Reason)
+		}
+		return nil
+	})
+	disks, err := o.cl.VMDisks(ctx, vm)
+	if err != nil || !strings.Contains(disks.Disks[0].NBDURI, to.FilterNBD) {
+		t.Fatalf("disks after the move: %+v %v (want the NBD export of %s at %s)", disks, err, to.Name, to.FilterNBD)
+	}
+	o.checkLatestEqual(vm, 0x22)
 }
