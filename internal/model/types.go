@@ -193,7 +193,7 @@ type VMTask struct {
 	VMName         string    `json:"vm_name"`
 	InstanceUUID   string    `json:"instance_uuid,omitempty"`
 	SourceHost     string    `json:"source_host,omitempty"`
-	TargetHost     string    `json:"target_host,omitempty"` // host MoRef of the replica (its target filter)
+	TargetHost     string    `json:"target_host,omitempty"` // host ID ("<vcenter-id>/<moref>") of the replica: its target filter
 	SourceProxy    string    `json:"source_proxy,omitempty"`
 	TargetProxy    string    `json:"target_proxy,omitempty"`
 	ReplicaID      string    `json:"replica_id,omitempty"`
