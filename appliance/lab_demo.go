@@ -89,7 +89,10 @@ type labView struct {
 	Status  *client.PolicyStatus
 	Proxies map[string]*model.Proxy // by ID
 	Hosts   map[string]*model.Host  // by ID and by MoRef
-	Err     error
+	// NoLeader: the coordinator asked has no leader (no quorum), so the
+	// statuses stand still while the data path runs on.
+	NoLeader bool
+	Err      error
 }
 
 // task returns the task of the VM named vm, if any.
@@ -108,36 +111,50 @@ func (v *labView) task(vm string) *model.VMTask {
 // labObserver polls the demo policy's status for the table and the
 // workload.
 type labObserver struct {
-	cl       *client.Client
+	clients  []*client.Client // one per coordinator
+	cur      int              // the one asked now; the next after a failure
 	policy   string
 	view     atomic.Pointer[labView]
 	workload *labWorkload
 }
 
 func newLabObserver(cl *client.Client, policy string) *labObserver {
-	// Reads may be stale: a table that keeps showing the last state while
-	// the cluster has no quorum is more useful than an empty one.
-	c := cl.WithEndpoints(cl.Endpoints())
-	c.Stale, c.RetryFor = true, 0
-	return &labObserver{cl: c, policy: policy}
+	o := &labObserver{policy: policy}
+	for _, ep := range cl.Endpoints() {
+		// Reads from the node asked: a table that keeps showing what a
+		// coordinator without quorum knows beats an empty one.
+		c := cl.WithEndpoints([]string{ep})
+		c.Stale, c.RetryFor = true, 0
+		o.clients = append(o.clients, c)
+	}
+	return o
 }
 
 func (o *labObserver) poll(ctx context.Context) *labView {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	v := &labView{At: time.Now(), Proxies: map[string]*model.Proxy{}, Hosts: map[string]*model.Host{}}
-	if v.Policy, v.Err = o.cl.GetPolicy(ctx, o.policy); v.Err != nil {
+	c := o.clients[o.cur]
+	defer func() {
+		if v.Err != nil {
+			o.cur = (o.cur + 1) % len(o.clients)
+		}
+	}()
+	if st, err := c.ClusterStatus(ctx); err == nil {
+		v.NoLeader = st.LeaderID == ""
+	}
+	if v.Policy, v.Err = c.GetPolicy(ctx, o.policy); v.Err != nil {
 		return v
 	}
-	if v.Status, v.Err = o.cl.PolicyStatus(ctx, v.Policy.ID); v.Err != nil {
+	if v.Status, v.Err = c.PolicyStatus(ctx, v.Policy.ID); v.Err != nil {
 		return v
 	}
-	if ps, err := o.cl.ListProxies(ctx); err == nil {
+	if ps, err := c.ListProxies(ctx); err == nil {
 		for _, p := range ps {
 			v.Proxies[p.ID] = p
 		}
 	}
-	if hs, err := o.cl.ListHosts(ctx); err == nil {
+	if hs, err := c.ListHosts(ctx); err == nil {
 		for _, h := range hs {
 			v.Hosts[h.ID], v.Hosts[h.MoRef] = h, h
 		}
@@ -205,6 +222,8 @@ func renderLabTable(out io.Writer, v *labView, wr labWorkloadStats, now time.Tim
 	}
 	if v.Err != nil {
 		head += fmt.Sprintf("  [coordinators not answering, as of %s: %v]", v.At.Format("15:04:05"), v.Err)
+	} else if v.NoLeader {
+		head += "  [no coordinator quorum: statuses frozen, filters and proxies run on their last configuration]"
 	}
 	fmt.Fprintln(out, head)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

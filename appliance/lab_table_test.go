@@ -62,6 +62,12 @@ func TestLabTableShowsEveryVM(t *testing.T) {
 	if !strings.Contains(b.String(), "coordinators not answering") || !strings.Contains(b.String(), "app-001") {
 		t.Fatalf("stale view:\n%s", b.String())
 	}
+	v.Err, v.NoLeader = nil, true
+	b.Reset()
+	renderLabTable(&b, v, labWorkloadStats{}, now)
+	if !strings.Contains(b.String(), "no coordinator quorum") {
+		t.Fatalf("no quorum not shown:\n%s", b.String())
+	}
 	b.Reset()
 	renderLabTable(&b, &labView{Err: errors.New("policy not found")}, labWorkloadStats{}, now)
 	if !strings.Contains(b.String(), "policy not found") {
