@@ -198,7 +198,7 @@ exits.`,
 	f.BoolVar(&cfg.Plaintext, "plaintext", false, "no TLS on the data path (benchmarks on loopback only)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.Datastore, "datastore", "", "source role: datastore directory holding the VMs' folders")
-	f.StringVar(&cfg.Proxy, "proxy", "", "source role: address of the source proxy")
+	f.StringVar(&cfg.Proxy, "proxy", "", "source role: address of the source proxy (of the VMs that do not name theirs)")
 	f.Int64Var(&cfg.BufferBytes, "buffer-bytes", 256<<20, "source role: unacknowledged bytes per VM before CBT mode")
 	f.Int64Var(&cfg.BlockSize, "block-size", 64<<10, "source role: CBT block size")
 	f.Var(durationValue{&cfg.Grace}, "grace", "source role: how long the proxy may be unreachable before CBT mode")
@@ -343,22 +343,27 @@ func run(ctx context.Context, cmd *cobra.Command, cfg FileConfig) error {
 }
 
 func runSource(ctx context.Context, cmd *cobra.Command, cfg FileConfig, tlsCfg *tls.Config, log *slog.Logger) error {
-	if cfg.Proxy == "" {
-		return errors.New("source role: --proxy is required")
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+		d := &net.Dialer{KeepAlive: 15 * time.Second}
+		if tlsCfg == nil {
+			return d.DialContext(ctx, "tcp", addr)
+		}
+		return (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
 	}
-	proxyAddr := cfg.Proxy
-	svc, err := source.New(source.Options{
+	opts := source.Options{
 		NodeID: cfg.NodeID, Datastore: cfg.Datastore, VMs: cfg.VMs, BufferBytes: cfg.BufferBytes,
 		BlockSize: cfg.BlockSize, Grace: cfg.Grace.D(), Logger: log,
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			d := &net.Dialer{KeepAlive: 15 * time.Second}
-			if tlsCfg == nil {
-				return d.DialContext(ctx, "tcp", proxyAddr)
-			}
-			return (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", proxyAddr)
-		},
-	})
+		// a VM of the configuration file may name its own proxy
+		DialProxy: dial,
+	}
+	if proxyAddr := cfg.Proxy; proxyAddr != "" {
+		opts.Dial = func(ctx context.Context) (net.Conn, error) { return dial(ctx, proxyAddr) }
+	}
+	svc, err := source.New(opts)
 	if err != nil {
+		if cfg.Proxy == "" {
+			return fmt.Errorf("source role: --proxy is required unless every vm names its proxy: %w", err)
+		}
 		return err
 	}
 	defer svc.Close()

@@ -134,6 +134,10 @@ func newTestProxy(t *testing.T, ca *pki.CA) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveTestProxy(t, l)
+}
+
+func serveTestProxy(t *testing.T, l net.Listener) *testProxy {
 	p := &testProxy{t: t, l: l, img: map[string][]byte{}, seq: map[string]uint64{}, ini: map[string]bool{}}
 	go func() {
 		for {
@@ -212,6 +216,7 @@ type filterProc struct {
 	cancel context.CancelFunc
 	done   chan error
 	ready  map[string]string
+	lines  []string // stdout before "filter ready"
 }
 
 func startManaged(t *testing.T, args ...string) *filterProc {
@@ -224,16 +229,24 @@ func startManaged(t *testing.T, args ...string) *filterProc {
 	f := &filterProc{cancel: cancel, done: make(chan error, 1)}
 	go func() { err := cmd.ExecuteContext(ctx); pw.Close(); f.done <- err }()
 	line := make(chan string, 1)
+	var before []string
 	go func() {
 		sc := bufio.NewScanner(pr)
+		ready := false
 		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "filter ready") {
+			switch {
+			case ready:
+			case strings.HasPrefix(sc.Text(), "filter ready"):
+				ready = true
 				line <- sc.Text()
+			default:
+				before = append(before, sc.Text())
 			}
 		}
 	}()
 	select {
 	case l := <-line:
+		f.lines = before
 		f.ready = map[string]string{}
 		for _, kv := range strings.Fields(l)[2:] {
 			k, v, _ := strings.Cut(kv, "=")
@@ -487,6 +500,55 @@ func TestManagedFilter(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "ds", "web", DiskFileName("web", 2000))); err != nil {
 		t.Fatalf("the removed VM's file: %v", err)
 	}
+}
+
+// TestStaticVMNamesItsProxy: in the static configuration a VM may name
+// its own source proxy; the others use --proxy.
+func TestStaticVMNamesItsProxy(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Fatal("qemu-io is required (Debian package qemu-utils, see scripts/test-deps.sh)")
+	}
+	proxies := [2]*testProxy{}
+	for i := range proxies {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxies[i] = serveTestProxy(t, l)
+	}
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`{"vms": [{"name": "a", "disks": [{"key": 1, "capacity": 1048576}]},
+		{"name": "b", "proxy": %q, "disks": [{"key": 1, "capacity": 1048576}]}]}`, proxies[1].l.Addr())
+	if err := os.WriteFile(filepath.Join(dir, "conf.json"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := startManaged(t, "--role", "source", "--config", filepath.Join(dir, "conf.json"), "--plaintext",
+		"--datastore", filepath.Join(dir, "ds"), "--proxy", proxies[0].l.Addr().String(), "--nbd-addr", "127.0.0.1:0",
+		"--log-level", "warn")
+	nbdAddr := ""
+	for _, p := range f.lines {
+		if strings.HasPrefix(p, "disk a/1 ") {
+			u := strings.Fields(p)[2]
+			nbdAddr = strings.TrimPrefix(strings.Split(u, "/a")[0], "nbd://")
+		}
+	}
+	if nbdAddr == "" {
+		t.Fatalf("no disk line in %q", f.lines)
+	}
+	qemuWrite(t, nbdAddr, "a/1", 0x0a, 0, 4096)
+	qemuWrite(t, nbdAddr, "b/1", 0x0b, 0, 4096)
+	waitUntil(t, "each vm at its proxy", func() error {
+		if a := proxies[0].image("a/1"); len(a) == 0 || a[0] != 0x0a {
+			return fmt.Errorf("vm a not at the default proxy")
+		}
+		if b := proxies[1].image("b/1"); len(b) == 0 || b[0] != 0x0b {
+			return fmt.Errorf("vm b not at its own proxy")
+		}
+		if proxies[0].image("b/1") != nil || proxies[1].image("a/1") != nil {
+			return fmt.Errorf("a vm reached the other proxy")
+		}
+		return nil
+	})
 }
 
 // TestManagedFlags: managed mode refuses what it cannot run, before
