@@ -34,6 +34,7 @@ type testCoordinator struct {
 
 	mu      sync.Mutex
 	cfg     model.ComponentConfig
+	hosts   map[string]model.ComponentConfig // by reported host, over cfg
 	down    bool
 	reports []model.ComponentReport
 }
@@ -62,6 +63,10 @@ func newTestCoordinator(t *testing.T, ca *pki.CA) *testCoordinator {
 			return
 		}
 		c.reports = append(c.reports, rep)
+		if hc, ok := c.hosts[rep.ID]; ok {
+			_ = json.NewEncoder(w).Encode(hc)
+			return
+		}
 		_ = json.NewEncoder(w).Encode(c.cfg)
 	})
 	mux.HandleFunc("POST /api/v1/components/certificate", func(w http.ResponseWriter, r *http.Request) {
@@ -95,6 +100,30 @@ func (c *testCoordinator) set(cfg model.ComponentConfig) {
 	cfg.Kind, cfg.ID = model.ComponentFilter, "vc-1/host-1"
 	cfg.Version = fmt.Sprint(time.Now().UnixNano())
 	c.cfg = cfg
+}
+
+// setHost gives the filter of host its own configuration.
+func (c *testCoordinator) setHost(host string, cfg model.ComponentConfig) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg.Kind, cfg.ID = model.ComponentFilter, "vc-1/"+host
+	cfg.Version = fmt.Sprint(time.Now().UnixNano())
+	if c.hosts == nil {
+		c.hosts = map[string]model.ComponentConfig{}
+	}
+	c.hosts[host] = cfg
+}
+
+// lastOf is the newest report of host.
+func (c *testCoordinator) lastOf(host string) model.ComponentReport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.reports) - 1; i >= 0; i-- {
+		if c.reports[i].ID == host {
+			return c.reports[i]
+		}
+	}
+	return model.ComponentReport{}
 }
 
 func (c *testCoordinator) setDown(b bool) {
@@ -549,6 +578,87 @@ func TestStaticVMNamesItsProxy(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestManagedVMotion: two hosts share the source datastore; the task
+// moves from one host's configuration to the other's. The new host cannot
+// open the VM while the old one runs it (and says so), then takes it over:
+// the export moves, the sequence goes on and the replica stays exact.
+func TestManagedVMotion(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Fatal("qemu-io is required (Debian package qemu-utils, see scripts/test-deps.sh)")
+	}
+	ca, err := pki.NewCA("test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pki.CertPEM(ca.Cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	coord := newTestCoordinator(t, ca)
+	px := newTestProxy(t, ca)
+	task := func(host string) model.TaskPath {
+		return model.TaskPath{TaskID: "pol-1/vm-7", PolicyID: "pol-1", VM: "web", SourceHost: host, TargetHost: "host-9",
+			SourceProxy: px.l.Addr().String(), Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1 << 20}}}
+	}
+	coord.setHost("host-1", model.ComponentConfig{Tasks: []model.TaskPath{task("host-1")}})
+	coord.setHost("host-2", model.ComponentConfig{Tasks: []model.TaskPath{}})
+	filters := map[string]*filterProc{}
+	for _, h := range []string{"host-1", "host-2"} {
+		filters[h] = startManaged(t, "--coordinator", coord.srv.URL, "--token", "tok", "--cacert", caFile,
+			"--state-dir", filepath.Join(dir, "state-"+h), "--host", h, "--datastore", filepath.Join(dir, "ds"),
+			"--journal-dir", filepath.Join(dir, "journal-"+h), "--listen", "127.0.0.1:0", "--nbd-addr", "127.0.0.1:0",
+			"--heartbeat-interval", "100ms", "--log-level", "error")
+	}
+	file := filepath.Join(dir, "ds", "web", DiskFileName("web", 2000))
+	exact := func(what string) {
+		t.Helper()
+		waitUntil(t, what, func() error {
+			want, err := os.ReadFile(file)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(px.image("web/2000"), want) {
+				return fmt.Errorf("the replica differs")
+			}
+			return nil
+		})
+	}
+	waitUntil(t, "web syncing on host-1", func() error {
+		if r := coord.lastOf("host-1"); len(r.VMs) != 1 || r.VMs[0].Status != model.StatusSyncing {
+			return fmt.Errorf("%+v", r.VMs)
+		}
+		return nil
+	})
+	qemuWrite(t, filters["host-1"].ready["nbd"], "web/2000", 0x21, 0, 65536)
+	exact("the write on host-1 at the replica")
+
+	// the new host is told first: it waits for the old one to let go
+	coord.setHost("host-2", model.ComponentConfig{Tasks: []model.TaskPath{task("host-2")}})
+	waitUntil(t, "host-2 reporting the vm in use", func() error {
+		r := coord.lastOf("host-2")
+		if len(r.VMs) != 1 || r.VMs[0].Status != model.StatusCBT || !strings.Contains(r.VMs[0].Reason, "in use") {
+			return fmt.Errorf("%+v", r.VMs)
+		}
+		return nil
+	})
+	coord.setHost("host-1", model.ComponentConfig{Tasks: []model.TaskPath{}})
+	waitUntil(t, "web syncing on host-2", func() error {
+		if r := coord.lastOf("host-2"); len(r.VMs) != 1 || r.VMs[0].Status != model.StatusSyncing {
+			return fmt.Errorf("%+v", r.VMs)
+		}
+		if r := coord.lastOf("host-1"); len(r.VMs) != 0 {
+			return fmt.Errorf("host-1 still reports %+v", r.VMs)
+		}
+		return nil
+	})
+	qemuWrite(t, filters["host-2"].ready["nbd"], "web/2000", 0x22, 32768, 65536)
+	exact("the write on host-2 at the replica")
+	if out, err := exec.Command("qemu-io", "-f", "raw", "-r", "-c", "read 0 512", nbd.URI(filters["host-1"].ready["nbd"], "web/2000")).CombinedOutput(); err == nil {
+		t.Fatalf("the old host still exports the vm: %s", out)
+	}
 }
 
 // TestManagedFlags: managed mode refuses what it cannot run, before
