@@ -125,6 +125,7 @@ func TestLabQuorumLoss(t *testing.T) {
 	}
 
 	thaw()
+	resumed := time.Now()
 	t.Logf("coordinators resumed after %s", time.Since(t0))
 	cl.RetryFor = time.Minute
 	waitFor(t, "long-term points resume", 2*time.Minute, func() error {
@@ -139,6 +140,22 @@ func TestLabQuorumLoss(t *testing.T) {
 		}
 		return nil
 	})
+	// No component failed meanwhile: once the leader has heard from them
+	// again, the data paths are those of before.
+	time.Sleep(time.Until(resumed.Add(15 * time.Second)))
+	after, err := readDemo(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	was := map[string][2]string{}
+	for _, tk := range at.status.Tasks {
+		was[tk.VMName] = [2]string{tk.SourceProxy, tk.TargetProxy}
+	}
+	for _, tk := range after.status.Tasks {
+		if now := [2]string{tk.SourceProxy, tk.TargetProxy}; now != was[tk.VMName] {
+			t.Errorf("%s: proxies %v after the coordinators came back, %v before", tk.VMName, now, was[tk.VMName])
+		}
+	}
 	lab.stop()
 	t.Logf("done after %s", time.Since(t0))
 }
