@@ -1,0 +1,197 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/continuum-cdp/continuum/client"
+	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/vcsim"
+)
+
+// benchLab is a `continuum lab` process started by a benchmark.
+type benchLab struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	dir  string
+	env  map[string]string
+	cl   *client.Client
+}
+
+// startBenchLab runs `continuum lab --no-demo` with vms source VMs of one
+// small disk each and waits for "lab ready".
+func startBenchLab(b *testing.B, vms int) *benchLab {
+	b.Helper()
+	dir := b.TempDir()
+	l := &benchLab{dir: dir, done: make(chan struct{})}
+	l.cmd = exec.Command(continuumBinary(b), "lab", "--dir", dir, "--no-demo", "--no-table",
+		"--vms", fmt.Sprint(vms), "--disk-sizes-mb", "1")
+	l.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	logf, err := os.Create(filepath.Join(dir, "lab.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	l.cmd.Stderr = logf
+	out, err := l.cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := l.cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == "lab ready" {
+				ready <- true
+			}
+		}
+		ready <- false
+	}()
+	go func() { l.cmd.Wait(); logf.Close(); close(l.done) }()
+	b.Cleanup(func() {
+		// SIGTERM lets the lab stop its children in order; SIGKILL of the
+		// group if it does not.
+		_ = l.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-l.done:
+		case <-time.After(30 * time.Second):
+			_ = syscall.Kill(-l.cmd.Process.Pid, syscall.SIGKILL)
+			<-l.done
+		}
+	})
+	select {
+	case ok := <-ready:
+		if !ok {
+			b.Fatalf("lab exited before it was ready:\n%s", benchTail(filepath.Join(dir, "lab.log")))
+		}
+	case <-time.After(3 * time.Minute):
+		b.Fatalf("lab not ready after 3m:\n%s", benchTail(filepath.Join(dir, "lab.log")))
+	}
+	body, err := os.ReadFile(filepath.Join(dir, "lab.env"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	l.env = map[string]string{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
+			l.env[k] = strings.Trim(v, "'\"")
+		}
+	}
+	ca, err := os.ReadFile(l.env["CONTINUUM_CACERT"])
+	if err != nil {
+		b.Fatal(err)
+	}
+	if l.cl, err = client.New(l.env["CONTINUUM_API"], l.env["CONTINUUM_TOKEN"], ca); err != nil {
+		b.Fatal(err)
+	}
+	l.cl.RetryFor = 30 * time.Second
+	b.Cleanup(l.cl.Close)
+	return l
+}
+
+func benchTail(path string) string {
+	body, _ := os.ReadFile(path)
+	if len(body) > 4000 {
+		body = body[len(body)-4000:]
+	}
+	return string(body)
+}
+
+// cli runs a client command against the lab.
+func (l *benchLab) cli(b *testing.B, args ...string) string {
+	b.Helper()
+	cmd := exec.Command(continuumBinary(b), args...)
+	for k, v := range l.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Env = append(os.Environ(), cmd.Env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("continuum %s: %v\n%s", args[0], err, out)
+	}
+	return string(out)
+}
+
+// BenchmarkPolicyToSyncing measures, in the lab, the time from `policy
+// create` over every source VM to every VM in Syncing (replica created,
+// storage policy applied, proxies selected, configuration pushed, initial
+// sync of a 1 MB disk done).
+func BenchmarkPolicyToSyncing(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				l := startBenchLab(b, n)
+				ctx := context.Background()
+				// The lab's proxies have small capacities so that its
+				// demo shows every rank; here any proxy takes any number.
+				pxs, err := l.cl.ListProxies(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, px := range pxs {
+					up := *px
+					up.MaxTasks = 0
+					if _, err := l.cl.UpdateProxy(ctx, px.ID, &up); err != nil {
+						b.Fatal(err)
+					}
+				}
+				args := []string{"policy", "create", "bench", "--target-cluster", vcsim.TargetClusterName,
+					"--target-datastore", vcsim.TargetDatastoreName(0), "--rpo", "15s", "--vcenter", "lab"}
+				for v := range n {
+					args = append(args, "--vm", vcsim.ProtectedVMName(v))
+				}
+				b.StartTimer()
+				start := time.Now()
+				l.cli(b, args...)
+				p, err := l.cl.GetPolicy(ctx, "bench")
+				if err != nil {
+					b.Fatal(err)
+				}
+				deadline := start.Add(15 * time.Minute)
+				var last string
+				for {
+					st, err := l.cl.PolicyStatus(ctx, p.ID)
+					if err == nil {
+						syncing := 0
+						for _, tk := range st.Tasks {
+							if tk.Status == model.StatusSyncing || tk.Status == model.StatusWarning {
+								syncing++
+							} else {
+								last = fmt.Sprintf("%s: %s %s", tk.VMName, tk.Status, tk.Reason)
+							}
+						}
+						if syncing == n && len(st.Tasks) == n {
+							break
+						}
+						last = fmt.Sprintf("%d of %d syncing; e.g. %s", syncing, n, last)
+					} else {
+						last = err.Error()
+					}
+					if time.Now().After(deadline) {
+						b.Fatalf("%d VMs not all syncing after 15m: %s\n%s", n, last, benchTail(filepath.Join(l.dir, "lab.log")))
+					}
+					time.Sleep(250 * time.Millisecond)
+				}
+				took := time.Since(start)
+				b.StopTimer()
+				b.ReportMetric(took.Seconds(), "s-to-syncing")
+				b.ReportMetric(float64(took.Milliseconds())/float64(n), "ms/vm")
+				b.Logf("%d VMs: policy create to every VM syncing in %v", n, took.Round(100*time.Millisecond))
+				_ = l.cmd.Process.Signal(syscall.SIGTERM)
+				<-l.done
+				b.StartTimer()
+			}
+		})
+	}
+}
