@@ -42,9 +42,13 @@ func newRouteRig(t *testing.T) *routeRig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Run closes the filter when its context ends: a Close racing with a
+	// Run that has not started yet (a test that never uses the filter)
+	// would race on the filter's wait group
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(context.Background()) }()
-	t.Cleanup(func() { s.Close(); <-done })
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 	r.filter = s
 	r.source, err = NewSource(SourceConfig{
 		DialAddr: func(ctx context.Context, addr string) (net.Conn, error) {

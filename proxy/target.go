@@ -395,11 +395,47 @@ func (t *Target) sessionHello(ctx context.Context, src *wire.Conn, h *wire.Hello
 	return ackErr
 }
 
-// forward reads frames from the source proxy, verifies and decodes each
-// point and hands it to the target filter in clear and uncompressed.
+// forward reads frames from the source proxy while a second goroutine
+// verifies and decodes each point and hands it to the target filter in
+// clear and uncompressed: reading (TLS, checksum) of the next point
+// overlaps with decoding and delivering the current one. Order is kept;
+// at most forwardQueue points wait between the two.
 func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, sealer *wire.Sealer, log *slog.Logger) error {
-	opts := wire.PointOptions{Sealer: sealer, VM: vm, MaxRawLen: t.cfg.MaxPointBytes}
-	var last uint64 // every point ID must exceed the previous one
+	q := make(chan wire.Msg, forwardQueue)
+	quit := make(chan struct{})
+	var werr error
+	workerDone := make(chan struct{})
+	go func() {
+		defer close(workerDone)
+		if werr = t.deliver(q, quit, src, dst, vm, resume, sealer, log); werr != nil {
+			src.Close() // ends the reader
+		}
+	}()
+	rerr := t.readPoints(src, q, workerDone, log)
+	close(quit)
+	if rerr != nil {
+		dst.Close() // a delivery stuck on the target filter ends too
+	}
+	<-workerDone
+	if werr != nil {
+		return werr
+	}
+	return rerr
+}
+
+// forwardQueue is how many points read from the source may wait for
+// delivery: enough to overlap the two, little memory.
+const forwardQueue = 1
+
+// keepDecodeBuf is the largest decode buffer a session keeps for the next
+// point; a rare huge point does not pin its memory.
+const keepDecodeBuf = 64 << 20
+
+// readPoints reads frames from the source proxy and queues points and
+// heartbeats in order; every point ID must exceed the previous one.
+// It returns when the deliverer has ended (stop).
+func (t *Target) readPoints(src *wire.Conn, q chan<- wire.Msg, stop <-chan struct{}, log *slog.Logger) error {
+	var last uint64
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(t.cfg.IdleTimeout))
 		m, err := src.ReadMsg()
@@ -415,8 +451,40 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, sealer *
 				return t.reject(log, "replayed", fmt.Errorf("point %d after %d", v.ID, last))
 			}
 			last = v.ID
+		case *wire.Heartbeat:
+		case *wire.Status:
+			log.Debug("source status", "mode", v.Mode, "done", v.BytesDone, "total", v.BytesTotal, "msg", v.Msg)
+			continue
+		default:
+			return t.reject(log, "unexpected_message", fmt.Errorf("%s from source proxy", m.Type()))
+		}
+		select {
+		case q <- m:
+		case <-stop:
+			return nil
+		}
+	}
+}
+
+// deliver verifies, decodes and forwards the queued points until the
+// queue's reader quits. The decoded form of each point is built in the
+// buffer of the previous one, which the target filter's connection no
+// longer uses once the point is written.
+func (t *Target) deliver(q <-chan wire.Msg, quit <-chan struct{}, src, dst *wire.Conn, vm string, resume uint64, sealer *wire.Sealer, log *slog.Logger) error {
+	opts := wire.PointOptions{Sealer: sealer, VM: vm, MaxRawLen: t.cfg.MaxPointBytes}
+	var buf []byte
+	for {
+		var m wire.Msg
+		select {
+		case m = <-q:
+		case <-quit:
+			return nil
+		}
+		switch v := m.(type) {
+		case *wire.Point:
 			// Verified, decrypted and decompressed; the plain form shares
 			// the decoded bytes, so nothing is serialised twice.
+			opts.Buf = buf
 			out, _, err := wire.OpenPoint(v, opts)
 			if err != nil {
 				reason := "bad_point"
@@ -437,6 +505,9 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, sealer *
 			if err := dst.Send(out); err != nil {
 				return fmt.Errorf("forward point %d to target filter: %w", v.ID, err)
 			}
+			if v.Codec != wire.CodecNone && cap(out.Payload) <= keepDecodeBuf {
+				buf = out.Payload
+			}
 			t.m.points.Inc()
 			t.m.wireBytes.Add(float64(len(v.Payload)))
 			t.m.rawBytes.Add(float64(v.RawLen))
@@ -444,10 +515,6 @@ func (t *Target) forward(src, dst *wire.Conn, vm string, resume uint64, sealer *
 			if err := dst.Send(v); err != nil {
 				return fmt.Errorf("forward heartbeat: %w", err)
 			}
-		case *wire.Status:
-			log.Debug("source status", "mode", v.Mode, "done", v.BytesDone, "total", v.BytesTotal, "msg", v.Msg)
-		default:
-			return t.reject(log, "unexpected_message", fmt.Errorf("%s from source proxy", m.Type()))
 		}
 	}
 }
