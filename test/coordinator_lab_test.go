@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -142,6 +143,16 @@ type labProcess struct {
 	cmd   *exec.Cmd
 	done  chan error
 	ready chan struct{}
+
+	mu  sync.Mutex
+	out []string // the last lines of its stdout
+}
+
+// output returns the last lines the lab printed.
+func (l *labProcess) output() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.out...)
 }
 
 // startLab runs "continuum lab --dir DIR ARGS..." and waits for "lab
@@ -168,6 +179,11 @@ func startLab(t *testing.T, bin, dir string, args ...string) *labProcess {
 		sc := bufio.NewScanner(stdout)
 		closed := false
 		for sc.Scan() {
+			l.mu.Lock()
+			if l.out = append(l.out, sc.Text()); len(l.out) > 400 {
+				l.out = l.out[len(l.out)-200:]
+			}
+			l.mu.Unlock()
 			if !closed && strings.Contains(sc.Text(), "lab ready") {
 				close(l.ready)
 				closed = true

@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
 
 // TestLabNoWorkloadUserWrites runs the lab's demo with --no-workload: the
-// demo disks are the user's, and a write of qemu-io to the NBD URI that
-// "vm disks" gives is, byte for byte, all a later restore point holds.
+// table shows the VMs syncing, the demo disks are the user's, and a write
+// of qemu-io to the NBD URI that "vm disks" gives is, byte for byte, all a
+// later restore point holds.
 func TestLabNoWorkloadUserWrites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -20,10 +22,29 @@ func TestLabNoWorkloadUserWrites(t *testing.T) {
 	needTools(t, "qemu-io")
 	bin := continuumBinary(t)
 	dir := filepath.Join(t.TempDir(), "lab")
-	lab := startLab(t, bin, dir, "--no-table", "--no-workload")
+	lab := startLab(t, bin, dir, "--no-workload")
 	cl := labClient(t, dir)
 	ctx := context.Background()
 	waitDemoSyncing(t, cl, 4*time.Minute)
+
+	// The live table shows every VM syncing, and no workload.
+	waitFor(t, "the table shows app-001 syncing", 30*time.Second, func() error {
+		out := lab.output()
+		for i := len(out) - 1; i >= 0; i-- {
+			if f := strings.Fields(out[i]); len(f) > 2 && f[0] == "app-001" {
+				if f[1] != "Syncing" || !strings.Contains(out[i], "2s") {
+					return fmt.Errorf("table row: %q", out[i])
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no row for app-001 in %d lines", len(out))
+	})
+	for _, line := range lab.output() {
+		if strings.HasPrefix(line, "workload:") {
+			t.Fatalf("a workload runs under --no-workload: %q", line)
+		}
+	}
 
 	disks, err := cl.VMDisks(ctx, "app-001")
 	if err != nil {
