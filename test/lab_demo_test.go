@@ -146,8 +146,8 @@ func waitDemoSyncing(t *testing.T, cl *client.Client, d time.Duration) *demoStat
 
 // TestLabDemo runs "continuum lab" with its demo: every demo VM reaches
 // Syncing (or Warning for lag) with restore points listed, the automatic
-// selection uses proxies of more than one rank, and Ctrl-C stops every
-// process the lab started.
+// selection uses proxies of more than one rank, the workload writes, Ctrl-C
+// stops every process the lab started, and the lab restarts.
 func TestLabDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -155,7 +155,7 @@ func TestLabDemo(t *testing.T) {
 	bin := continuumBinary(t)
 	t0 := time.Now()
 	dir := filepath.Join(t.TempDir(), "lab")
-	lab := startLab(t, bin, dir, "--no-table")
+	lab := startLab(t, bin, dir)
 	t.Logf("lab ready after %s", time.Since(t0))
 	cl := labClient(t, dir)
 	ctx := context.Background()
@@ -220,7 +220,22 @@ func TestLabDemo(t *testing.T) {
 		t.Errorf("source proxies of fewer than two ranks: %v", seen)
 	}
 
-	// The workload keeps the journal growing.
+	// The workload writes, as the table's last line says, and keeps the
+	// journal growing.
+	waitFor(t, "the workload writes", 30*time.Second, func() error {
+		out := lab.output()
+		for i := len(out) - 1; i >= 0; i-- {
+			var n int
+			if _, err := fmt.Sscanf(out[i], "workload: %d writes", &n); err == nil {
+				if n == 0 {
+					return fmt.Errorf("%q", out[i])
+				}
+				t.Logf("%s", out[i])
+				return nil
+			}
+		}
+		return fmt.Errorf("no workload line in %d lines", len(out))
+	})
 	before := last.points
 	waitFor(t, "restore points keep coming", time.Minute, func() error {
 		d, err := readDemo(ctx, cl)
