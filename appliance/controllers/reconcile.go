@@ -491,6 +491,43 @@ func (r *PolicyReconciler) ensureTask(ctx context.Context, sn *snapshot, id, mor
 	return t, nil
 }
 
+// taskRef names a task to create if missing.
+type taskRef struct{ id, moref, name string }
+
+// ensureTasks creates the missing tasks of refs concurrently: raft commits
+// concurrent applies together, so a policy of a thousand VMs gets its tasks
+// in a few log writes instead of one each.
+func (r *PolicyReconciler) ensureTasks(ctx context.Context, sn *snapshot, refs []taskRef) error {
+	var missing []*model.VMTask
+	seen := map[string]bool{}
+	now := r.cfg.Clock.Now()
+	for _, tr := range refs {
+		if _, ok := sn.tasks[tr.id]; ok || seen[tr.id] {
+			continue
+		}
+		seen[tr.id] = true
+		missing = append(missing, &model.VMTask{ID: tr.id, PolicyID: sn.policy.ID, VMMoRef: tr.moref, VMName: tr.name, Status: model.StatusPending, UpdatedAt: now})
+	}
+	errs := make([]error, len(missing))
+	sem := make(chan struct{}, 4*r.cfg.Workers)
+	var wg sync.WaitGroup
+	for i, t := range missing {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = r.putTask(ctx, t)
+		}()
+	}
+	wg.Wait()
+	for i, t := range missing {
+		if errs[i] == nil {
+			sn.tasks[t.ID] = t
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // placement is where a policy's replicas go, resolved in the target vCenter.
 type placement struct {
 	cluster   *vsphere.Cluster
@@ -586,12 +623,14 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 
 	// 1. A task per VM: VMs named by MoRef get theirs before anything
 	// else; VMs named by name once vCenter has resolved the name.
+	var byRef []taskRef
 	for _, ref := range p.VMs {
 		if ref.MoRef != "" {
-			if _, err := r.ensureTask(ctx, sn, TaskID(p.ID, ref.MoRef), ref.MoRef, ref.Name); err != nil {
-				return Result{}, err
-			}
+			byRef = append(byRef, taskRef{id: TaskID(p.ID, ref.MoRef), moref: ref.MoRef, name: ref.Name})
 		}
+	}
+	if err := r.ensureTasks(ctx, sn, byRef); err != nil {
+		return Result{}, err
 	}
 
 	// 2. Components available: proxies first (known without vCenter).
@@ -630,23 +669,31 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 	var works []*work
 	want := map[string]bool{}
 	var errs []error
-	for _, ref := range p.VMs {
-		var vm *vsphere.VM
+	vms := make([]*vsphere.VM, len(p.VMs))
+	refs := make([]taskRef, len(p.VMs))
+	for i, ref := range p.VMs {
 		if ref.MoRef != "" {
-			vm = byMoRef[ref.MoRef]
+			vms[i] = byMoRef[ref.MoRef]
 		} else if v := inv.VMByName(ref.Name); v != nil && v.Replica == nil {
-			vm = v
+			vms[i] = v
 		}
 		key := ref.Key()
+		if vms[i] != nil {
+			key = vms[i].MoRef
+		}
+		refs[i] = taskRef{id: TaskID(p.ID, key), moref: ref.MoRef, name: ref.Name}
+	}
+	if err := r.ensureTasks(ctx, sn, refs); err != nil {
+		return Result{}, err
+	}
+	for i := range p.VMs {
+		vm, id := vms[i], refs[i].id
+		key := p.VMs[i].Key()
 		if vm != nil {
 			key = vm.MoRef
 		}
-		id := TaskID(p.ID, key)
 		want[id] = true
-		t, err := r.ensureTask(ctx, sn, id, ref.MoRef, ref.Name)
-		if err != nil {
-			return Result{}, err
-		}
+		t := sn.tasks[id]
 		if vm == nil {
 			errs = append(errs, r.failTask(ctx, t, fmt.Sprintf("VM %q not found in vCenter %s", key, p.VCenterID)))
 			errs = append(errs, fmt.Errorf("VM %q of policy %s not found", key, p.Name))
