@@ -160,7 +160,11 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 		}
 	case CodecS2, CodecZstd:
 		cw := chunkWriter{codec: opts.Codec, out: opts.Buf[:0]}
-		cw.out = slices.Grow(cw.out, compressedBound(opts.Codec, size))
+		if bound := compressedBound(opts.Codec, size); cap(cw.out) < bound {
+			// room for the worst case, with slack so that a reused
+			// buffer also fits the next, slightly larger point
+			cw.out = make([]byte, 0, bound+bound/4)
+		}
 		cw.write(head)
 		for i := range extents {
 			if extents[i].Op == OpData {
