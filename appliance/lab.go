@@ -489,7 +489,8 @@ func RunLab(ctx context.Context, o LabOptions) error {
 		}
 		if !o.NoTable {
 			workWG.Add(1)
-			go func() { defer workWG.Done(); obs.table(work, o.Out, 2*time.Second) }()
+			banner := fmt.Sprintf("lab ready: source %s; logs in %s; Ctrl-C stops", envPath, filepath.Join(dir, "logs"))
+			go func() { defer workWG.Done(); obs.table(work, o.Out, 2*time.Second, banner) }()
 		}
 	}
 	<-ctx.Done()

@@ -181,8 +181,8 @@ func (o *labObserver) run(ctx context.Context, every time.Duration) {
 }
 
 // table prints the view every interval; on a terminal it redraws in
-// place.
-func (o *labObserver) table(ctx context.Context, out io.Writer, every time.Duration) {
+// place, under banner (what the cleared "lab ready" message said).
+func (o *labObserver) table(ctx context.Context, out io.Writer, every time.Duration, banner string) {
 	redraw := false
 	if f, ok := out.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
@@ -200,7 +200,7 @@ func (o *labObserver) table(ctx context.Context, out io.Writer, every time.Durat
 			continue
 		}
 		if redraw {
-			fmt.Fprint(out, "\033[H\033[2J")
+			fmt.Fprint(out, "\033[H\033[2J"+banner+"\n\n")
 		}
 		var wr labWorkloadStats
 		if o.workload != nil {
