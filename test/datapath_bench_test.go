@@ -196,12 +196,40 @@ func benchDatapath(b *testing.B, dir string) {
 		ddir := filepath.Join(dir, fmt.Sprintf("run%d", i))
 		d := startDatapath(b, dpOptions{rpo: time.Second, grace: 30 * time.Second, vms: vms, logLevel: "warn", dir: ddir})
 
+		// CPU seconds of each data-path process per phase: where the
+		// time goes, as the throughput is bound by the two cores
+		procs := []*proc{d.sfilter, d.sproxy, d.tproxy, d.tfilter}
+		cpu := func() []float64 {
+			out := make([]float64, len(procs))
+			for i, p := range procs {
+				out[i] = cpuSeconds(p.cmd.Process.Pid)
+			}
+			return out
+		}
+		logCPU := func(phase string, before []float64, el time.Duration) {
+			after := cpu()
+			var sum float64
+			for i := range after {
+				after[i] -= before[i]
+				sum += after[i]
+			}
+			b.Logf("%s: %.1fs, CPU seconds: source filter %.1f, source proxy %.1f, target proxy %.1f, target filter %.1f (%.0f%% of two cores)",
+				phase, el.Seconds(), after[0], after[1], after[2], after[3], 100*sum/el.Seconds()/2)
+		}
+
 		// fio through NBD: sequential 1 MiB writes, half compressible
+		cpu0 := cpu()
 		start := time.Now()
 		run(b, "fio", "--name=w", "--ioengine=nbd", "--uri="+d.uri("bench", 2000), "--rw=write", "--bs=1M",
 			fmt.Sprintf("--size=%d", total), "--iodepth=8", "--buffer_compress_percentage=50", "--refill_buffers")
-		d.waitQuiet(5 * time.Minute)
+		fst := d.waitQuiet(5 * time.Minute)
 		fioMBs := float64(total) / 1e6 / time.Since(start).Seconds()
+		logCPU("fio", cpu0, time.Since(start))
+		for _, st := range fst {
+			if st.CBTEntries > 0 {
+				b.Logf("fio VM entered CBT mode %d times", st.CBTEntries)
+			}
+		}
 
 		// in-process generator into the same proxies
 		tlsCfg, err := proxy.TLSConfig(filepath.Join(d.certs, "cert.pem"), filepath.Join(d.certs, "key.pem"), filepath.Join(d.certs, "ca.pem"))
@@ -247,6 +275,7 @@ func benchDatapath(b *testing.B, dir string) {
 		}
 		genQuiet()
 		disk := svc.Disks()[0]
+		cpu0 = cpu()
 		start = time.Now()
 		for off := 0; off < total; off += 1 << 20 {
 			p := corpus[off%len(corpus) : off%len(corpus)+1<<20]
@@ -258,6 +287,7 @@ func benchDatapath(b *testing.B, dir string) {
 		genQuiet()
 		b.Logf("generator: writes took %s, durable after %s", writePhase.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 		genMBs := float64(total) / 1e6 / time.Since(start).Seconds()
+		logCPU("generator", cpu0, time.Since(start))
 		if st := svc.Status()[0]; st.CBTEntries > 0 {
 			b.Logf("generator VM entered CBT mode %d times", st.CBTEntries)
 		}
@@ -289,6 +319,7 @@ func benchDatapath(b *testing.B, dir string) {
 			}
 		}()
 		const rate = 100e6
+		cpu0 = cpu()
 		start = time.Now()
 		written := 0
 		for time.Since(start) < 4*time.Second {
@@ -304,6 +335,7 @@ func benchDatapath(b *testing.B, dir string) {
 		}
 		paced := float64(written) / 1e6 / time.Since(start).Seconds()
 		genQuiet()
+		logCPU("paced", cpu0, time.Since(start))
 		time.Sleep(20 * time.Millisecond)
 		close(stopPoll)
 		<-pollDone
