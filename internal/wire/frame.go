@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"math/bits"
 	"net"
 	"sync"
 	"time"
@@ -135,8 +136,12 @@ func parseHeader(h []byte, maxPayload int) (MsgType, uint8, int, error) {
 }
 
 // ownedDecoder is a message that can keep its bulk data as a slice of the
-// frame instead of copying it out.
-type ownedDecoder interface{ decodeOwned(p []byte) error }
+// frame instead of copying it out; keep records the whole frame so that
+// Release can hand it back.
+type ownedDecoder interface {
+	decodeOwned(p []byte) error
+	keep(frame []byte)
+}
 
 // decodeBody checks the CRC of a whole frame f and decodes its payload. It
 // returns (nil, false, nil) for a skippable frame of unknown type. With
@@ -155,6 +160,9 @@ func decodeBody(t MsgType, flags uint8, f []byte, give bool) (m Msg, kept bool, 
 	}
 	if od, ok := m.(ownedDecoder); ok && give {
 		err, kept = od.decodeOwned(body[HeaderLen:]), true
+		if err == nil {
+			od.keep(f)
+		}
 	} else {
 		err = m.decode(body[HeaderLen:])
 	}
@@ -235,7 +243,14 @@ func (d *Decoder) readBody(total int) error {
 			if total > directAlloc {
 				want = min(total, max(2*cap(d.buf), 1<<20))
 			}
-			nb := make([]byte, have, want)
+			var nb []byte
+			if want == total && total > giveAway {
+				// given away to the message: from the pool of
+				// released frames
+				nb = getFrame(total)[:have]
+			} else {
+				nb = make([]byte, have, want)
+			}
 			copy(nb, d.buf[:have])
 			d.buf = nb
 		}
@@ -248,6 +263,58 @@ func (d *Decoder) readBody(total int) error {
 	}
 	d.buf = d.buf[:total]
 	return nil
+}
+
+// framePools holds released frame buffers by size class (*sync.Pool of
+// *[]byte): reading into one spares the allocation, zeroing and page
+// faults of a fresh buffer for every big frame.
+var framePools sync.Map
+
+// frameClass rounds n up to its size class: steps of 1/16 of its power of
+// two (at least 64 KiB), so a buffer is at most 1/8 larger than needed.
+func frameClass(n int) int {
+	g := max(64<<10, 1<<max(0, bits.Len(uint(n))-4))
+	return (n + g - 1) / g * g
+}
+
+func getFrame(n int) []byte {
+	c := frameClass(n)
+	if p, ok := framePools.Load(c); ok {
+		if b, _ := p.(*sync.Pool).Get().(*[]byte); b != nil {
+			return (*b)[:0]
+		}
+	}
+	return make([]byte, 0, c)
+}
+
+func putFrame(b []byte) {
+	c := cap(b)
+	if c == 0 || c != frameClass(c) || c > directAlloc {
+		return // not a buffer of getFrame's
+	}
+	p, _ := framePools.LoadOrStore(c, &sync.Pool{})
+	b = b[:0]
+	p.(*sync.Pool).Put(&b)
+}
+
+// Release hands back the read buffer that a big Write or Point kept (see
+// Decoder.Next), once nothing uses its data any more: Data or Payload and
+// whatever was decoded from them without a copy. The next big frame of a
+// similar size is read into it. The message's data is cleared; a message
+// that kept no buffer is left alone, and not releasing is always safe.
+func Release(m Msg) {
+	switch v := m.(type) {
+	case *Write:
+		if v.frame != nil {
+			putFrame(v.frame)
+			v.frame, v.Data = nil, nil
+		}
+	case *Point:
+		if v.frame != nil {
+			putFrame(v.frame)
+			v.frame, v.Payload = nil, nil
+		}
+	}
 }
 
 // Conn is a framed connection. WriteMsg and Flush may be called from

@@ -138,6 +138,8 @@ type Write struct {
 	Len   uint32
 	Flags uint8
 	Data  []byte // len(Data)==Len for OpData, empty otherwise
+
+	frame []byte // the read buffer Data aliases, for Release
 }
 
 // Marker asks the source proxy to cut exactly at Seq and flag that point.
@@ -160,6 +162,8 @@ type Point struct {
 	Encrypted bool
 	RawLen    uint32
 	Payload   []byte
+
+	frame []byte // the read buffer Payload aliases, for Release
 }
 
 // PointAck says point ID is durable at the target.
@@ -381,6 +385,7 @@ func (m *Write) decode(p []byte) error { return m.decodeAlias(p, false) }
 
 // decodeOwned keeps Data as a slice of p, which the caller gives up.
 func (m *Write) decodeOwned(p []byte) error { return m.decodeAlias(p, true) }
+func (m *Write) keep(frame []byte)          { m.frame = frame }
 
 func (m *Write) decodeAlias(p []byte, alias bool) error {
 	r := reader{b: p}
@@ -476,6 +481,7 @@ func (m *Point) decode(p []byte) error { return m.decodeAlias(p, false) }
 
 // decodeOwned keeps Payload as a slice of p, which the caller gives up.
 func (m *Point) decodeOwned(p []byte) error { return m.decodeAlias(p, true) }
+func (m *Point) keep(frame []byte)          { m.frame = frame }
 
 func (m *Point) decodeAlias(p []byte, alias bool) error {
 	r := reader{b: p}

@@ -232,3 +232,54 @@ func TestDecoderGivesAwayBigBuffers(t *testing.T) {
 		}
 	}
 }
+
+// A released big message's buffer is read into again by a later frame of
+// a similar size, and that frame's data is its own; a message that kept no
+// buffer is not touched.
+func TestReleaseReusesFrameBuffers(t *testing.T) {
+	var b []byte
+	var want [][]byte
+	for i := range 4 {
+		data := bytes.Repeat([]byte{byte('k' + i)}, 3<<20+i*1000)
+		want = append(want, data)
+		b, _ = AppendFrame(b, &Write{Seq: uint64(i + 1), Op: OpData, Len: uint32(len(data)), Data: data})
+	}
+	b, _ = AppendFrame(b, &Write{Seq: 9, Op: OpData, Len: 3, Data: []byte("abc")})
+	d := NewDecoder(bytes.NewReader(b), 0)
+	var reused int
+	var last *byte
+	for i := range 4 {
+		m, err := d.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := m.(*Write)
+		if !bytes.Equal(w.Data, want[i]) {
+			t.Fatalf("write %d: wrong data", i)
+		}
+		if last != nil && &w.frame[:1][0] == last {
+			reused++
+		}
+		last = &w.frame[:1][0]
+		Release(w)
+		if w.Data != nil || w.frame != nil {
+			t.Fatal("a released write still holds its data")
+		}
+	}
+	// sync.Pool may drop an entry at a GC, so one reuse is the floor
+	if reused == 0 {
+		t.Fatal("no frame was read into a released buffer")
+	}
+	m, err := d.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := m.(*Write)
+	Release(small)
+	if string(small.Data) != "abc" {
+		t.Fatal("releasing a copied message cleared it")
+	}
+	if frameClass(3<<20+1) != 3<<20+256<<10 || frameClass(100) != 64<<10 || frameClass(1<<20) != 1<<20 {
+		t.Fatalf("size classes: %d %d %d", frameClass(3<<20+1), frameClass(100), frameClass(1<<20))
+	}
+}
