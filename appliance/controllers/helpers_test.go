@@ -448,7 +448,7 @@ func tasksOf(st Store, policyID string) map[string]model.VMTask {
 
 func newReconciler(t testing.TB, st Store, l *lab, comps Components) *PolicyReconciler {
 	t.Helper()
-	r, err := NewPolicyReconciler(Config{Store: st, Inventories: l.inventories, Components: comps, HeartbeatTimeout: 10 * time.Minute, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, PollEvery: 50 * time.Millisecond})
+	r, err := NewPolicyReconciler(Config{Store: st, Inventories: l.inventories, Components: comps, HeartbeatTimeout: 10 * time.Minute, Settle: -1, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, PollEvery: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,10 @@ type Config struct {
 	// HeartbeatTimeout: a proxy not heard from for longer is dead
 	// (default 15s).
 	HeartbeatTimeout time.Duration
+	// Settle bounds how long a new term waits for the components in use to
+	// report before anything is judged dead (default HeartbeatTimeout;
+	// negative: no wait, for components that never report).
+	Settle time.Duration
 	// Resync is how long after a success a policy is reconciled again
 	// (default 30s); PollEvery is how often the state is checked for
 	// edited policies and dead proxies (default 500ms).
@@ -92,6 +96,9 @@ func NewPolicyReconciler(cfg Config) (*PolicyReconciler, error) {
 		}
 	}
 	def(&cfg.HeartbeatTimeout, 15*time.Second)
+	if cfg.Settle == 0 {
+		cfg.Settle = cfg.HeartbeatTimeout
+	}
 	def(&cfg.Resync, 30*time.Second)
 	def(&cfg.PollEvery, 500*time.Millisecond)
 	def(&cfg.BackoffBase, 200*time.Millisecond)
@@ -142,6 +149,7 @@ func (r *PolicyReconciler) Run(ctx context.Context) error {
 	defer q.ShutDown()
 	defer cancel()
 
+	r.settle(ctx)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -163,6 +171,85 @@ func (r *PolicyReconciler) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// settle waits, at the start of a term, until the components in use that
+// were reporting before it have reported to this leader, or a heartbeat
+// timeout has passed. Heartbeats are raft writes: while there was no
+// leader nobody could record one, so after a loss of quorum every
+// heartbeat in the state is old, and judging liveness by them would move
+// healthy data paths. "Reporting before" is measured from the newest
+// heartbeat in the state, when the outage began as far as the state knows.
+func (r *PolicyReconciler) settle(ctx context.Context) {
+	if r.cfg.Settle < 0 {
+		return
+	}
+	start := r.cfg.Clock.Now()
+	timeout := r.cfg.HeartbeatTimeout
+	var ref time.Time
+	r.cfg.Store.Read(func(s *model.State) { ref = newestHeartbeat(s) })
+	limit := time.NewTimer(r.cfg.Settle)
+	defer limit.Stop()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		waiting := ""
+		r.cfg.Store.Read(func(s *model.State) {
+			waiting = awaitedComponent(s, start, ref, timeout)
+		})
+		if waiting == "" || !r.cfg.Clock.Now().Before(start.Add(r.cfg.Settle)) {
+			return
+		}
+		r.log.Debug("new term: waiting for the components in use to report", "waiting_for", waiting)
+		select {
+		case <-ctx.Done():
+			return
+		case <-limit.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// newestHeartbeat is the newest heartbeat of any component in s.
+func newestHeartbeat(s *model.State) time.Time {
+	var newest time.Time
+	for _, px := range s.Proxies {
+		if px.LastHeartbeat.After(newest) {
+			newest = px.LastHeartbeat
+		}
+	}
+	for _, h := range s.Hosts {
+		if h.LastHeartbeat.After(newest) {
+			newest = h.LastHeartbeat
+		}
+	}
+	return newest
+}
+
+// awaitedComponent names a component that a task of an enabled policy
+// uses, that was alive at ref (the newest heartbeat when the term began)
+// and has not reported since start; "" when there is none.
+func awaitedComponent(s *model.State, start, ref time.Time, timeout time.Duration) string {
+	awaited := func(hb time.Time) bool {
+		return !hb.IsZero() && hb.Before(start) && ref.Sub(hb) <= timeout
+	}
+	for _, t := range s.Tasks {
+		if p, ok := s.Policies[t.PolicyID]; !ok || !p.Enabled {
+			continue
+		}
+		for _, id := range []string{t.SourceProxy, t.TargetProxy} {
+			if px, ok := s.Proxies[id]; ok && awaited(px.LastHeartbeat) {
+				return "proxy " + px.Name
+			}
+		}
+		for _, id := range []string{t.SourceHost, t.TargetHost} {
+			if h, ok := s.Hosts[id]; ok && awaited(h.LastHeartbeat) {
+				return "filter of host " + h.Name
+			}
+		}
+	}
+	return ""
 }
 
 func (r *PolicyReconciler) process(ctx context.Context, q *queue, id string) {

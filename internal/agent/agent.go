@@ -318,11 +318,13 @@ func (a *Agent) Run(ctx context.Context, report func() model.ComponentReport, ap
 }
 
 // backoff is the wait after n failed heartbeats in a row: the interval
-// doubling up to eight intervals (at most 30s, at least one interval), with
-// some jitter so components do not return in step.
+// doubling up to three intervals (at most 30s, at least one interval), with
+// some jitter so components do not return in step. The cap is low because
+// a new leader waits for the components in use to report before it judges
+// any of them dead: the sooner they are back, the sooner it reconciles.
 func (a *Agent) backoff(n int) time.Duration {
 	iv := a.cfg.Interval
-	limit := min(8*iv, 30*time.Second)
+	limit := min(3*iv, 30*time.Second)
 	limit = max(limit, iv)
 	d := iv
 	for i := 1; i < n && d < limit; i++ {

@@ -26,7 +26,7 @@
 // in turn when one refuses the connection or answers 502, 503 or 504 (any
 // node forwards to the leader, so other answers are final). While none
 // answers, nothing changes: the component keeps running its configuration
-// and heartbeats back off up to eight intervals (at most 30s). A cache
+// and heartbeats back off up to three intervals (at most 30s). A cache
 // file that cannot be read is reported by CachedConfigError and never
 // applied; the coordinator's next answer replaces it.
 //
