@@ -11,6 +11,27 @@ type sourceExtent struct {
 	off, end int64
 	op       uint8 // wire.OpData or wire.OpZero
 	data     []byte
+	ref      *frameRef // the write whose read buffer data aliases
+}
+
+// frameRef counts the extents that hold data of one write, so that its
+// read buffer goes back to the decoder (wire.Release) when the last of
+// them is overwritten or encoded. Counted under the proxy's mu while the
+// extents are in the open interval; after a cut only the encoder holds
+// them.
+type frameRef struct {
+	w *wire.Write
+	n int
+}
+
+func (r *frameRef) add(d int) {
+	if r == nil {
+		return
+	}
+	r.n += d
+	if r.n == 0 {
+		wire.Release(r.w)
+	}
 }
 
 // sourceExtentMap holds the latest content of every byte range of one disk
@@ -21,9 +42,11 @@ type sourceExtentMap struct {
 	bytes int64          // data bytes held
 }
 
-// put records a write; data is owned by the map from now on.
-func (m *sourceExtentMap) put(off, length int64, op uint8, data []byte) {
+// put records a write; data is owned by the map from now on. ref, for a
+// data write, counts one for the extent put here.
+func (m *sourceExtentMap) put(off, length int64, op uint8, data []byte, ref *frameRef) {
 	if length <= 0 {
+		ref.add(-1)
 		return
 	}
 	if op == wire.OpTrim {
@@ -37,6 +60,15 @@ func (m *sourceExtentMap) put(off, length int64, op uint8, data []byte) {
 	for j < len(m.ext) && m.ext[j].off < end {
 		e := m.ext[j]
 		m.bytes -= int64(len(e.data))
+		// pieces of e that stay: before off, after end
+		kept := 0
+		if e.off < off {
+			kept++
+		}
+		if e.end > end {
+			kept++
+		}
+		e.ref.add(kept - 1)
 		if e.off < off {
 			l := e
 			l.end = off
@@ -51,6 +83,7 @@ func (m *sourceExtentMap) put(off, length int64, op uint8, data []byte) {
 	n := sourceExtent{off: off, end: end, op: op}
 	if op == wire.OpData {
 		n.data = data
+		n.ref = ref
 		m.bytes += int64(len(data))
 	}
 	repl = append(repl, n)
@@ -68,10 +101,14 @@ func (m *sourceExtentMap) put(off, length int64, op uint8, data []byte) {
 	m.ext = append(m.ext[:i], append(repl, m.ext[j:]...)...)
 }
 
-// extents returns the map as wire extents of the given disk.
-func (m *sourceExtentMap) extents(disk int32, out []wire.Extent) []wire.Extent {
+// extents returns the map as wire extents of the given disk, and the
+// references of their data, to be dropped once they are encoded.
+func (m *sourceExtentMap) extents(disk int32, out []wire.Extent, refs []*frameRef) ([]wire.Extent, []*frameRef) {
 	for _, e := range m.ext {
 		out = append(out, wire.Extent{Disk: disk, Off: e.off, Op: e.op, Len: e.end - e.off, Data: e.data})
+		if e.ref != nil {
+			refs = append(refs, e.ref)
+		}
 	}
-	return out
+	return out, refs
 }

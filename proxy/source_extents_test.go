@@ -18,11 +18,12 @@ func TestSourceExtentMapMatchesModel(t *testing.T) {
 		model := make([]byte, size)
 		written := make([]bool, size)
 		var m sourceExtentMap
+		var refs []*frameRef
 		for k := 0; k < 1+r.IntN(30); k++ {
 			off := r.Int64N(size - 1)
 			n := 1 + r.Int64N(min(size-off, 700))
 			if r.IntN(4) == 0 {
-				m.put(off, n, wire.OpZero, nil)
+				m.put(off, n, wire.OpZero, nil, nil)
 				for i := off; i < off+n; i++ {
 					model[i], written[i] = 0, true
 				}
@@ -32,7 +33,9 @@ func TestSourceExtentMapMatchesModel(t *testing.T) {
 			for i := range d {
 				d[i] = byte(1 + r.IntN(255))
 			}
-			m.put(off, n, wire.OpData, d)
+			ref := &frameRef{w: &wire.Write{Op: wire.OpData, Data: d}, n: 1}
+			refs = append(refs, ref)
+			m.put(off, n, wire.OpData, d, ref)
 			copy(model[off:], d)
 			for i := off; i < off+n; i++ {
 				written[i] = true
@@ -42,7 +45,23 @@ func TestSourceExtentMapMatchesModel(t *testing.T) {
 		gotW := make([]bool, size)
 		var prevEnd int64 = -1
 		var dataBytes int64
-		for _, e := range m.extents(0, nil) {
+		// every write's count is the number of extents holding its data
+		held := map[*frameRef]int{}
+		for _, e := range m.ext {
+			if e.ref != nil {
+				held[e.ref]++
+			}
+		}
+		for i, ref := range refs {
+			if ref.n != held[ref] {
+				t.Fatalf("round %d: write %d counted %d extents, %d hold it", round, i, ref.n, held[ref])
+			}
+		}
+		ext, eRefs := m.extents(0, nil, nil)
+		if len(eRefs) != len(m.ext)-countZero(m.ext) {
+			t.Fatalf("round %d: %d references for %d data extents", round, len(eRefs), len(m.ext)-countZero(m.ext))
+		}
+		for _, e := range ext {
 			if e.Off < prevEnd || e.Len <= 0 {
 				t.Fatalf("round %d: extents overlap or empty at %d", round, e.Off)
 			}
@@ -70,4 +89,14 @@ func TestSourceExtentMapMatchesModel(t *testing.T) {
 			t.Fatalf("round %d: accounted %d data bytes, holds %d", round, m.bytes, dataBytes)
 		}
 	}
+}
+
+func countZero(ext []sourceExtent) int {
+	n := 0
+	for _, e := range ext {
+		if e.op != wire.OpData {
+			n++
+		}
+	}
+	return n
 }

@@ -114,7 +114,11 @@ func (v *sourceVM) write(w *wire.Write) error {
 		v.maps[w.Disk] = m
 	}
 	before := m.bytes
-	m.put(w.Off, int64(w.Len), w.Op, w.Data)
+	var ref *frameRef
+	if w.Op == wire.OpData {
+		ref = &frameRef{w: w, n: 1}
+	}
+	m.put(w.Off, int64(w.Len), w.Op, w.Data, ref)
 	delta := m.bytes - before + 48
 	v.pendingBytes += delta
 	p.memBytes += delta
@@ -179,8 +183,9 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	var ext []wire.Extent
+	var refs []*frameRef
 	for _, k := range keys {
-		ext = v.maps[k].extents(k, ext)
+		ext, refs = v.maps[k].extents(k, ext, refs)
 	}
 	kind := wire.PointShortTerm
 	switch {
@@ -205,7 +210,7 @@ func (v *sourceVM) cutLocked(marker uint8) error {
 
 	// encoding runs in the VM's encoder so that reading the filter goes on
 	// meanwhile; one encoder per VM keeps points in ID order
-	job := &sourceCutJob{id: id, kind: kind, marker: marker, ext: ext, pending: pending, oldest: oldest}
+	job := &sourceCutJob{id: id, kind: kind, marker: marker, ext: ext, refs: refs, pending: pending, oldest: oldest}
 	select {
 	case v.encq <- job:
 		return nil
@@ -221,6 +226,7 @@ type sourceCutJob struct {
 	id           uint64
 	kind, marker uint8
 	ext          []wire.Extent
+	refs         []*frameRef // of ext's data, dropped once encoded
 	pending      int64
 	oldest       time.Time
 }
@@ -245,6 +251,14 @@ func (v *sourceVM) encode(job *sourceCutJob) {
 	buf := p.takeBufLocked()
 	p.mu.Unlock()
 	err := wire.EncodePoint(pt, job.ext, wire.PointOptions{Codec: p.cfg.Codec, VM: v.name, Buf: buf})
+	if err == nil {
+		// the payload holds the data now: the writes' read buffers go
+		// back to the decoder
+		for _, r := range job.refs {
+			r.add(-1)
+		}
+		job.ext, job.refs = nil, nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if v.dropped {

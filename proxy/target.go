@@ -497,6 +497,7 @@ func (t *Target) deliver(q <-chan wire.Msg, quit <-chan struct{}, src, dst *wire
 				// Already durable at the target filter (it told us so in
 				// HelloAck): acknowledge again, apply nothing.
 				t.m.resends.Inc()
+				wire.Release(v)
 				if err := src.Send(&wire.PointAck{ID: v.ID}); err != nil {
 					return fmt.Errorf("ack resent point %d: %w", v.ID, err)
 				}
@@ -511,6 +512,9 @@ func (t *Target) deliver(q <-chan wire.Msg, quit <-chan struct{}, src, dst *wire
 			t.m.points.Inc()
 			t.m.wireBytes.Add(float64(len(v.Payload)))
 			t.m.rawBytes.Add(float64(v.RawLen))
+			// the frame (which a clear, uncompressed point's plain form
+			// shares) is written out: its buffer serves the next frames
+			wire.Release(v)
 		case *wire.Heartbeat:
 			if err := dst.Send(v); err != nil {
 				return fmt.Errorf("forward heartbeat: %w", err)
