@@ -159,12 +159,18 @@ func BenchmarkPolicyToSyncing(b *testing.B) {
 					b.Fatal(err)
 				}
 				deadline := start.Add(15 * time.Minute)
-				var last string
+				// A configuration that stops moving for minutes is stuck,
+				// not slow: fail early and say where it stopped.
+				var last, progress string
+				moved := time.Now()
 				for {
 					st, err := l.cl.PolicyStatus(ctx, p.ID)
 					if err == nil {
-						syncing := 0
+						syncing, placed := 0, 0
 						for _, tk := range st.Tasks {
+							if tk.ReplicaID != "" {
+								placed++
+							}
 							if tk.Status == model.StatusSyncing || tk.Status == model.StatusWarning {
 								syncing++
 							} else {
@@ -174,12 +180,16 @@ func BenchmarkPolicyToSyncing(b *testing.B) {
 						if syncing == n && len(st.Tasks) == n {
 							break
 						}
-						last = fmt.Sprintf("%d of %d syncing; e.g. %s", syncing, n, last)
+						if now := fmt.Sprint(len(st.Tasks), placed, syncing); now != progress {
+							progress, moved = now, time.Now()
+						}
+						last = fmt.Sprintf("%d tasks, %d with a replica, %d of %d syncing; e.g. %s", len(st.Tasks), placed, syncing, n, last)
 					} else {
 						last = err.Error()
 					}
-					if time.Now().After(deadline) {
-						b.Fatalf("%d VMs not all syncing after 15m: %s\n%s", n, last, benchTail(filepath.Join(l.dir, "lab.log")))
+					if time.Now().After(deadline) || time.Since(moved) > 3*time.Minute {
+						b.Fatalf("%d VMs not all syncing after %v (no progress for %v): %s\n%s", n, time.Since(start).Round(time.Second),
+							time.Since(moved).Round(time.Second), last, benchTail(filepath.Join(l.dir, "logs", "coord-1.log")))
 					}
 					time.Sleep(250 * time.Millisecond)
 				}
