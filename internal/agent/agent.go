@@ -240,33 +240,30 @@ func (a *Agent) save(c model.ComponentConfig) error {
 // Run heartbeats every Interval until ctx ends: report() builds each
 // heartbeat (the agent fills ConfigVersion, and Kind, ID and VCenterID when
 // empty), apply() gets the cached config once at start and then each new
-// Version; an apply error is logged and retried at the next heartbeat. A
-// coordinator that does not answer changes nothing. It returns nil when ctx
-// ends.
+// Version; an apply error is logged and retried after an Interval (or with
+// a newer Version as soon as one arrives). Applying runs beside the
+// heartbeats, so a long apply (hundreds of VMs opened) does not make the
+// component look dead; the reports say which Version is running until the
+// new one is. A coordinator that does not answer changes nothing. It
+// returns nil when ctx ends.
 func (a *Agent) Run(ctx context.Context, report func() model.ComponentReport, apply func(model.ComponentConfig) error) error {
 	if report == nil || apply == nil {
 		return errors.New("run agent: report and apply are required")
 	}
-	var running string                 // Version of the configuration applied
-	var pending *model.ComponentConfig // a configuration to apply
+	ap := &configApplier{apply: apply, save: a.save, log: a.log, interval: a.cfg.Interval, wake: make(chan struct{}, 1)}
 	if c, ok := a.Last(); ok {
-		pending = &c
+		// The cached configuration is applied before the first heartbeat,
+		// so that the first report already says what runs.
+		ap.offer(&c)
+		ap.step()
 	}
-	tryApply := func() {
-		if pending == nil || pending.Version == running {
-			return
-		}
-		if err := apply(*pending); err != nil {
-			a.log.Error("apply configuration; retrying at the next heartbeat", "version", pending.Version, "tasks", len(pending.Tasks), "err", err)
-			return
-		}
-		running = pending.Version
-		a.log.Info("configuration applied", "version", running, "tasks", len(pending.Tasks))
-		if err := a.save(*pending); err != nil {
-			a.log.Error("configuration applied but not cached", "err", err)
-		}
-	}
-	tryApply()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ap.loop(ctx)
+	}()
+	defer func() { <-done }()
+
 	fails := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -286,7 +283,7 @@ func (a *Agent) Run(ctx context.Context, report func() model.ComponentReport, ap
 		if rep.VCenterID == "" {
 			rep.VCenterID = a.cfg.VCenterID
 		}
-		rep.ConfigVersion = running
+		rep.ConfigVersion = ap.running()
 		cfg, err := a.Heartbeat(ctx, rep)
 		if err == nil && cfg.Kind != a.cfg.Kind {
 			err = fmt.Errorf("coordinator answered a %q configuration to a %s", cfg.Kind, a.cfg.Kind)
@@ -299,7 +296,7 @@ func (a *Agent) Run(ctx context.Context, report func() model.ComponentReport, ap
 			fails++
 			wait = a.backoff(fails)
 			if fails == 1 || fails%10 == 0 {
-				a.log.Warn("heartbeat failed; the running configuration stays", "failures", fails, "version", running, "retry_in", wait, "err", err)
+				a.log.Warn("heartbeat failed; the running configuration stays", "failures", fails, "version", rep.ConfigVersion, "retry_in", wait, "err", err)
 			} else {
 				a.log.Debug("heartbeat failed", "failures", fails, "err", err)
 			}
@@ -308,13 +305,109 @@ func (a *Agent) Run(ctx context.Context, report func() model.ComponentReport, ap
 				a.log.Info("a coordinator answers again", "after_failures", fails)
 			}
 			fails = 0
-			if cfg.Version != running {
-				pending = cfg
-			}
+			ap.offer(cfg)
 		}
-		tryApply()
 		timer.Reset(wait)
 	}
+}
+
+// configApplier applies the newest configuration offered to it, one at a time,
+// beside the heartbeat loop.
+type configApplier struct {
+	apply    func(model.ComponentConfig) error
+	save     func(model.ComponentConfig) error
+	log      *slog.Logger
+	interval time.Duration
+	wake     chan struct{}
+
+	mu       sync.Mutex
+	pending  *model.ComponentConfig // newest configuration not yet running
+	version  string                 // Version running
+	applying string                 // Version being applied
+}
+
+func (p *configApplier) running() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.version
+}
+
+// offer hands over a configuration; an older pending one is dropped.
+func (p *configApplier) offer(c *model.ComponentConfig) {
+	p.mu.Lock()
+	if c.Version == p.applying || (p.pending != nil && c.Version == p.pending.Version) {
+		p.mu.Unlock()
+		return
+	}
+	if c.Version == p.version {
+		p.pending = nil
+		p.mu.Unlock()
+		return
+	}
+	p.pending = c
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *configApplier) loop(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		switch p.step() {
+		case stepApplied:
+			continue // a newer one may have arrived meanwhile
+		case stepFailed:
+			retry.Reset(p.interval)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-retry.C:
+		}
+	}
+}
+
+const (
+	stepIdle = iota
+	stepApplied
+	stepFailed
+)
+
+// step applies the pending configuration, if any.
+func (p *configApplier) step() int {
+	p.mu.Lock()
+	c := p.pending
+	if c != nil {
+		p.applying = c.Version
+	}
+	p.mu.Unlock()
+	if c == nil {
+		return stepIdle
+	}
+	err := p.apply(*c)
+	p.mu.Lock()
+	p.applying = ""
+	p.mu.Unlock()
+	if err != nil {
+		p.log.Error("apply configuration; retrying", "version", c.Version, "tasks", len(c.Tasks), "err", err)
+		return stepFailed
+	}
+	p.mu.Lock()
+	p.version = c.Version
+	if p.pending == c {
+		p.pending = nil
+	}
+	p.mu.Unlock()
+	p.log.Info("configuration applied", "version", c.Version, "tasks", len(c.Tasks))
+	if err := p.save(*c); err != nil {
+		p.log.Error("configuration applied but not cached", "err", err)
+	}
+	return stepApplied
 }
 
 // backoff is the wait after n failed heartbeats in a row: the interval

@@ -531,3 +531,55 @@ func TestCertName(t *testing.T) {
 func x509Opts(pool *x509.CertPool) x509.VerifyOptions {
 	return x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
 }
+
+// A long apply (hundreds of VMs opened) does not stop the heartbeats: they
+// go on reporting the running version until the new one is applied.
+func TestHeartbeatsGoOnDuringALongApply(t *testing.T) {
+	ca, caFile := newCA(t)
+	f := newFake(t, ca)
+	f.set(config("v1", "p/vm-1"), 0)
+	a := newAgent(t, caFile, t.TempDir(), f.srv.URL)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var applied []string
+	apply := func(c model.ComponentConfig) error {
+		if c.Version == "v2" {
+			<-release
+		}
+		mu.Lock()
+		applied = append(applied, c.Version)
+		mu.Unlock()
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, func() model.ComponentReport { return model.ComponentReport{DataAddr: "127.0.0.1:7100"} }, apply)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitUntil(t, "v1 reported", func() bool {
+		g := f.got()
+		return len(g) > 0 && g[len(g)-1].ConfigVersion == "v1"
+	})
+	f.set(config("v2", "p/vm-1", "p/vm-2"), 0)
+	n := len(f.got())
+	waitUntil(t, "heartbeats while v2 is being applied", func() bool { return len(f.got()) >= n+3 })
+	for _, r := range f.got()[n:] {
+		if r.ConfigVersion != "v1" {
+			t.Fatalf("reported %q before v2 was applied", r.ConfigVersion)
+		}
+	}
+	close(release)
+	waitUntil(t, "v2 reported", func() bool {
+		g := f.got()
+		return g[len(g)-1].ConfigVersion == "v2"
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(applied) != 2 || applied[0] != "v1" || applied[1] != "v2" {
+		t.Fatalf("applied %v, want [v1 v2]", applied)
+	}
+}
