@@ -106,15 +106,44 @@ func (s *Server) componentHeartbeat(r *http.Request) (int, any, error) {
 			s.log.Info("filter reported from a host new to the state; host recorded", "host", h.ID, "name", h.Name, "cluster", h.ClusterID)
 		}
 	}
+	keys := controllers.DeriveKeys(s.store.ClusterKey())
+	cmd.VMs = currentReports(s.currentConfig(rep.Kind, cmd.ID, keys), rep.VMs)
 	if err := s.apply(r, cmd); err != nil {
 		return 0, nil, fmt.Errorf("record heartbeat of %s %s: %w", rep.Kind, rep.ID, err)
 	}
-	keys := controllers.DeriveKeys(s.store.ClusterKey())
 	var cfg model.ComponentConfig
 	// This node is the leader and has just applied the heartbeat: its
 	// state is current.
 	s.store.Read(func(st *model.State) { cfg = controllers.ComponentConfig(st, rep.Kind, cmd.ID, keys) })
 	return http.StatusOK, cfg, nil
+}
+
+// currentConfig is the configuration component id must run now.
+func (s *Server) currentConfig(kind model.ComponentKind, id string, keys func(string) []byte) model.ComponentConfig {
+	var cfg model.ComponentConfig
+	s.store.Read(func(st *model.State) { cfg = controllers.ComponentConfig(st, kind, id, keys) })
+	return cfg
+}
+
+// currentReports drops the VM reports made under a task path other than
+// the current one: a filter that has not applied an added disk yet would
+// otherwise report the VM Syncing with the new disk unsent.
+func currentReports(cfg model.ComponentConfig, reps []model.VMReport) []model.VMReport {
+	if len(reps) == 0 {
+		return reps
+	}
+	current := make(map[string]string, len(cfg.Tasks))
+	for _, t := range cfg.Tasks {
+		current[t.TaskID] = model.TaskPathVersion(t)
+	}
+	out := reps[:0:0]
+	for _, r := range reps {
+		if r.PathVersion != "" && r.PathVersion != current[r.TaskID] {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // checkReport validates a heartbeat's own fields.

@@ -159,6 +159,25 @@ func TestComponentHeartbeatFilterReports(t *testing.T) {
 	if cfg.Kind != model.ComponentFilter || cfg.ID != vc.ID+"/host-1" || len(cfg.Tasks) != 1 || cfg.Tasks[0].SourceHost != "host-1" {
 		t.Fatalf("source filter config: %+v", cfg)
 	}
+	// A report made under another task path (a disk added, not applied
+	// yet) is dropped; one under the current path counts.
+	cbt := func(version string) model.VMTask {
+		t.Helper()
+		if _, err := cl.ComponentHeartbeat(ctx, model.ComponentReport{Kind: model.ComponentFilter, ID: "host-1",
+			DataAddr: "127.0.0.1:7200", AdminAddr: "127.0.0.1:7201", NBDAddr: "127.0.0.1:10809",
+			VMs: []model.VMReport{{TaskID: task.ID, VM: "web", Status: model.StatusCBT, PathVersion: version}}}); err != nil {
+			t.Fatal(err)
+		}
+		var got model.VMTask
+		e.node.Read(func(s *model.State) { got = *s.Tasks[task.ID] })
+		return got
+	}
+	if got := cbt("0123456789abcdef0123456789abcdef"); got.Status != stored.Status {
+		t.Fatalf("a report under a stale task path changed the status to %s", got.Status)
+	}
+	if got := cbt(model.TaskPathVersion(cfg.Tasks[0])); got.Status != model.StatusCBT {
+		t.Fatalf("a report under the current task path left the status at %s", got.Status)
+	}
 	tgt, err := cl.ComponentHeartbeat(ctx, model.ComponentReport{Kind: model.ComponentFilter, ID: "esx2", VCenterID: "vc1"})
 	if err != nil || tgt.ID != vc.ID+"/host-2" || len(tgt.Tasks) != 1 || tgt.Tasks[0].TargetFilter != "127.0.0.1:7300" {
 		t.Fatalf("target filter config: %v %+v", err, tgt)

@@ -479,7 +479,7 @@ func (m *managed) report() model.ComponentReport {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, t := range m.srcTasks {
-		r := model.VMReport{TaskID: t.TaskID, VM: t.VM}
+		r := model.VMReport{TaskID: t.TaskID, VM: t.VM, PathVersion: model.TaskPathVersion(t)}
 		if why, ok := m.notOpen[t.TaskID]; ok {
 			// its writes are not tracked here: as good as CBT mode
 			r.Status, r.Reason = model.StatusCBT, why

@@ -1,6 +1,11 @@
 package model
 
-import "time"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+)
 
 // This file is the contract between the coordinator and the data-path
 // components (filters and proxies). A component sends a ComponentReport as
@@ -69,6 +74,23 @@ type VMReport struct {
 	// LagSeconds is the write-to-durable lag (source proxies).
 	LagSeconds  float64   `json:"lag_seconds,omitempty"`
 	LastPointAt time.Time `json:"last_point_at,omitempty"` // source proxies: newest acknowledged short-term point
+
+	// PathVersion is TaskPathVersion of the task path the component runs
+	// for this task. A report made under an older path (a disk added, the
+	// VM moved, not yet applied) says nothing about the current one, and
+	// the coordinator drops it. Empty: not checked.
+	PathVersion string `json:"path_version,omitempty"`
+}
+
+// TaskPathVersion identifies a task path: the hex SHA-256 (first 16 bytes)
+// of its JSON.
+func TaskPathVersion(t TaskPath) string {
+	b, err := json.Marshal(t)
+	if err != nil { // a TaskPath always encodes
+		panic(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // ComponentReport is a component's heartbeat.
