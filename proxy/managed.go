@@ -176,7 +176,8 @@ func (m *Managed) Serve(ctx context.Context, l net.Listener) error {
 
 // dispatch reads the Hello and hands the connection to the side it names.
 func (m *Managed) dispatch(ctx context.Context, nc net.Conn) {
-	c := wire.NewConn(nc)
+	// both sides release the writes and points they read
+	c := wire.NewConn(nc, wire.WithFrameReuse())
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	h, err := wire.Expect[*wire.Hello](c)
 	m.mu.Lock()

@@ -209,7 +209,7 @@ func (p *SourceProxy) vmLocked(name string, disks []wire.Disk) *sourceVM {
 
 // serveFilter runs one filter session: Hello, then writes and markers.
 func (p *SourceProxy) serveFilter(nc net.Conn) error {
-	c := wire.NewConn(nc)
+	c := wire.NewConn(nc, wire.WithFrameReuse()) // writes are released once encoded
 	defer c.Close()
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	h, err := wire.Expect[*wire.Hello](c)

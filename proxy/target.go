@@ -270,7 +270,7 @@ func (t *Target) reject(log *slog.Logger, reason string, err error) error {
 // filter, then points one way and acknowledgements the other.
 func (t *Target) serveSource(ctx context.Context, nc net.Conn) {
 	log := t.log.With("remote", nc.RemoteAddr().String())
-	src := wire.NewConn(nc)
+	src := wire.NewConn(nc, wire.WithFrameReuse()) // points are released once delivered
 	defer src.Close()
 	if err := t.session(ctx, src, log); err != nil && ctx.Err() == nil {
 		var rj *targetReject

@@ -177,6 +177,9 @@ type Decoder struct {
 	r          io.Reader
 	maxPayload int
 	buf        []byte
+	// reuse: big frames are read into released buffers (the reader
+	// calls Release); others get buffers of their exact size
+	reuse bool
 }
 
 // NewDecoder reads frames from r; maxPayload <= 0 means DefaultMaxPayload.
@@ -244,7 +247,7 @@ func (d *Decoder) readBody(total int) error {
 				want = min(total, max(2*cap(d.buf), 1<<20))
 			}
 			var nb []byte
-			if want == total && total > giveAway {
+			if d.reuse && want == total && total > giveAway {
 				// given away to the message: from the pool of
 				// released frames
 				nb = getFrame(total)[:have]
@@ -331,7 +334,10 @@ type Conn struct {
 // ConnOption tunes a Conn.
 type ConnOption func(*connOpts)
 
-type connOpts struct{ maxPayload, bufSize int }
+type connOpts struct {
+	maxPayload, bufSize int
+	reuse               bool
+}
 
 // WithMaxPayload sets the largest payload accepted from the peer.
 func WithMaxPayload(n int) ConnOption { return func(o *connOpts) { o.maxPayload = n } }
@@ -339,15 +345,21 @@ func WithMaxPayload(n int) ConnOption { return func(o *connOpts) { o.maxPayload 
 // WithBufferSize sets the read and write buffer size.
 func WithBufferSize(n int) ConnOption { return func(o *connOpts) { o.bufSize = n } }
 
+// WithFrameReuse reads big frames into buffers given back by Release; for
+// a reader that releases its messages.
+func WithFrameReuse() ConnOption { return func(o *connOpts) { o.reuse = true } }
+
 // NewConn wraps nc.
 func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
 	o := connOpts{maxPayload: DefaultMaxPayload, bufSize: 256 << 10}
 	for _, f := range opts {
 		f(&o)
 	}
+	dec := NewDecoder(bufio.NewReaderSize(nc, o.bufSize), o.maxPayload)
+	dec.reuse = o.reuse
 	return &Conn{
 		nc:  nc,
-		dec: NewDecoder(bufio.NewReaderSize(nc, o.bufSize), o.maxPayload),
+		dec: dec,
 		bw:  bufio.NewWriterSize(nc, o.bufSize),
 		hdr: make([]byte, 0, 256),
 	}

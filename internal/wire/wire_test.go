@@ -246,6 +246,7 @@ func TestReleaseReusesFrameBuffers(t *testing.T) {
 	}
 	b, _ = AppendFrame(b, &Write{Seq: 9, Op: OpData, Len: 3, Data: []byte("abc")})
 	d := NewDecoder(bytes.NewReader(b), 0)
+	d.reuse = true
 	var reused int
 	var last *byte
 	for i := range 4 {
