@@ -7,7 +7,11 @@
 // A frame is a fixed 9-byte header (magic "CW", version, type, flags,
 // payload length), the payload, and a CRC-32C over header and payload.
 // Encoding is hand-written with encoding/binary; readers and writers reuse
-// their buffers. Anything malformed is an error and the caller drops the
+// their buffers. A big Write or Point keeps its read buffer instead of a
+// copy; a reader that gives it back with Release (on a connection made
+// WithFrameReuse) has later frames read into it, and points can be encoded
+// into and decoded from a caller's buffer (PointOptions.Buf), so a steady
+// stream does not allocate, zero and fault in fresh memory per frame. Anything malformed is an error and the caller drops the
 // connection: there is no resynchronisation inside a stream.
 //
 // It imports only the standard library and klauspost/compress.
