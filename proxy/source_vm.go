@@ -564,10 +564,19 @@ func (v *sourceVM) sendPoint(c *wire.Conn, sp *sourcePoint, pol trafficPolicy) e
 	}
 	size := sp.size
 	if pol.sealer != nil {
-		// sealed per connection: the rule of the path decides
-		if m, err = wire.SealPoint(m, pol.sealer, v.name); err != nil {
+		// sealed per connection: the rule of the path decides; into a
+		// buffer of the free list, back there once written out
+		p.mu.Lock()
+		buf := p.takeBufLocked()
+		p.mu.Unlock()
+		if m, err = wire.SealPointTo(buf, m, pol.sealer, v.name); err != nil {
 			return err
 		}
+		defer func(sealed []byte) {
+			p.mu.Lock()
+			p.putBufLocked(sealed)
+			p.mu.Unlock()
+		}(m.Payload)
 		size = int64(len(m.Payload)) + wire.PointFixedLen
 	}
 	if pol.bucket != nil {

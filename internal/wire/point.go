@@ -177,7 +177,7 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 	}
 	p.Encrypted = opts.Sealer != nil
 	if p.Encrypted {
-		body = opts.Sealer.seal(body, pointAD(p, opts.VM))
+		body = opts.Sealer.seal(nil, body, pointAD(p, opts.VM))
 	}
 	p.Payload = body
 	return nil
@@ -187,6 +187,13 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 // encryption of a point can be chosen per connection after it was
 // compressed; p itself stays clear (it may be resent in clear elsewhere).
 func SealPoint(p *Point, s *Sealer, vm string) (*Point, error) {
+	return SealPointTo(nil, p, s, vm)
+}
+
+// SealPointTo is SealPoint building the sealed payload in dst's storage
+// when it is large enough (a sender's buffer, free again once the point
+// is written out); dst must not overlap p.Payload.
+func SealPointTo(dst []byte, p *Point, s *Sealer, vm string) (*Point, error) {
 	if p.Encrypted {
 		return nil, fmt.Errorf("seal point %d: already sealed", p.ID)
 	}
@@ -194,8 +201,9 @@ func SealPoint(p *Point, s *Sealer, vm string) (*Point, error) {
 		return nil, fmt.Errorf("seal point %d: no key", p.ID)
 	}
 	out := *p
+	out.frame = nil // the sealed copy does not own p's read buffer
 	out.Encrypted = true
-	out.Payload = s.seal(p.Payload, pointAD(p, vm))
+	out.Payload = s.seal(dst, p.Payload, pointAD(p, vm))
 	return &out, nil
 }
 
@@ -515,9 +523,15 @@ func NewSealer(key []byte) (*Sealer, error) {
 	return s, nil
 }
 
-func (s *Sealer) seal(plain, ad []byte) []byte {
+// seal returns nonce, ciphertext and tag of plain, in dst's storage when
+// it is large enough.
+func (s *Sealer) seal(dst, plain, ad []byte) []byte {
 	ctr := s.counter.Add(1)
-	out := make([]byte, nonceLen, nonceLen+len(plain)+s.aead.Overhead())
+	out := dst[:0]
+	if need := nonceLen + len(plain) + s.aead.Overhead(); cap(out) < need {
+		out = make([]byte, 0, need)
+	}
+	out = out[:nonceLen]
 	copy(out, s.session[:])
 	be.PutUint64(out[4:], ctr)
 	return s.aead.Seal(out, out[:nonceLen], plain, ad)

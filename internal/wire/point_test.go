@@ -205,6 +205,25 @@ func TestSealPointLater(t *testing.T) {
 	if _, err := SealPoint(p, nil, "vm-a"); err == nil {
 		t.Fatal("sealed without a key")
 	}
+	// into a sender's buffer, twice: its storage is used and each copy
+	// opens with its own nonce
+	buf := bytes.Repeat([]byte{0xab}, len(p.Payload)+sealOverhead+10)
+	for range 2 {
+		sp2, err := SealPointTo(buf, p, s, "vm-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if &sp2.Payload[0] != &buf[0] || bytes.Equal(sp2.Payload[:nonceLen], sp.Payload[:nonceLen]) {
+			t.Fatal("sealed outside the given buffer or with a repeated nonce")
+		}
+		got, err := DecodePoint(sp2, PointOptions{Sealer: s, VM: "vm-a"})
+		if err != nil || !bytes.Equal(got[2].Data, ext[2].Data) {
+			t.Fatalf("decode point sealed into a buffer: %v", err)
+		}
+	}
+	if !bytes.Equal(p.Payload, clear) {
+		t.Fatal("sealing into a buffer changed the clear point")
+	}
 }
 
 // The encoder gathers only the pieces that straddle chunk boundaries: the
