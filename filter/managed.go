@@ -287,7 +287,7 @@ func dataPathTLS(certs *certSource, pool *x509.CertPool) *tls.Config {
 		ClientAuth:           tls.RequireAnyClientCert,
 		InsecureSkipVerify:   true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyChain(raw, pool)
+			return pki.VerifyChain(raw, pool)
 		},
 	}
 }
@@ -302,27 +302,6 @@ func adminTLS(certs *certSource, pool *x509.CertPool) *tls.Config {
 		ClientCAs:      pool,
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 	}
-}
-
-func verifyChain(raw [][]byte, pool *x509.CertPool) error {
-	if len(raw) == 0 {
-		return errors.New("peer presented no certificate")
-	}
-	leaf, err := x509.ParseCertificate(raw[0])
-	if err != nil {
-		return fmt.Errorf("parse peer certificate: %w", err)
-	}
-	inter := x509.NewCertPool()
-	for _, r := range raw[1:] {
-		if c, err := x509.ParseCertificate(r); err == nil {
-			inter.AddCert(c)
-		}
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("verify peer certificate: %w", err)
-	}
-	return nil
 }
 
 // adminHandler serves /healthz and /metrics to anyone who can reach the

@@ -274,7 +274,7 @@ func RaftServerTLS(ca *x509.Certificate, node tls.Certificate) *tls.Config {
 		// the dialed form, so the peer is verified against the CA only.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if err := verifyChain(raw, pool); err != nil {
+			if err := VerifyChain(raw, pool); err != nil {
 				return err
 			}
 			// verifyChain parsed raw[0] successfully.
@@ -288,7 +288,7 @@ func RaftServerTLS(ca *x509.Certificate, node tls.Certificate) *tls.Config {
 
 // verifyChain checks that the peer's leaf chains to the pool, without
 // checking the host name.
-func verifyChain(raw [][]byte, pool *x509.CertPool) error {
+func VerifyChain(raw [][]byte, pool *x509.CertPool) error {
 	if len(raw) == 0 {
 		return errors.New("peer presented no certificate")
 	}
@@ -332,7 +332,7 @@ func ClientTLS(ca *x509.Certificate, cert *tls.Certificate) *tls.Config {
 		RootCAs:            pool,
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyChain(raw, pool)
+			return VerifyChain(raw, pool)
 		},
 	}
 	if cert != nil {
@@ -360,7 +360,7 @@ func PinnedTLS(pin string) *tls.Config {
 			if err != nil {
 				return fmt.Errorf("parse server CA: %w", err)
 			}
-			return verifyChain(raw[:len(raw)-1], Pool(ca))
+			return VerifyChain(raw[:len(raw)-1], Pool(ca))
 		},
 	}
 }
