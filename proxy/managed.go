@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/continuum-cdp/continuum/internal/model"
+	"github.com/continuum-cdp/continuum/internal/pki"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
@@ -79,24 +80,7 @@ func dataTLS(pool *x509.CertPool) *tls.Config {
 		ClientAuth:         tls.RequireAndVerifyClientCert,
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("peer presented no certificate")
-			}
-			leaf, err := x509.ParseCertificate(raw[0])
-			if err != nil {
-				return fmt.Errorf("parse peer certificate: %w", err)
-			}
-			inter := x509.NewCertPool()
-			for _, r := range raw[1:] {
-				if c, err := x509.ParseCertificate(r); err == nil {
-					inter.AddCert(c)
-				}
-			}
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
-				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-				return fmt.Errorf("verify peer certificate: %w", err)
-			}
-			return nil
+			return pki.VerifyChain(raw, pool)
 		},
 	}
 }
