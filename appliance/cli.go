@@ -443,7 +443,7 @@ func AddFilterClientCommands(parent *cobra.Command) {
 // policyFlags are the flags of policy create and edit.
 type policyFlags struct {
 	name, description, vcenter, targetVC, targetCluster, targetDS, targetHost string
-	targetPool, targetFolder, selection                                       string
+	targetPool, targetFolder, selection, hook                                 string
 	vms, srcProxies, dstProxies                                               []string
 	rpo, short, ltEvery, ltRet, warn, errD                                    model.Duration
 	disabled                                                                  bool
@@ -466,6 +466,7 @@ func (pf *policyFlags) bind(fs *pflag.FlagSet) {
 	fs.Var(durFlag{&pf.ltRet}, "long-term-retention", "keep long-term points this long")
 	fs.Var(durFlag{&pf.warn}, "rpo-warning", "lag above this is a warning")
 	fs.Var(durFlag{&pf.errD}, "rpo-error", "lag above this is an error")
+	fs.StringVar(&pf.hook, "pre-point-hook", "", "command run (sh -c) before each long-term point, e.g. to quiesce an application")
 	fs.StringVar(&pf.selection, "proxy-selection", "", "auto or manual (default auto; manual when proxies are given)")
 	fs.StringArrayVar(&pf.srcProxies, "source-proxy", nil, "source proxy for manual selection; repeatable")
 	fs.StringArrayVar(&pf.dstProxies, "target-proxy", nil, "target proxy for manual selection; repeatable")
@@ -530,6 +531,9 @@ func (pf *policyFlags) apply(fs *pflag.FlagSet, p *model.Policy) {
 		if set(d.flag) {
 			*d.dst = *d.src
 		}
+	}
+	if set("pre-point-hook") {
+		p.PrePointHook = pf.hook
 	}
 	if set("source-proxy") {
 		p.SourceProxies = pf.srcProxies

@@ -126,6 +126,13 @@ func TestCLIAgainstServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), model.CodeConflict) {
 		t.Fatalf("duplicate name: %v", err)
 	}
+	if _, err := runCLI(t, "policy", "edit", "manual", "--pre-point-hook", "sync; fsfreeze -f /data"); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = runCLI(t, "policy", "show", "manual", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &p); err != nil || p.PrePointHook != "sync; fsfreeze -f /data" || len(p.SourceProxies) != 1 {
+		t.Fatalf("pre-point hook after edit: %v %s", err, out)
+	}
 	for _, args := range [][]string{
 		{"policy", "disable", "manual"}, {"policy", "enable", "manual"}, {"policy", "status", "manual"},
 		{"policy", "edit", "manual", "--rpo-warning", "30s"}, {"policy", "delete", "manual"},
