@@ -106,6 +106,48 @@ func appendRecord(b []byte, vm string, p *Point, baseApplied bool) []byte {
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[start:], castagnoli))
 }
 
+// recordVec is appendRecord as the pieces of a record that is not
+// base-applied: the header and extent table, the data of each OpData
+// extent (p's own slices, not copies) and the CRC trailer. Written one
+// after the other they are byte for byte appendRecord's output; p's data
+// must stay unchanged until they are written.
+func recordVec(vm string, p *Point) (vec [][]byte, size int64) {
+	size = recordSize(vm, p, false)
+	nData := 0
+	for _, e := range p.Extents {
+		if e.Op == OpData {
+			nData++
+		}
+	}
+	head := recFixed + len(vm) + 4 + len(p.Extents)*extEntryBytes
+	b := make([]byte, 0, head+4)
+	b = binary.LittleEndian.AppendUint32(b, uint32(size-4))
+	b = binary.LittleEndian.AppendUint32(b, recMagic)
+	b = append(b, recVersion, byte(p.Kind), byte(p.Marker), 0)
+	b = binary.LittleEndian.AppendUint64(b, p.ID)
+	b = binary.LittleEndian.AppendUint64(b, uint64(unixNanos(p.Time)))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(vm)))
+	b = append(b, vm...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Extents)))
+	for _, e := range p.Extents {
+		b = binary.LittleEndian.AppendUint32(b, uint32(e.Disk))
+		b = append(b, byte(normOp(e.Op)))
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.Off))
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.Len))
+	}
+	vec = make([][]byte, 0, nData+2)
+	vec = append(vec, b)
+	crc := crc32.Checksum(b, castagnoli)
+	for _, e := range p.Extents {
+		if e.Op == OpData {
+			vec = append(vec, e.Data)
+			crc = crc32.Update(crc, castagnoli, e.Data)
+		}
+	}
+	trailer := binary.LittleEndian.AppendUint32(b[len(b):len(b)], crc)
+	return append(vec, trailer), size
+}
+
 // unixNanos is t in Unix nanoseconds; the zero time is 0 (its UnixNano
 // would overflow).
 func unixNanos(t time.Time) int64 {

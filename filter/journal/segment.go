@@ -39,8 +39,7 @@ func parseSegName(n string) (uint64, bool) {
 // rotating to a new segment when it does not fit. Only the committer calls
 // it. On failure the partial bytes are zeroed so nothing half-written can
 // be read back as a record.
-func (s *Store) writeRecord(vm string, id uint64, rec []byte) (*segment, int64, error) {
-	n := int64(len(rec))
+func (s *Store) writeRecord(vm string, id uint64, vec [][]byte, n int64) (*segment, int64, error) {
 	s.segMu.Lock()
 	seg := s.active
 	s.segMu.Unlock()
@@ -57,9 +56,9 @@ func (s *Store) writeRecord(vm string, id uint64, rec []byte) (*segment, int64, 
 	seg.maxIDs[vm] = max(seg.maxIDs[vm], id)
 	s.segMu.Unlock()
 	off := seg.tail
-	if w, err := seg.f.WriteAt(rec, off); err != nil {
+	if w, err := writeVecAt(seg.f, vec, off); err != nil {
 		if w > 0 {
-			_ = writeZeroes(seg.f, off, int64(w))
+			_ = writeZeroes(seg.f, off, w)
 		}
 		return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
 	}

@@ -51,10 +51,13 @@ type Store struct {
 }
 
 type appendReq struct {
-	vm  *VM
-	id  uint64
-	rec []byte
-	err chan error
+	vm *VM
+	id uint64
+	// vec is the encoded record in pieces written back to back (see
+	// recordVec), size their total length
+	vec  [][]byte
+	size int64
+	err  chan error
 	// set by the committer
 	seg *segment
 	off int64
@@ -262,7 +265,7 @@ func (s *Store) committer() {
 			s.failPending()
 			return
 		}
-		bytes := int64(len(batch[0].rec))
+		bytes := batch[0].size
 		if w := s.opts.CommitWindow; w > 0 {
 			t := time.NewTimer(w)
 		window:
@@ -270,7 +273,7 @@ func (s *Store) committer() {
 				select {
 				case r := <-s.reqs:
 					batch = append(batch, r)
-					bytes += int64(len(r.rec))
+					bytes += r.size
 				case <-t.C:
 					break window
 				}
@@ -282,7 +285,7 @@ func (s *Store) committer() {
 			select {
 			case r := <-s.reqs:
 				batch = append(batch, r)
-				bytes += int64(len(r.rec))
+				bytes += r.size
 			default:
 				break drain
 			}
@@ -316,7 +319,7 @@ func (s *Store) commit(batch []*appendReq) {
 			errs[i] = err
 			continue
 		}
-		seg, off, err := s.writeRecord(r.vm.name, r.id, r.rec)
+		seg, off, err := s.writeRecord(r.vm.name, r.id, r.vec, r.size)
 		if err != nil {
 			errs[i] = err
 			r.vm.poison(err)
@@ -356,7 +359,7 @@ func (s *Store) commit(batch []*appendReq) {
 		}
 		if errs[i] == nil {
 			s.appends.Add(1)
-			s.written.Add(int64(len(r.rec)))
+			s.written.Add(r.size)
 		}
 		if r.done != nil {
 			r.vm.finishAsync(r, errs[i])
@@ -371,7 +374,7 @@ func (s *Store) commit(batch []*appendReq) {
 func (s *Store) abandon(seg *segment, batch []*appendReq) {
 	for _, r := range batch {
 		if r.seg == seg {
-			_ = writeZeroes(seg.f, r.off, int64(len(r.rec)))
+			_ = writeZeroes(seg.f, r.off, r.size)
 		}
 	}
 	s.segMu.Lock()

@@ -425,7 +425,9 @@ func (v *VM) Append(ctx context.Context, p *Point) error {
 // fails, every point queued after it fails too and nothing newer is
 // accepted until all of them have been answered, so a point is never
 // durable without its predecessor. Before the initial sync is done,
-// appends are synchronous (they write the base files).
+// appends are synchronous (they write the base files). The record is
+// written from p's extent data itself: the caller keeps that data
+// unchanged until wait has returned.
 func (v *VM) AppendAsync(ctx context.Context, p *Point) (wait func() error, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("append point %d of %s: %w", p.ID, v.name, err)
@@ -469,9 +471,10 @@ func (v *VM) AppendAsync(ctx context.Context, p *Point) (wait func() error, err 
 		err := v.appendSync(p, !done)
 		return func() error { return err }, nil
 	}
-	size := recordSize(v.name, p, false)
-	buf := appendRecord(make([]byte, 0, size), v.name, p, false)
-	req := &appendReq{vm: v, id: p.ID, rec: buf, p: p, done: make(chan struct{})}
+	// The record is written from p's extent data directly (no copy into
+	// a record buffer): p must stay unchanged until wait returns.
+	vec, size := recordVec(v.name, p)
+	req := &appendReq{vm: v, id: p.ID, vec: vec, size: size, p: p, done: make(chan struct{})}
 	if v.s.closed.Load() {
 		return nil, fmt.Errorf("append point %d of %s: %w", p.ID, v.name, ErrClosed)
 	}
@@ -537,7 +540,7 @@ func (v *VM) finishAsync(r *appendReq, err error) {
 		v.poison(err)
 	}
 	r.res = err
-	r.p, r.rec = nil, nil
+	r.p, r.vec = nil, nil
 	v.inflight.Add(-1)
 	close(r.done)
 }
@@ -552,7 +555,7 @@ func (v *VM) appendSync(p *Point, baseApplied bool) error {
 	}
 	size := recordSize(v.name, p, baseApplied)
 	buf := appendRecord(v.s.getBuf(size), v.name, p, baseApplied)
-	req := &appendReq{vm: v, id: p.ID, rec: buf}
+	req := &appendReq{vm: v, id: p.ID, vec: [][]byte{buf}, size: int64(len(buf))}
 	err := v.s.submit(req)
 	v.s.putBuf(buf)
 	if err != nil {
