@@ -23,6 +23,9 @@ type session struct {
 	// pending is a point whose append failed (a full datastore): it is
 	// retried before anything newer, so no point is ever skipped.
 	pending *journal.Point
+	// pendingMsg is the frame pending's data lives in, released once
+	// pending is durable
+	pendingMsg *wire.Point
 	// stalled: a point after pending was dropped, so nothing newer may be
 	// appended on this connection; the proxy's resend after a reconnect
 	// fills the gap.
@@ -33,7 +36,9 @@ type session struct {
 
 func (s *Service) serveConn(nc net.Conn) {
 	log := s.log.With("remote", nc.RemoteAddr().String())
-	c := wire.NewConn(nc)
+	// Points' frames come back through wire.Release once the journal
+	// holds them, so a steady stream reads into the same few buffers.
+	c := wire.NewConn(nc, wire.WithFrameReuse())
 	defer c.Close()
 	ss, err := s.handshake(c, log)
 	if err != nil {
@@ -176,14 +181,18 @@ const receiveWindow = 2
 const appendWindow = 4
 
 // received is a decoded point (or a heartbeat, jp nil) for the appender.
+// jp's extent data aliases msg's frame: msg is released only once the
+// journal holds jp (its record is written from that data).
 type received struct {
 	jp  *journal.Point
+	msg *wire.Point
 	raw int64
 }
 
 // queuedAppend is a point handed to the journal, waiting to be durable.
 type queuedAppend struct {
 	jp    *journal.Point
+	msg   *wire.Point
 	raw   int64
 	wait  func() error
 	start time.Time
@@ -270,7 +279,7 @@ func (s *Service) queue(ss *session, r received, acks chan<- queuedAppend, outst
 			}
 			return nil
 		}
-		return s.handlePoint(ss, r.jp, r.raw)
+		return s.handlePoint(ss, r.jp, r.msg, r.raw)
 	}
 	start := time.Now()
 	wait, err := ss.vm.AppendAsync(s.ctx, r.jp)
@@ -279,10 +288,10 @@ func (s *Service) queue(ss *session, r received, acks chan<- queuedAppend, outst
 		outstanding.Wait()
 		ss.mu.Lock()
 		defer ss.mu.Unlock()
-		return s.appendResult(ss, r.jp, r.raw, err, start)
+		return s.appendResult(ss, r.jp, r.msg, r.raw, err, start)
 	}
 	outstanding.Add(1)
-	acks <- queuedAppend{jp: r.jp, raw: r.raw, wait: wait, start: start}
+	acks <- queuedAppend{jp: r.jp, msg: r.msg, raw: r.raw, wait: wait, start: start}
 	return nil
 }
 
@@ -298,7 +307,7 @@ func (s *Service) settle(ss *session, a queuedAppend) error {
 		ss.stalled = true
 		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", a.jp.ID)})
 	}
-	return s.appendResult(ss, a.jp, a.raw, err, a.start)
+	return s.appendResult(ss, a.jp, a.msg, a.raw, err, a.start)
 }
 
 func (s *Service) readLoop(ss *session, q chan<- received, quit <-chan struct{}) error {
@@ -321,7 +330,7 @@ func (s *Service) readLoop(ss *session, q chan<- received, quit <-chan struct{})
 				ss.log.Warn("frame rejected, dropping connection", "reason", "bad_point", "point", v.ID, "err", err)
 				return fmt.Errorf("point %d: %w", v.ID, err)
 			}
-			r = received{jp: jp, raw: int64(v.RawLen)}
+			r = received{jp: jp, msg: v, raw: int64(v.RawLen)}
 		case *wire.Heartbeat:
 		case *wire.Status:
 			continue
@@ -355,7 +364,7 @@ func toJournal(p *wire.Point) (*journal.Point, error) {
 	return jp, nil
 }
 
-func (s *Service) handlePoint(ss *session, jp *journal.Point, raw int64) error {
+func (s *Service) handlePoint(ss *session, jp *journal.Point, msg *wire.Point, raw int64) error {
 	if ss.pending != nil {
 		if err := s.retryPending(ss); err != nil {
 			return err
@@ -374,28 +383,32 @@ func (s *Service) handlePoint(ss *session, jp *journal.Point, raw int64) error {
 	if ss.stalled {
 		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d not accepted: an earlier point is missing; reconnect to resend", jp.ID)})
 	}
-	return s.appendPoint(ss, jp, raw)
+	return s.appendPoint(ss, jp, msg, raw)
 }
 
 func (s *Service) retryPending(ss *session) error {
-	p := ss.pending
-	ss.pending = nil
-	return s.appendPoint(ss, p, 0)
+	p, msg := ss.pending, ss.pendingMsg
+	ss.pending, ss.pendingMsg = nil, nil
+	return s.appendPoint(ss, p, msg, 0)
 }
 
 // appendPoint makes jp durable, then acknowledges it. A full datastore
 // keeps the connection and the point (no ack); anything else invalid
 // drops the connection.
-func (s *Service) appendPoint(ss *session, jp *journal.Point, raw int64) error {
+func (s *Service) appendPoint(ss *session, jp *journal.Point, msg *wire.Point, raw int64) error {
 	start := time.Now()
 	err := ss.vm.Append(s.ctx, jp)
-	return s.appendResult(ss, jp, raw, err, start)
+	return s.appendResult(ss, jp, msg, raw, err, start)
 }
 
-// appendResult acknowledges a durable point or handles its failure.
-func (s *Service) appendResult(ss *session, jp *journal.Point, raw int64, err error, start time.Time) error {
+// appendResult acknowledges a durable point or handles its failure. The
+// frame of a durable point goes back for the next ones; a point that
+// failed keeps its frame (never releasing is safe).
+func (s *Service) appendResult(ss *session, jp *journal.Point, msg *wire.Point, raw int64, err error, start time.Time) error {
 	switch {
 	case err == nil:
+		jp.Extents = nil
+		wire.Release(msg)
 		s.m.appendSeconds.Observe(time.Since(start).Seconds())
 		s.m.points.Inc()
 		s.m.bytes.Add(float64(raw))
@@ -406,7 +419,7 @@ func (s *Service) appendResult(ss *session, jp *journal.Point, raw int64, err er
 	case errors.Is(err, syscall.ENOSPC):
 		s.m.appendErrors.WithLabelValues("no_space").Inc()
 		ss.log.Error("target datastore full, point not acknowledged", "point", jp.ID, "err", err)
-		ss.pending = jp
+		ss.pending, ss.pendingMsg = jp, msg
 		return ss.conn.Send(&wire.Error{Code: wire.ErrCodeNoSpace, Msg: fmt.Sprintf("point %d: %v", jp.ID, err)})
 	case errors.Is(err, model.ErrInvalid):
 		s.m.rejected.WithLabelValues("invalid_point").Inc()
