@@ -56,6 +56,12 @@ type Options struct {
 	// BufferBytes bounds the unacknowledged writes held per VM; beyond it the
 	// VM goes to CBT mode. Default 256 MiB.
 	BufferBytes int64
+	// BackpressureWait is how long a guest write that does not fit in the
+	// buffer waits for acknowledgements to make room, while the proxy is
+	// connected, before the VM goes to CBT mode: a burst slows the guest
+	// to the pace of the path instead of costing a re-read of its disks.
+	// Default 1s; negative: no wait.
+	BackpressureWait time.Duration
 	// BlockSize is the CBT granularity. Default 64 KiB.
 	BlockSize int64
 	// Grace is how long the proxy may stay unreachable before CBT mode. Default 30s.
@@ -86,6 +92,9 @@ type Stamp struct {
 func (o *Options) setDefaults() {
 	if o.BufferBytes <= 0 {
 		o.BufferBytes = 256 << 20
+	}
+	if o.BackpressureWait == 0 {
+		o.BackpressureWait = time.Second
 	}
 	if o.BlockSize <= 0 {
 		o.BlockSize = 64 << 10

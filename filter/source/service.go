@@ -41,7 +41,11 @@ type VMStatus struct {
 	SyncTotalBytes      int64          `json:"sync_total_bytes"`
 	SyncRateBytesPerSec float64        `json:"sync_rate_bytes_per_sec"`
 	CBTEntries          int64          `json:"cbt_entries"`
-	Disks               []DiskStatus   `json:"disks"`
+	// ThrottledWrites counts guest writes delayed for room in the buffer
+	// (BackpressureWait), ThrottledSeconds their total wait.
+	ThrottledWrites  int64        `json:"throttled_writes"`
+	ThrottledSeconds float64      `json:"throttled_seconds"`
+	Disks            []DiskStatus `json:"disks"`
 }
 
 // Service is the source filter of one host: its protected VMs and disks.

@@ -28,6 +28,8 @@ type fakeProxy struct {
 	lastSeq  uint64
 	markers  []uint8
 	flags    map[uint8]int
+	// delay slows the proxy: it waits this long before taking each message
+	delay time.Duration
 }
 
 func newFakeProxy(t *testing.T, caps map[int32]int64, initDone, ack bool) *fakeProxy {
@@ -72,6 +74,12 @@ func (f *fakeProxy) serve(nc net.Conn) {
 		m, err := c.ReadMsg()
 		if err != nil {
 			return
+		}
+		f.mu.Lock()
+		delay := f.delay
+		f.mu.Unlock()
+		if delay > 0 {
+			time.Sleep(delay)
 		}
 		f.mu.Lock()
 		var seq uint64

@@ -123,6 +123,8 @@ type vmState struct {
 	sentBytes   int64
 	cbtEntries  int64
 	lastAckTime time.Time
+	throttled   int64
+	throttledT  time.Duration
 }
 
 type session struct {
@@ -261,6 +263,7 @@ func (v *vmState) change(d *Disk, op uint8, off, length int64, data []byte, appl
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.waitRoomLocked(entryOverhead + int64(len(data)))
 	var flags uint8
 	switch v.mode {
 	case ModeStarting, ModeCBT:
@@ -271,6 +274,41 @@ func (v *vmState) change(d *Disk, op uint8, off, length int64, data []byte, appl
 		flags = wire.FlagResync
 	}
 	return v.stampLocked(d, op, off, length, data, flags, true)
+}
+
+// waitRoomLocked delays a guest change of size bytes while the buffer
+// cannot take it, the mode streams writes and the proxy is connected, for
+// at most BackpressureWait; then stampLocked decides as before (CBT mode
+// if it still does not fit). The file already holds the change and its
+// dirty bit is set: only the guest's acknowledgement waits.
+func (v *vmState) waitRoomLocked(size int64) {
+	wait := v.opts.BackpressureWait
+	if wait <= 0 || size > v.opts.BufferBytes || !v.mustWaitLocked(size) {
+		return
+	}
+	start := time.Now()
+	deadline := start.Add(wait)
+	// cond has no timeout: a timer wakes the waiters at the deadline
+	t := time.AfterFunc(wait, func() {
+		v.mu.Lock()
+		v.cond.Broadcast()
+		v.mu.Unlock()
+	})
+	defer t.Stop()
+	for v.mustWaitLocked(size) && time.Now().Before(deadline) {
+		v.cond.Wait()
+	}
+	v.throttled++
+	v.throttledT += time.Since(start)
+}
+
+func (v *vmState) mustWaitLocked(size int64) bool {
+	switch v.mode {
+	case ModeInitial, ModeSyncing, ModeResync:
+	default:
+		return false
+	}
+	return !v.closed && v.session != nil && v.bufBytes+size > v.opts.BufferBytes
 }
 
 // stampLocked gives one change its sequence numbers and buffers it; a change
@@ -519,7 +557,8 @@ func (v *vmState) status(now time.Time) VMStatus {
 	}
 	st := VMStatus{VM: v.name, Status: status, Mode: v.mode.String(), Reason: v.reason,
 		Connected: v.session != nil, Seq: v.seq, Acked: v.acked, BufferBytes: v.bufBytes,
-		BufferEntries: len(v.buf), CBTEntries: v.cbtEntries}
+		BufferEntries: len(v.buf), CBTEntries: v.cbtEntries,
+		ThrottledWrites: v.throttled, ThrottledSeconds: v.throttledT.Seconds()}
 	if len(v.buf) > 0 {
 		st.LagSeconds = now.Sub(v.buf[0].at).Seconds()
 	}
