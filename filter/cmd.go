@@ -43,12 +43,15 @@ type FileConfig struct {
 	LogLevel  string `json:"log_level,omitempty"`
 
 	// source role
-	Datastore   string            `json:"datastore,omitempty"`
-	Proxy       string            `json:"proxy,omitempty"`
-	BufferBytes int64             `json:"buffer_bytes,omitempty"`
-	BlockSize   int64             `json:"block_size,omitempty"`
-	Grace       model.Duration    `json:"grace,omitempty"`
-	VMs         []source.VMConfig `json:"vms,omitempty"`
+	Datastore   string         `json:"datastore,omitempty"`
+	Proxy       string         `json:"proxy,omitempty"`
+	BufferBytes int64          `json:"buffer_bytes,omitempty"`
+	BlockSize   int64          `json:"block_size,omitempty"`
+	Grace       model.Duration `json:"grace,omitempty"`
+	// BackpressureWait: how long a guest write waits for room in a full
+	// buffer before CBT mode (negative: no wait)
+	BackpressureWait model.Duration    `json:"backpressure_wait,omitempty"`
+	VMs              []source.VMConfig `json:"vms,omitempty"`
 
 	// target role
 	Listen     string         `json:"listen,omitempty"`
@@ -128,6 +131,7 @@ func NewCommand() *cobra.Command {
 	var mo managedOptions
 	var configFile, genCerts string
 	cfg.Grace = model.Duration(30 * time.Second)
+	cfg.BackpressureWait = model.Duration(time.Second)
 	cmd := &cobra.Command{
 		Use:   "filter",
 		Short: "Run an I/O filter (source: protected disks over NBD; target: journal and restore)",
@@ -202,6 +206,7 @@ exits.`,
 	f.Int64Var(&cfg.BufferBytes, "buffer-bytes", 256<<20, "source role: unacknowledged bytes per VM before CBT mode")
 	f.Int64Var(&cfg.BlockSize, "block-size", 64<<10, "source role: CBT block size")
 	f.Var(durationValue{&cfg.Grace}, "grace", "source role: how long the proxy may be unreachable before CBT mode")
+	f.Var(durationValue{&cfg.BackpressureWait}, "backpressure-wait", "source role: how long a guest write waits for room in a full buffer before CBT mode (negative: no wait)")
 	f.Var(vmValue{&cfg.VMs}, "vm", "source role: protected VM as NAME:KEY=SIZE[,KEY=SIZE...] (repeatable)")
 	f.StringVar(&cfg.Listen, "listen", "", "target role: data listener for target proxies")
 	f.StringVar(&cfg.JournalDir, "journal-dir", "", "target role: target datastore directory for the journal")
@@ -352,7 +357,7 @@ func runSource(ctx context.Context, cmd *cobra.Command, cfg FileConfig, tlsCfg *
 	}
 	opts := source.Options{
 		NodeID: cfg.NodeID, Datastore: cfg.Datastore, VMs: cfg.VMs, BufferBytes: cfg.BufferBytes,
-		BlockSize: cfg.BlockSize, Grace: cfg.Grace.D(), Logger: log,
+		BlockSize: cfg.BlockSize, Grace: cfg.Grace.D(), BackpressureWait: cfg.BackpressureWait.D(), Logger: log,
 		// a VM of the configuration file may name its own proxy
 		DialProxy: dial,
 	}

@@ -128,7 +128,7 @@ func runManaged(ctx context.Context, cmd *cobra.Command, cfg FileConfig, mo mana
 	srcReg := prometheus.NewRegistry()
 	m.src, err = source.New(source.Options{
 		NodeID: nodeID, Datastore: cfg.Datastore, BufferBytes: cfg.BufferBytes, BlockSize: cfg.BlockSize,
-		Grace: cfg.Grace.D(), Logger: log.With("side", "source"), Exports: nbdSrv, Exclusive: true,
+		Grace: cfg.Grace.D(), BackpressureWait: cfg.BackpressureWait.D(), Logger: log.With("side", "source"), Exports: nbdSrv, Exclusive: true,
 		DialProxy: func(ctx context.Context, addr string) (net.Conn, error) {
 			d := &net.Dialer{KeepAlive: 15 * time.Second}
 			return (&tls.Dialer{NetDialer: d, Config: dataTLS}).DialContext(ctx, "tcp", addr)
