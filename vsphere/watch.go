@@ -50,22 +50,44 @@ func viewOf(ctx context.Context, c *Client, kinds []string) (*view.ContainerView
 	return view.NewManager(c.vc).CreateContainerView(ctx, c.vc.ServiceContent.RootFolder, kinds, true)
 }
 
+// vmTraversal selects every VM of the inventory from the root folder:
+// folders, datacenters' VM folders, and vApps.
+func vmTraversal() []types.BaseSelectionSpec {
+	sel := func(names ...string) []types.BaseSelectionSpec {
+		var out []types.BaseSelectionSpec
+		for _, n := range names {
+			out = append(out, &types.SelectionSpec{Name: n})
+		}
+		return out
+	}
+	return []types.BaseSelectionSpec{
+		&types.TraversalSpec{SelectionSpec: types.SelectionSpec{Name: "folder"}, Type: "Folder", Path: "childEntity",
+			SelectSet: sel("folder", "datacenter", "vapp")},
+		&types.TraversalSpec{SelectionSpec: types.SelectionSpec{Name: "datacenter"}, Type: "Datacenter", Path: "vmFolder",
+			SelectSet: sel("folder")},
+		&types.TraversalSpec{SelectionSpec: types.SelectionSpec{Name: "vapp"}, Type: "VirtualApp", Path: "vm"},
+	}
+}
+
 // Watch reports VM changes to fn until ctx ends (it then returns nil) or
 // the connection or session fails (it then returns the error; call it again,
-// and it starts with a fresh Synced). It uses a container view and a dedicated property
-// collector; the simulator re-sends "enter" for every VM when membership
-// changes, so updates are compared with the known state and only real
-// differences are reported, netted per batch of updates. A VM still being
-// built may show disk changes right after VMCreated (the simulator resets
-// and refills its device list); consumers are expected to read the current
-// state rather than replay the feed.
+// and it starts with a fresh Synced). It uses a dedicated property collector
+// with a filter that traverses the inventory from the root folder. The
+// simulator re-sends "enter" for every VM when membership changes, so
+// updates are compared with the known state and only real differences are
+// reported, netted per batch of updates. A VM still being built may show
+// disk changes right after VMCreated (the simulator resets and refills its
+// device list); consumers are expected to read the current state rather
+// than replay the feed.
+//
+// Not a container view: the simulator re-reads a filter's view after every
+// VM creation holding the filter's lock while it locks each VM, and a
+// creation holds the view's lock while it waits for the filter's; with a
+// reconfigure holding a VM's lock while it waits for the view's (to
+// register its task), the three deadlock. The root folder, the filter's
+// only starting object, changes only when a datacenter is added.
 func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	const op = "watch vCenter changes"
-	v, err := viewOf(ctx, c, []string{"VirtualMachine"})
-	if err != nil {
-		return wrap(op, err)
-	}
-	defer func() { _ = v.Destroy(context.Background()) }()
 	pc, err := property.DefaultCollector(c.vc).Create(ctx)
 	if err != nil {
 		return wrap(op, err)
@@ -73,7 +95,8 @@ func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	defer func() { _ = pc.Destroy(context.Background()) }()
 
 	filter := new(property.WaitFilter)
-	filter.Add(v.Reference(), "VirtualMachine", watchProps, &types.TraversalSpec{Type: "ContainerView", Path: "view"})
+	filter.Add(c.vc.ServiceContent.RootFolder, "VirtualMachine", watchProps, vmTraversal()...)
+	filter.Spec.ObjectSet[0].Skip = types.NewBool(true)
 
 	known := map[string]*vmState{}
 	synced := false
@@ -101,6 +124,9 @@ func (c *Client) applyBatch(known map[string]*vmState, updates []types.ObjectUpd
 	before := map[string]*vmState{}
 	var order []string
 	for _, u := range updates {
+		if u.Obj.Type != "VirtualMachine" {
+			continue
+		}
 		id := u.Obj.Value
 		if _, seen := before[id]; !seen {
 			before[id] = known[id]
