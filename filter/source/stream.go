@@ -131,6 +131,20 @@ func (v *vmState) readLoop(c *wire.Conn, s *session) error {
 // buffered until acknowledged.
 func (v *vmState) writeLoop(c *wire.Conn, s *session) error {
 	batch := make([]*entry, 0, 256)
+	// done with the batch: data acknowledged meanwhile goes back
+	settle := func() {
+		v.mu.Lock()
+		for _, e := range batch {
+			e.sending = false
+			if e.ackedSending {
+				e.ackedSending = false
+				e.release()
+			}
+		}
+		v.mu.Unlock()
+		batch = batch[:0]
+	}
+	defer settle()
 	for {
 		v.mu.Lock()
 		for !s.done && !s.stale && !v.closed && v.sendPos >= len(v.buf) {
@@ -141,6 +155,9 @@ func (v *vmState) writeLoop(c *wire.Conn, s *session) error {
 			return nil
 		}
 		batch = append(batch[:0], v.buf[v.sendPos:min(len(v.buf), v.sendPos+cap(batch))]...)
+		for _, e := range batch {
+			e.sending = true
+		}
 		v.sendPos += len(batch)
 		v.mu.Unlock()
 		var n int64
@@ -156,5 +173,6 @@ func (v *vmState) writeLoop(c *wire.Conn, s *session) error {
 		v.mu.Lock()
 		v.sentBytes += n
 		v.mu.Unlock()
+		settle()
 	}
 }

@@ -68,6 +68,22 @@ type entry struct {
 	msg  wire.Msg
 	size int64
 	at   time.Time
+	// sending: a session's writeLoop is writing it (mu guards both);
+	// acked while sending, its data goes back to the pool afterwards
+	sending, ackedSending bool
+}
+
+// release hands an acknowledged entry's data back unless a writeLoop still
+// writes it. Called with mu held.
+func (e *entry) release() {
+	if e.sending {
+		e.ackedSending = true
+		return
+	}
+	if w, ok := e.msg.(*wire.Write); ok && w.Data != nil {
+		putData(w.Data)
+		w.Data = nil
+	}
 }
 
 const entryOverhead = 64
@@ -334,7 +350,7 @@ func (v *vmState) stampLocked(d *Disk, op uint8, off, length int64, data []byte,
 		}
 		w := &wire.Write{Seq: seq, Disk: d.key, Off: off, Op: op, Len: uint32(n), Flags: flags}
 		if op == wire.OpData {
-			w.Data = append([]byte(nil), data...)
+			w.Data = getData(data)
 		}
 		d.dirty.restamp(off, n, seq)
 		if v.opts.OnStamp != nil {
@@ -402,6 +418,7 @@ func (v *vmState) ackLocked(seq uint64) {
 	k := 0
 	for k < len(v.buf) && v.buf[k].seq <= seq {
 		v.bufBytes -= v.buf[k].size
+		v.buf[k].release()
 		k++
 	}
 	for i := range k {
