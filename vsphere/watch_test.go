@@ -143,6 +143,28 @@ func TestWatch(t *testing.T) {
 	}
 	expect(t, ch, vsphere.VMRemoved, r.MoRef)
 
+	// A VM in a nested folder is seen too: the feed walks the folders.
+	dcFolder := object.NewFolder(vc, types.ManagedObjectReference{Type: "Folder", Value: e.inv.Datacenters[0].VMFolder})
+	outer, err := dcFolder.CreateFolder(e.ctx, "outer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, err := outer.CreateFolder(e.ctx, "inner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := e.replicaSpec(t, vcsim.ProtectedVMName(1))
+	spec.Folder = inner.Reference().Value
+	nested, err := e.c.EnsureReplica(e.ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, vsphere.VMCreated, nested.MoRef)
+	if err := e.c.DeleteReplica(e.ctx, nested.MoRef); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, vsphere.VMRemoved, nested.MoRef)
+
 	// Nothing else is pending: no duplicate reports.
 	for {
 		select {
