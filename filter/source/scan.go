@@ -76,7 +76,15 @@ func (v *vmState) scan(gen int, mode Mode, plan []diskPlan) {
 					return
 				}
 				s := d.lockBlocks(off, n)
-				_, err := d.f.ReadAt(buf[:n], off)
+				// a chunk in a hole of the file is zeroes without reading
+				// it (the block lock keeps guest writes out meanwhile)
+				var err error
+				hole := false
+				if at, ok := nextData(d.f, off); ok && at >= off+n {
+					hole = true
+				} else {
+					_, err = d.f.ReadAt(buf[:n], off)
+				}
 				if err != nil {
 					d.locks.Unlock(s)
 					v.scanFailed(gen, d, err)
@@ -89,7 +97,7 @@ func (v *vmState) scan(gen int, mode Mode, plan []diskPlan) {
 					return
 				}
 				// an all-zero chunk travels as a zero range (sparse disks)
-				if bytes.Equal(buf[:n], zero[:n]) {
+				if hole || bytes.Equal(buf[:n], zero[:n]) {
 					err = v.stampLocked(d, wire.OpZero, off, n, nil, flags, false)
 				} else {
 					err = v.stampLocked(d, wire.OpData, off, n, buf[:n], flags, false)
