@@ -22,11 +22,14 @@ func burst(t *testing.T, svc *Service, r *rand.Rand, n int) {
 	}
 }
 
-func startSlowProxyVM(t *testing.T, wait time.Duration) (*Service, *fakeProxy) {
+// startSlowProxyVM runs a VM toward a proxy that takes delay per message:
+// far slower than a guest's 64 KiB writes into the page cache, even on a
+// loaded machine, so that a burst outruns it.
+func startSlowProxyVM(t *testing.T, wait, delay time.Duration) (*Service, *fakeProxy) {
 	t.Helper()
 	f := newFakeProxy(t, nil, true, true)
 	f.img[1] = make([]byte, 1<<20)
-	f.delay = 3 * time.Millisecond
+	f.delay = delay
 	opts := testOptions(t.TempDir(), f, []VMConfig{{Name: "vm1", Disks: []DiskConfig{{Key: 1, Capacity: 1 << 20}}}})
 	// four chunks fit: the burst below is many times the buffer
 	opts.BufferBytes = 4*(64<<10) + 4*entryOverhead
@@ -47,7 +50,7 @@ func startSlowProxyVM(t *testing.T, wait time.Duration) (*Service, *fakeProxy) {
 // toward a slow but working proxy delays the guest's writes instead of
 // dropping the buffer: no CBT mode, every write reaches the replica.
 func TestBackpressureSlowProxyDelaysWrites(t *testing.T) {
-	svc, f := startSlowProxyVM(t, 5*time.Second)
+	svc, f := startSlowProxyVM(t, 5*time.Second, 15*time.Millisecond)
 	r := rand.New(rand.NewPCG(4, 4))
 	burst(t, svc, r, 48)
 	waitFor(t, "everything acknowledged", func() bool { st := svc.Status()[0]; return st.Acked == st.Seq && st.BufferEntries == 0 })
@@ -72,7 +75,7 @@ func TestBackpressureSlowProxyDelaysWrites(t *testing.T) {
 // Without the wait the same burst overflows the buffer into CBT mode: the
 // test above would see it.
 func TestBackpressureDisabledOverflowsToCBT(t *testing.T) {
-	svc, _ := startSlowProxyVM(t, -1)
+	svc, _ := startSlowProxyVM(t, -1, 100*time.Millisecond)
 	burst(t, svc, rand.New(rand.NewPCG(4, 4)), 48)
 	if st := svc.Status()[0]; st.CBTEntries == 0 || st.ThrottledWrites != 0 {
 		t.Fatalf("burst without backpressure: %+v, want a CBT entry and no delayed write", st)
