@@ -19,5 +19,10 @@
 // before P, then the layers (delta disks) at or before P newest first, then
 // the base. Folding never changes what a listed point reads.
 //
-// It imports only internal/model and the standard library.
+// A record is written with one vectored write from the point's own extent
+// data, so an asynchronous append's caller keeps that data until the append
+// is answered.
+//
+// It imports internal/model, golang.org/x/sys/unix (pwritev) and the
+// standard library.
 package journal
