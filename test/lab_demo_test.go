@@ -155,6 +155,14 @@ func TestLabDemo(t *testing.T) {
 	bin := continuumBinary(t)
 	t0 := time.Now()
 	dir := filepath.Join(t.TempDir(), "lab")
+	if d := os.Getenv("CONTINUUM_TEST_KEEP"); d != "" {
+		dir = d
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			logWarnings(t, filepath.Join(dir, "logs"))
+		}
+	})
 	lab := startLab(t, bin, dir)
 	t.Logf("lab ready after %s", time.Since(t0))
 	cl := labClient(t, dir)
@@ -304,4 +312,28 @@ func TestLabDemo(t *testing.T) {
 			last.status.PolicyID, len(last.status.Tasks))
 	}
 	lab.stop()
+}
+
+// logWarnings prints the last warnings and errors of every process log
+// of a lab, so that a failure says what the components saw.
+func logWarnings(t *testing.T, logDir string) {
+	files, _ := filepath.Glob(filepath.Join(logDir, "*"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var hits []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+				hits = append(hits, line)
+			}
+		}
+		if len(hits) > 20 {
+			hits = hits[len(hits)-20:]
+		}
+		if len(hits) > 0 {
+			t.Logf("%s, last warnings:\n%s", filepath.Base(f), strings.Join(hits, "\n"))
+		}
+	}
 }
