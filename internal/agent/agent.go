@@ -397,6 +397,11 @@ func (p *configApplier) step() int {
 		p.log.Error("apply configuration; retrying", "version", c.Version, "tasks", len(c.Tasks), "err", err)
 		return stepFailed
 	}
+	// Cached before it is reported as running: a report never names a
+	// configuration that a restart would not find.
+	if err := p.save(*c); err != nil {
+		p.log.Error("configuration applied but not cached", "err", err)
+	}
 	p.mu.Lock()
 	p.version = c.Version
 	if p.pending == c {
@@ -404,9 +409,6 @@ func (p *configApplier) step() int {
 	}
 	p.mu.Unlock()
 	p.log.Info("configuration applied", "version", c.Version, "tasks", len(c.Tasks))
-	if err := p.save(*c); err != nil {
-		p.log.Error("configuration applied but not cached", "err", err)
-	}
 	return stepApplied
 }
 
