@@ -94,10 +94,18 @@ func (s *Server) build(ctx context.Context) error {
 		}
 	}
 
+	// The simulator numbers objects in creation order, so parallel
+	// creation gives a VM another MoRef each time. A lab of a few VMs is
+	// built one VM at a time: restarted on the same directory, its VMs
+	// keep the MoRefs the coordinators' tasks and replicas were keyed by.
+	workers := o.Workers
+	if len(jobs) <= sequentialJobs {
+		workers = 1
+	}
 	work := make(chan job)
 	errs := make(chan error, len(jobs))
 	var wg sync.WaitGroup
-	for w := 0; w < o.Workers; w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -120,6 +128,9 @@ func (s *Server) build(ctx context.Context) error {
 	}
 	return nil
 }
+
+// sequentialJobs is the most VMs a lab builds one at a time.
+const sequentialJobs = 32
 
 // buildCluster creates a cluster with hosts that all mount the same local
 // datastores (same name, same directory), which the simulator treats as one
