@@ -67,6 +67,7 @@ func (s *Server) componentHeartbeat(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	cmd := raftstore.ComponentHeartbeat{Kind: rep.Kind, At: time.Now().UTC(), VMs: rep.VMs}
+	addrChanged := false
 	switch rep.Kind {
 	case model.ComponentProxy:
 		var px *model.Proxy
@@ -94,6 +95,9 @@ func (s *Server) componentHeartbeat(r *http.Request) (int, any, error) {
 		}
 		cmd.ID = h.ID
 		cmd.DataAddr, cmd.AdminAddr, cmd.NBDAddr = rep.DataAddr, rep.AdminAddr, rep.NBDAddr
+		// The filter's data address is in the task paths of the replicas
+		// on its host: a new one changes its configuration.
+		addrChanged = create || h.FilterAddr != rep.DataAddr
 		if err := s.checkComponentCert(r, rep.Kind, rep.ID, []string{h.ID, h.MoRef, h.Name}); err != nil {
 			return 0, nil, err
 		}
@@ -106,15 +110,18 @@ func (s *Server) componentHeartbeat(r *http.Request) (int, any, error) {
 			s.log.Info("filter reported from a host new to the state; host recorded", "host", h.ID, "name", h.Name, "cluster", h.ClusterID)
 		}
 	}
+	// This node is the leader: its state is current. The configuration is
+	// computed once per heartbeat (it hashes every task of the component),
+	// and again only when the heartbeat itself changes it.
 	keys := controllers.DeriveKeys(s.store.ClusterKey())
-	cmd.VMs = currentReports(s.currentConfig(rep.Kind, cmd.ID, keys), rep.VMs)
+	cfg := s.currentConfig(rep.Kind, cmd.ID, keys)
+	cmd.VMs = currentReports(cfg, rep.VMs)
 	if err := s.apply(r, cmd); err != nil {
 		return 0, nil, fmt.Errorf("record heartbeat of %s %s: %w", rep.Kind, rep.ID, err)
 	}
-	var cfg model.ComponentConfig
-	// This node is the leader and has just applied the heartbeat: its
-	// state is current.
-	s.store.Read(func(st *model.State) { cfg = controllers.ComponentConfig(st, rep.Kind, cmd.ID, keys) })
+	if addrChanged {
+		cfg = s.currentConfig(rep.Kind, cmd.ID, keys)
+	}
 	return http.StatusOK, cfg, nil
 }
 
