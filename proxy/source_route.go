@@ -58,20 +58,10 @@ func compileRoute(vm string, r SourceRoute) (*sourceRoute, error) {
 		return nil, fmt.Errorf("vm %s: negative RPO %s", vm, r.RPO)
 	}
 	out := &sourceRoute{SourceRoute: r}
-	out.Key = bytes.Clone(r.Key)
-	out.Rules = append([]model.TrafficRule(nil), r.Rules...)
-	if len(r.Key) > 0 {
-		s, err := wire.NewSealer(r.Key)
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", vm, err)
-		}
-		out.sealer = s
+	var err error
+	if out.Key, out.Rules, out.sealer, out.rules, err = routeSecurity(vm, r.Key, r.Rules); err != nil {
+		return nil, err
 	}
-	rules, err := compileRules(r.Rules, out.sealer)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", vm, err)
-	}
-	out.rules = rules
 	return out, nil
 }
 
@@ -217,4 +207,23 @@ func (v *sourceVM) dropLocked() {
 	v.maps = map[int32]*sourceExtentMap{}
 	v.cancel()
 	p.cond.Broadcast()
+}
+
+// routeSecurity copies a route's key and traffic rules (the caller's
+// slices stay the caller's) and builds its sealer and compiled rules; both
+// sides of the proxy check a route the same way.
+func routeSecurity(vm string, key []byte, rules []model.TrafficRule) ([]byte, []model.TrafficRule, *wire.Sealer, []*sourceRule, error) {
+	var sealer *wire.Sealer
+	if len(key) > 0 {
+		s, err := wire.NewSealer(key)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("vm %s: %w", vm, err)
+		}
+		sealer = s
+	}
+	compiled, err := compileRules(rules, sealer)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("vm %s: %w", vm, err)
+	}
+	return bytes.Clone(key), append([]model.TrafficRule(nil), rules...), sealer, compiled, nil
 }

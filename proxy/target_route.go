@@ -60,20 +60,10 @@ func compileTargetRoute(vm string, r TargetRoute) (*targetRoute, error) {
 		return nil, fmt.Errorf("vm %s: target filter address %q: %w", vm, r.Filter, err)
 	}
 	out := &targetRoute{TargetRoute: r}
-	out.Key = bytes.Clone(r.Key)
-	out.Rules = append([]model.TrafficRule(nil), r.Rules...)
-	if len(r.Key) > 0 {
-		s, err := wire.NewSealer(r.Key)
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", vm, err)
-		}
-		out.sealer = s
+	var err error
+	if out.Key, out.Rules, out.sealer, out.rules, err = routeSecurity(vm, r.Key, r.Rules); err != nil {
+		return nil, err
 	}
-	rules, err := compileRules(r.Rules, out.sealer)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", vm, err)
-	}
-	out.rules = rules
 	return out, nil
 }
 
