@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -163,13 +165,19 @@ func BenchmarkPolicyToSyncing(b *testing.B) {
 				// not slow: fail early and say where it stopped.
 				var last, progress string
 				moved := time.Now()
+				phases := newBenchPhases(start, "tasks", "replicas", "configured", "syncing")
+				cpu0 := labCPU(l.cmd.Process.Pid)
 				for {
 					st, err := l.cl.PolicyStatus(ctx, p.ID)
 					if err == nil {
-						syncing, placed := 0, 0
+						syncing, placed, configured := 0, 0, 0
 						for _, tk := range st.Tasks {
 							if tk.ReplicaID != "" {
 								placed++
+							}
+							switch tk.Status {
+							case model.StatusInitialSync, model.StatusSyncing, model.StatusWarning:
+								configured++
 							}
 							if tk.Status == model.StatusSyncing || tk.Status == model.StatusWarning {
 								syncing++
@@ -177,6 +185,10 @@ func BenchmarkPolicyToSyncing(b *testing.B) {
 								last = fmt.Sprintf("%s: %s %s", tk.VMName, tk.Status, tk.Reason)
 							}
 						}
+						phases.reach("tasks", len(st.Tasks) == n)
+						phases.reach("replicas", placed == n)
+						phases.reach("configured", configured == n)
+						phases.reach("syncing", syncing == n && len(st.Tasks) == n)
 						if syncing == n && len(st.Tasks) == n {
 							break
 						}
@@ -197,11 +209,111 @@ func BenchmarkPolicyToSyncing(b *testing.B) {
 				b.StopTimer()
 				b.ReportMetric(took.Seconds(), "s-to-syncing")
 				b.ReportMetric(float64(took.Milliseconds())/float64(n), "ms/vm")
-				b.Logf("%d VMs: policy create to every VM syncing in %v", n, took.Round(100*time.Millisecond))
+				b.Logf("%d VMs: policy create to every VM syncing in %v; every VM had %s", n, took.Round(100*time.Millisecond), phases)
+				b.Logf("%d VMs: CPU seconds per process from policy create to syncing: %s", n, cpuDelta(cpu0, labCPU(l.cmd.Process.Pid)))
 				_ = l.cmd.Process.Signal(syscall.SIGTERM)
 				<-l.done
 				b.StartTimer()
 			}
 		})
 	}
+}
+
+// benchPhases records when a configuration first reached each phase for
+// every VM, as seen through the policy's status.
+type benchPhases struct {
+	start time.Time
+	order []string
+	at    map[string]time.Duration
+}
+
+func newBenchPhases(start time.Time, order ...string) *benchPhases {
+	return &benchPhases{start: start, order: order, at: map[string]time.Duration{}}
+}
+
+func (p *benchPhases) reach(name string, done bool) {
+	if _, ok := p.at[name]; !ok && done {
+		p.at[name] = time.Since(p.start)
+	}
+}
+
+func (p *benchPhases) String() string {
+	var parts []string
+	for _, name := range p.order {
+		if d, ok := p.at[name]; ok {
+			parts = append(parts, fmt.Sprintf("%s at %v", name, d.Round(100*time.Millisecond)))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// labCPU returns the CPU time (user+system) of every process under the lab
+// process, by its role (the first two arguments), read from /proc.
+func labCPU(root int) map[string]time.Duration {
+	children := map[int][]int{}
+	entries, _ := os.ReadDir("/proc")
+	stats := map[int][]string{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		body, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// The command name may hold spaces; the fields follow its ")".
+		i := strings.LastIndexByte(string(body), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(body)[i+1:])
+		if len(f) < 13 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], pid)
+		stats[pid] = f
+	}
+	out := map[string]time.Duration{}
+	var walk func(pid int)
+	walk = func(pid int) {
+		if f, ok := stats[pid]; ok {
+			ut, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			name := "lab"
+			if args, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && pid != root {
+				a := strings.Split(strings.TrimRight(string(args), "\x00"), "\x00")
+				name = strings.Join(a[1:min(len(a), 2)], " ")
+				for i, arg := range a {
+					if (arg == "--node-id" || arg == "--host" || arg == "--proxy-id") && i+1 < len(a) {
+						name += " " + a[i+1]
+					}
+				}
+			}
+			// Clock ticks are 100 a second on Linux.
+			out[name] += time.Duration(ut+st) * 10 * time.Millisecond
+		}
+		for _, c := range children[pid] {
+			walk(c)
+		}
+	}
+	walk(root)
+	return out
+}
+
+func cpuDelta(before, after map[string]time.Duration) string {
+	names := make([]string, 0, len(after))
+	for name := range after {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool { return after[names[i]]-before[names[i]] > after[names[j]]-before[names[j]] })
+	var parts []string
+	var total time.Duration
+	for _, name := range names {
+		d := after[name] - before[name]
+		total += d
+		parts = append(parts, fmt.Sprintf("%s %.1f", name, d.Seconds()))
+	}
+	return fmt.Sprintf("total %.1f: %s", total.Seconds(), strings.Join(parts, ", "))
 }

@@ -374,7 +374,6 @@ type snapshot struct {
 	tasks   map[string]*model.VMTask
 	replica map[string]*model.Replica
 	proxies map[string]*model.Proxy
-	hosts   map[string]model.Host // hosts whose filter reported, by ID
 	rules   []model.TrafficRule
 	load    map[string]int // tasks per proxy, other policies included
 	// claims lists, per VM MoRef, the other enabled policies that have a
@@ -383,7 +382,7 @@ type snapshot struct {
 }
 
 func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, error) {
-	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, hosts: map[string]model.Host{}, load: map[string]int{}, claims: map[string][]*model.Policy{}}
+	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, load: map[string]int{}, claims: map[string][]*model.Policy{}}
 	err := r.cfg.Store.ReadConsistent(ctx, func(s *model.State) {
 		p, ok := s.Policies[id]
 		if !ok {
@@ -417,9 +416,6 @@ func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, erro
 		for pid, px := range s.Proxies {
 			c := *px
 			sn.proxies[pid] = &c
-		}
-		for hid, h := range s.Hosts {
-			sn.hosts[hid] = *h
 		}
 		for _, tr := range s.TrafficRules {
 			sn.rules = append(sn.rules, *tr)
@@ -702,6 +698,9 @@ type work struct {
 	next model.VMTask // the task as it should be stored
 	rep  *model.Replica
 	err  error
+	// prepared: the replica and the storage policy are ready (next holds
+	// the plan); planned: the error came from proxy selection.
+	prepared, planned bool
 }
 
 func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *snapshot) (Result, error) {
@@ -835,47 +834,47 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 		return Result{}, r.failAll(ctx, sn, fmt.Errorf("find the CDP storage profile: %w", err))
 	}
 
-	// 4-5. Replicas and the storage policy, VMs in parallel.
-	var ready []*work
+	// 4-7. Replicas and the storage policy, then proxies and the
+	// configuration, one VM after the other in a pipeline: a VM's data
+	// path starts as soon as its replica is ready instead of after the
+	// last replica of the policy, so the data path's work overlaps the
+	// replica creations in vCenter.
 	for _, w := range works {
 		if e := srcFilter[w.vm.Cluster]; e != nil {
 			w.err = e
 		}
 	}
-	r.parallel(works, func(w *work) {
-		if w.err == nil {
-			w.err = r.prepareVM(ctx, vc, p, pl, sn, profile, w)
-		}
-	})
+	ready := r.pipeline(works,
+		func(w *work) {
+			if w.err == nil {
+				w.err = r.prepareVM(ctx, vc, p, pl, sn, profile, w)
+			}
+		},
+		// 6. Proxies, one VM at a time in the policy's order, so that load
+		// counts are exact and the choice does not depend on timing.
+		func(w *work) {
+			if err := r.selectProxies(sn, p, pl, inv, w, now); err != nil {
+				w.err = err
+				w.planned = true
+			}
+		},
+		// 7. The configuration, and the outcome recorded.
+		func(w *work) {
+			if w.err == nil {
+				w.err = r.push(ctx, sn, w)
+			}
+		})
 	for _, w := range works {
-		if w.err != nil {
+		switch {
+		case w.err == nil:
+		case !w.prepared:
 			errs = append(errs, r.failTask(ctx, w.task, w.err.Error()), w.err)
-			continue
-		}
-		ready = append(ready, w)
-	}
-
-	// 6. Select proxies, one VM at a time so that load counts are exact.
-	for _, w := range ready {
-		if err := r.selectProxies(sn, p, pl, inv, w, now); err != nil {
-			w.err = err
-			errs = append(errs, r.failPlanned(ctx, w), err)
-		}
-	}
-
-	// 7. Push configuration and record the outcome, VMs in parallel.
-	r.parallel(ready, func(w *work) {
-		if w.err == nil {
-			w.err = r.push(ctx, sn, w)
-		}
-	})
-	for _, w := range ready {
-		if w.err != nil && !errors.Is(w.err, ErrNoProxy) {
+		case w.planned || !errors.Is(w.err, ErrNoProxy):
 			errs = append(errs, r.failPlanned(ctx, w), w.err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		log.Info("policy partly configured", "vms", len(p.VMs), "configured", countOK(ready), "err", err)
+		log.Info("policy partly configured", "vms", len(p.VMs), "configured", ready, "err", err)
 		if onlyTerminal(errs) {
 			return Result{}, fmt.Errorf("%w: %w", ErrTerminal, err)
 		}
@@ -891,16 +890,6 @@ func onlyTerminal(errs []error) bool {
 		}
 	}
 	return true
-}
-
-func countOK(ws []*work) int {
-	n := 0
-	for _, w := range ws {
-		if w.err == nil {
-			n++
-		}
-	}
-	return n
 }
 
 func clusterName(inv *vsphere.Inventory, moref string) string {
@@ -926,19 +915,56 @@ func (r *PolicyReconciler) anyAlive(proxies map[string]*model.Proxy, s Selection
 	return false
 }
 
-// parallel runs fn on every work item with at most Workers at once.
-func (r *PolicyReconciler) parallel(ws []*work, fn func(*work)) {
-	sem := make(chan struct{}, r.cfg.Workers)
+// pipeline runs prepare on the work items with at most Workers at once;
+// as each item is prepared, in the order of ws, it runs sequential (one
+// item at a time, in order) and then finish (again Workers at once). It
+// returns how many items ended without an error.
+func (r *PolicyReconciler) pipeline(ws []*work, prepare, sequential, finish func(*work)) int {
+	prepared := make([]chan struct{}, len(ws))
+	for i := range prepared {
+		prepared[i] = make(chan struct{})
+	}
 	var wg sync.WaitGroup
-	for _, w := range ws {
+	sem := make(chan struct{}, r.cfg.Workers)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i, w := range ws {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				prepare(w)
+				w.prepared = w.err == nil
+				close(prepared[i])
+			}()
+		}
+	}()
+	fin := make(chan struct{}, r.cfg.Workers)
+	for i, w := range ws {
+		<-prepared[i]
+		if w.err != nil {
+			continue
+		}
+		sequential(w)
+		if w.err != nil {
+			continue
+		}
+		fin <- struct{}{}
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			fn(w)
+			defer func() { <-fin; wg.Done() }()
+			finish(w)
 		}()
 	}
 	wg.Wait()
+	n := 0
+	for _, w := range ws {
+		if w.err == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // upToDate reports whether the stored task already describes the VM as it
@@ -1106,7 +1132,7 @@ func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) erro
 	if same {
 		// Nothing to push, but a filter of the path that stopped reporting
 		// fails the VM until it is back.
-		if err := r.deadFilter(sn, &w.next); err != nil {
+		if err := r.deadFilter(&w.next); err != nil {
 			return err
 		}
 	} else {
@@ -1135,11 +1161,20 @@ func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) erro
 }
 
 // deadFilter says which filter of the task's path has stopped reporting.
-// A host with no record is left to Components.Configure.
-func (r *PolicyReconciler) deadFilter(sn *snapshot, t *model.VMTask) error {
+// A host with no record is left to Components.Configure. The heartbeats
+// are read from the state now, not from the reconcile's snapshot: a
+// reconcile of a large policy runs for longer than a heartbeat timeout,
+// and its snapshot would make every filter look silent.
+func (r *PolicyReconciler) deadFilter(t *model.VMTask) error {
 	now := r.cfg.Clock.Now()
 	for _, side := range []struct{ name, id string }{{"source", t.SourceHost}, {"target", t.TargetHost}} {
-		h, ok := sn.hosts[side.id]
+		var h model.Host
+		ok := false
+		r.cfg.Store.Read(func(s *model.State) {
+			if p, found := s.Hosts[side.id]; found {
+				h, ok = *p, true
+			}
+		})
 		if !ok || HostAlive(&h, now, r.cfg.HeartbeatTimeout) {
 			continue
 		}

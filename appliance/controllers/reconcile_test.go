@@ -469,3 +469,78 @@ func TestSilentFilterFailsItsVMs(t *testing.T) {
 		t.Fatalf("after the filter is back: %s %q, %d pushes (was %d)", got.Status, got.Reason, comps.pushCount(), pushes)
 	}
 }
+
+// slowInventory makes every inventory read take "long": during it the
+// clock moves past a heartbeat timeout while the filters keep reporting.
+type slowInventory struct {
+	labInventory
+	during func()
+}
+
+func (s slowInventory) Inventory(ctx context.Context) (*vsphere.Inventory, error) {
+	s.during()
+	return s.labInventory.Inventory(ctx)
+}
+
+// A reconcile that runs for longer than a heartbeat timeout (a large
+// policy, a busy vCenter) judges the filters by their heartbeats when it
+// pushes, not by those it read when it began.
+func TestLongReconcileSeesFreshHeartbeats(t *testing.T) {
+	l := newLab(t, 2, true)
+	st := newMemStore()
+	comps := newFakeComponents()
+	p := l.setup(st, 2)
+	clock := &fakeClock{now: time.Now()}
+	beat := func() {
+		for _, tk := range tasksOf(st, p.ID) {
+			for _, id := range []string{tk.SourceHost, tk.TargetHost} {
+				if id != "" {
+					mustApply(t, st, raftstore.PutHost{Host: model.Host{ID: id, VCenterID: vcID, MoRef: trimVC(id), Name: trimVC(id), LastHeartbeat: clock.Now()}})
+				}
+			}
+		}
+	}
+	slow := false
+	inventories := func(ctx context.Context, id string) (Inventory, error) {
+		inv, err := l.inventories(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return slowInventory{labInventory: inv.(labInventory), during: func() {
+			if slow {
+				clock.Advance(2 * time.Minute)
+				beat()
+			}
+		}}, nil
+	}
+	r, err := NewPolicyReconciler(Config{Store: st, Inventories: inventories, Components: comps, Clock: clock,
+		HeartbeatTimeout: time.Minute, Settle: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	beat()
+	slow = true
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatalf("filters that kept reporting judged silent: %v", err)
+	}
+	for id, tk := range tasksOf(st, p.ID) {
+		if tk.Status != model.StatusInitialSync {
+			t.Fatalf("task %s: %s %q", id, tk.Status, tk.Reason)
+		}
+	}
+	// A filter that really stops is still noticed.
+	slow = false
+	clock.Advance(2 * time.Minute)
+	for _, id := range []string{"src-phys", "dst-phys"} {
+		var px model.Proxy
+		st.Read(func(s *model.State) { px = *s.Proxies[id] })
+		px.LastHeartbeat = clock.Now()
+		mustApply(t, st, raftstore.PutProxy{Proxy: px})
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); err == nil || !strings.Contains(err.Error(), "has not reported") {
+		t.Fatalf("silent filters went unnoticed: %v", err)
+	}
+}
