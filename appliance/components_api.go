@@ -43,6 +43,13 @@ func (v *VCenterInventory) VCenterHosts(ctx context.Context, vcenterID string) (
 	if err != nil {
 		return nil, err
 	}
+	// A filter's first heartbeat needs only the hosts: the whole inventory
+	// of a large vCenter is mostly VMs and their disks.
+	if hl, ok := c.(interface {
+		Hosts(ctx context.Context) ([]vsphere.Host, error)
+	}); ok {
+		return hl.Hosts(ctx)
+	}
 	inv, err := c.Inventory(ctx)
 	if err != nil {
 		return nil, err
@@ -122,7 +129,12 @@ func (s *Server) componentHeartbeat(r *http.Request) (int, any, error) {
 	if addrChanged {
 		cfg = s.currentConfig(rep.Kind, cmd.ID, keys)
 	}
-	return http.StatusOK, cfg, nil
+	if cfg.Version == rep.ConfigVersion {
+		// The component runs it already: the tasks (every one of them,
+		// each heartbeat) need not travel again.
+		cfg = model.ComponentConfig{Version: cfg.Version, Kind: cfg.Kind, ID: cfg.ID, Unchanged: true}
+	}
+	return http.StatusOK, compact{cfg}, nil
 }
 
 // currentConfig is the configuration component id must run now.

@@ -105,6 +105,15 @@ func TestComponentHeartbeatProxy(t *testing.T) {
 	if err != nil || again.Version != cfg.Version {
 		t.Fatalf("second heartbeat: %v %+v", err, again)
 	}
+	// The component runs that version: the answer says so without the
+	// tasks. A component running another version gets them all.
+	if !again.Unchanged || len(again.Tasks) != 0 || again.Kind != model.ComponentProxy || again.ID != src.ID {
+		t.Fatalf("answer to a component running the current version: %+v", again)
+	}
+	if stale, err := cl.ComponentHeartbeat(ctx, model.ComponentReport{Kind: model.ComponentProxy, ID: src.ID, ConfigVersion: "older"}); err != nil ||
+		stale.Unchanged || stale.Version != cfg.Version || len(stale.Tasks) != 1 {
+		t.Fatalf("answer to a component running an older version: %v %+v", err, stale)
+	}
 	other, err := cl.ComponentHeartbeat(ctx, model.ComponentReport{Kind: model.ComponentProxy, ID: "dst"})
 	if err != nil || len(other.Tasks) != 1 || !bytes.Equal(other.Tasks[0].Key, key) || other.Version == cfg.Version {
 		t.Fatalf("target proxy: %v %+v", err, other)

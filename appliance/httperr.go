@@ -83,9 +83,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		return
 	}
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	if c, ok := v.(compact); ok {
+		v = c.v
+	} else {
+		enc.SetIndent("", "  ")
+	}
 	_ = enc.Encode(v)
 }
+
+// compact asks writeJSON for JSON without indentation: the components'
+// heartbeat answers are large, frequent and read by no person.
+type compact struct{ v any }
 
 func writeError(w http.ResponseWriter, err error) int {
 	status, code, field := statusOf(err)

@@ -118,6 +118,36 @@ func (c *Client) Inventory(ctx context.Context) (*Inventory, error) {
 	return inv, nil
 }
 
+// Hosts reads the hosts and the cluster of each, without the rest of the
+// inventory (VMs and their disks are most of it).
+func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
+	const op = "read vCenter hosts"
+	v, err := view.NewManager(c.vc).CreateContainerView(ctx, c.vc.ServiceContent.RootFolder, []string{"HostSystem", "ClusterComputeResource"}, true)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	defer func() { _ = v.Destroy(context.Background()) }()
+	var ccrs []mo.ClusterComputeResource
+	var hosts []mo.HostSystem
+	if err := v.Retrieve(ctx, []string{"ClusterComputeResource"}, []string{"host"}, &ccrs); err != nil {
+		return nil, wrap(op+": ClusterComputeResource", err)
+	}
+	if err := v.Retrieve(ctx, []string{"HostSystem"}, []string{"name", "datastore", "runtime.connectionState"}, &hosts); err != nil {
+		return nil, wrap(op+": HostSystem", err)
+	}
+	hostCluster := make(map[string]string)
+	for _, cl := range ccrs {
+		for _, h := range cl.Host {
+			hostCluster[h.Value] = cl.Self.Value
+		}
+	}
+	out := make([]Host, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, Host{MoRef: h.Self.Value, Name: h.Name, Cluster: hostCluster[h.Self.Value], Datastores: values(h.Datastore), ConnectionState: string(h.Runtime.ConnectionState)})
+	}
+	return out, nil
+}
+
 // VM reads one VM by MoRef.
 func (c *Client) VM(ctx context.Context, moref string) (*VM, error) {
 	op := "read vm " + moref

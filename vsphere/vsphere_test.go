@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -178,6 +179,21 @@ func TestInventory(t *testing.T) {
 	}
 	if _, err := e.c.VM(e.ctx, "vm-does-not-exist"); !errors.Is(err, vsphere.ErrNotFound) {
 		t.Fatalf("missing VM: %v", err)
+	}
+	// The hosts alone are the inventory's hosts.
+	hosts, err := e.c.Hosts(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byRef := func(hs []vsphere.Host) map[string]vsphere.Host {
+		m := map[string]vsphere.Host{}
+		for _, h := range hs {
+			m[h.MoRef] = h
+		}
+		return m
+	}
+	if got, want := byRef(hosts), byRef(inv.Hosts); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Hosts() = %+v, inventory hosts %+v", got, want)
 	}
 }
 

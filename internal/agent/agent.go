@@ -305,7 +305,12 @@ func (a *Agent) Run(ctx context.Context, report func() model.ComponentReport, ap
 				a.log.Info("a coordinator answers again", "after_failures", fails)
 			}
 			fails = 0
-			ap.offer(cfg)
+			// An unchanged answer carries no tasks: it confirms the running
+			// Version (dropping an older pending one), and means nothing if
+			// another Version started running meanwhile.
+			if !cfg.Unchanged || cfg.Version == ap.running() {
+				ap.offer(cfg)
+			}
 		}
 		timer.Reset(wait)
 	}

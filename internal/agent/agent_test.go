@@ -583,3 +583,39 @@ func TestHeartbeatsGoOnDuringALongApply(t *testing.T) {
 		t.Fatalf("applied %v, want [v1 v2]", applied)
 	}
 }
+
+// An answer that says the running version is unchanged carries no tasks:
+// it applies nothing, and one naming a version the component does not run
+// is ignored rather than applied empty.
+func TestUnchangedAnswersApplyNothing(t *testing.T) {
+	ca, caFile := newCA(t)
+	f := newFake(t, ca)
+	f.set(config("v1", "p/vm-1"), 0)
+	dir := t.TempDir()
+	a := newAgent(t, caFile, dir, f.srv.URL)
+	ap := &applier{}
+	run(t, a, ap, nil)
+	waitUntil(t, "v1 reported", func() bool {
+		g := f.got()
+		return len(g) > 0 && g[len(g)-1].ConfigVersion == "v1"
+	})
+	f.set(model.ComponentConfig{Version: "v1", Kind: model.ComponentProxy, ID: "px-1", Unchanged: true}, 0)
+	n := len(f.got())
+	waitUntil(t, "heartbeats answered unchanged", func() bool { return len(f.got()) >= n+3 })
+	f.set(model.ComponentConfig{Version: "v9", Kind: model.ComponentProxy, ID: "px-1", Unchanged: true}, 0)
+	n = len(f.got())
+	waitUntil(t, "heartbeats answered with an unknown version", func() bool { return len(f.got()) >= n+3 })
+	if v := ap.versions(); len(v) != 1 || v[0] != "v1" || ap.callCount() != 1 {
+		t.Fatalf("applied %v in %d calls", v, ap.callCount())
+	}
+	if last, ok := a.Last(); !ok || last.Version != "v1" || len(last.Tasks) != 1 {
+		t.Fatalf("cached %+v", last)
+	}
+	for _, r := range f.got()[n:] {
+		if r.ConfigVersion != "v1" {
+			t.Fatalf("reported %q while running v1", r.ConfigVersion)
+		}
+	}
+	f.set(config("v2", "p/vm-1", "p/vm-2"), 0)
+	waitUntil(t, "v2 applied", func() bool { v := ap.versions(); return len(v) == 2 && v[1] == "v2" })
+}

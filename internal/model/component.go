@@ -59,6 +59,9 @@ type ComponentConfig struct {
 	Kind    ComponentKind `json:"kind"`
 	ID      string        `json:"id"` // proxy ID, or host ID ("<vcenter-id>/<moref>") of a filter
 	Tasks   []TaskPath    `json:"tasks"`
+	// Unchanged: the component reported running Version already, so the
+	// answer leaves the tasks out; it keeps running what it runs.
+	Unchanged bool `json:"unchanged,omitempty"`
 }
 
 // VMReport is a component's view of one VM's data path.
