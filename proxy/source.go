@@ -59,7 +59,7 @@ func (c *SourceConfig) setDefaults() {
 		c.RPO = 5 * time.Second
 	}
 	if c.CutBytes <= 0 {
-		c.CutBytes = 16 << 20
+		c.CutBytes = 4 << 20
 	}
 	if c.MemoryBytes <= 0 {
 		c.MemoryBytes = 512 << 20
@@ -90,6 +90,7 @@ type SourceProxy struct {
 	vms        map[string]*sourceVM
 	memBytes   int64    // open intervals + points in memory
 	free       [][]byte // payload buffers of acknowledged points, for reuse
+	freeHeld   int64    // their capacities
 	reusedBufs int64    // payloads encoded into a reused buffer
 	spillUsed  int64
 	listeners  map[net.Listener]bool

@@ -604,9 +604,10 @@ func (p *SourceProxy) releaseLocked(sp *sourcePoint) {
 	}
 }
 
-// freeBufs is how many payload buffers the free list keeps: enough for
-// the encoder to find one while the points in flight hold theirs.
-const freeBufs = 2
+// freeBytes bounds the payload buffers the free list keeps: acknowledgements
+// come in batches and cuts one at a time, so a list of a few buffers would
+// drop the surplus and the next cuts would encode into fresh memory.
+func (p *SourceProxy) freeBytes() int64 { return min(p.cfg.MemoryBytes/4, 128<<20) }
 
 // takeBufLocked returns a payload buffer from the free list (nil if
 // empty); the largest, so that the encoder rarely has to grow it.
@@ -622,6 +623,7 @@ func (p *SourceProxy) takeBufLocked() []byte {
 	}
 	b := p.free[best]
 	p.free = append(p.free[:best], p.free[best+1:]...)
+	p.freeHeld -= int64(cap(b))
 	p.reusedBufs++
 	return b
 }
@@ -630,10 +632,11 @@ func (p *SourceProxy) takeBufLocked() []byte {
 // free list is full or the buffer is oversized (a point far beyond the
 // cut size, e.g. one big write).
 func (p *SourceProxy) putBufLocked(b []byte) {
-	if cap(b) == 0 || len(p.free) >= freeBufs || int64(cap(b)) > 2*p.cfg.CutBytes+4<<20 {
+	if cap(b) == 0 || p.freeHeld+int64(cap(b)) > p.freeBytes() || int64(cap(b)) > 2*p.cfg.CutBytes+4<<20 {
 		return
 	}
 	p.free = append(p.free, b[:0])
+	p.freeHeld += int64(cap(b))
 }
 
 func isDone(ch <-chan struct{}) bool {

@@ -1,47 +1,34 @@
 package nbd
 
 import (
-	"math/bits"
 	"sync"
+
+	"github.com/continuum-cdp/continuum/internal/bufpool"
 )
 
-// Payload buffers come from power-of-two size classes so that a busy
-// connection reuses its memory instead of allocating per request.
+// Payload buffers come from a free list of power-of-two size classes, so a
+// busy connection reuses warm memory instead of allocating (and faulting
+// in) a buffer per request. The list outlives garbage collections and
+// keeps at most poolBytes.
 const (
 	minClassShift = 12 // 4 KiB
 	maxClassShift = 25 // 32 MiB == MaxRequest
+	poolBytes     = 64 << 20
 )
 
-var bufPools [maxClassShift - minClassShift + 1]sync.Pool
-
-func classOf(n int) int {
-	if n <= 1<<minClassShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minClassShift
-}
+var payloads = bufpool.New(poolBytes, bufpool.PowerOfTwo)
 
 // getBuf returns a buffer of length n (n <= MaxRequest).
 func getBuf(n int) *[]byte {
-	c := classOf(n)
-	if v := bufPools[c].Get(); v != nil {
-		b := v.(*[]byte)
-		*b = (*b)[:n]
-		return b
-	}
-	b := make([]byte, n, 1<<(c+minClassShift))
+	b := payloads.Get(n)
 	return &b
 }
 
 func putBuf(b *[]byte) {
-	if b == nil {
+	if b == nil || cap(*b) < 1<<minClassShift || cap(*b) > 1<<maxClassShift {
 		return
 	}
-	c := classOf(cap(*b))
-	if cap(*b) != 1<<(c+minClassShift) {
-		return // not one of ours
-	}
-	bufPools[c].Put(b)
+	payloads.Put(*b)
 }
 
 // budget bounds the bytes and requests in flight on one connection. A

@@ -1,21 +1,19 @@
 package source
 
-import (
-	"math/bits"
-	"sync"
-)
+import "github.com/continuum-cdp/continuum/internal/bufpool"
 
-// Write data copies come from size-class pools and go back once the
-// target acknowledged them: a steady stream of guest writes then copies
-// into warm memory instead of faulting in a fresh buffer per write.
+// Write data copies come from a free list and go back once the target
+// acknowledged them: a steady stream of guest writes then copies into warm
+// memory instead of faulting in a fresh buffer per write. The list outlives
+// garbage collections (a sync.Pool would empty at each one, and a busy VM
+// collects often) and keeps at most dataPoolBytes.
 const (
-	minPooled = 4 << 10
-	maxPooled = 4 << 20
+	minPooled     = 4 << 10
+	maxPooled     = 4 << 20
+	dataPoolBytes = 128 << 20
 )
 
-var dataPools [23]sync.Pool // *[]byte by power-of-two capacity, up to maxPooled (1<<22)
-
-func poolClass(n int) int { return bits.Len(uint(n - 1)) }
+var dataPool = bufpool.New(dataPoolBytes, bufpool.PowerOfTwo)
 
 // getData returns a buffer of length n holding a copy of b[:n].
 func getData(b []byte) []byte {
@@ -23,22 +21,15 @@ func getData(b []byte) []byte {
 	if n < minPooled || n > maxPooled {
 		return append([]byte(nil), b...)
 	}
-	var buf []byte
-	if p, _ := dataPools[poolClass(n)].Get().(*[]byte); p != nil {
-		buf = (*p)[:n]
-	} else {
-		buf = make([]byte, n, 1<<poolClass(n))
-	}
+	buf := dataPool.Get(n)
 	copy(buf, b)
 	return buf
 }
 
 // putData hands back a buffer of getData once nothing reads it any more.
 func putData(b []byte) {
-	c := cap(b)
-	if c < minPooled || c > maxPooled || c&(c-1) != 0 {
+	if c := cap(b); c < minPooled || c > maxPooled {
 		return
 	}
-	b = b[:0]
-	dataPools[poolClass(c)].Put(&b)
+	dataPool.Put(b)
 }

@@ -277,19 +277,26 @@ func (v *vmState) change(d *Disk, op uint8, off, length int64, data []byte, appl
 	if err := apply(); err != nil {
 		return err
 	}
+	// the copy for the stream is made before the VM's lock: other disks'
+	// writes and the sender do not wait for a megabyte memmove
+	var cp []byte
+	if op == wire.OpData {
+		cp = getData(data)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.waitRoomLocked(entryOverhead + int64(len(data)))
 	var flags uint8
 	switch v.mode {
 	case ModeStarting, ModeCBT:
+		putData(cp)
 		return nil // the bit stays "never sent": the resync or scan covers it
 	case ModeInitial:
 		flags = wire.FlagInitial
 	case ModeResync:
 		flags = wire.FlagResync
 	}
-	return v.stampLocked(d, op, off, length, data, flags, true)
+	return v.stampCopyLocked(d, op, off, length, cp, flags, true)
 }
 
 // waitRoomLocked delays a guest change of size bytes while the buffer
@@ -331,6 +338,16 @@ func (v *vmState) mustWaitLocked(size int64) bool {
 // that does not fit sends the VM to CBT mode. Large zero ranges are split
 // to fit the wire's 32-bit length.
 func (v *vmState) stampLocked(d *Disk, op uint8, off, length int64, data []byte, flags uint8, guest bool) error {
+	var cp []byte
+	if op == wire.OpData {
+		cp = getData(data)
+	}
+	return v.stampCopyLocked(d, op, off, length, cp, flags, guest)
+}
+
+// stampCopyLocked is stampLocked with the data already copied (from
+// getData); the copy is the entry's from now on, or handed back.
+func (v *vmState) stampCopyLocked(d *Disk, op uint8, off, length int64, data []byte, flags uint8, guest bool) error {
 	const maxZero = 1 << 30
 	for length > 0 {
 		n := length
@@ -339,6 +356,7 @@ func (v *vmState) stampLocked(d *Disk, op uint8, off, length int64, data []byte,
 		}
 		size := entryOverhead + int64(len(data))
 		if v.bufBytes+size > v.opts.BufferBytes {
+			putData(data)
 			if guest {
 				v.enterCBTLocked(fmt.Sprintf("buffer toward the proxy full (%d bytes)", v.opts.BufferBytes))
 			}
@@ -346,11 +364,12 @@ func (v *vmState) stampLocked(d *Disk, op uint8, off, length int64, data []byte,
 		}
 		seq, err := v.nextSeq()
 		if err != nil {
+			putData(data)
 			return err
 		}
 		w := &wire.Write{Seq: seq, Disk: d.key, Off: off, Op: op, Len: uint32(n), Flags: flags}
 		if op == wire.OpData {
-			w.Data = getData(data)
+			w.Data = data
 		}
 		d.dirty.restamp(off, n, seq)
 		if v.opts.OnStamp != nil {

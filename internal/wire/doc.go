@@ -14,5 +14,6 @@
 // stream does not allocate, zero and fault in fresh memory per frame. Anything malformed is an error and the caller drops the
 // connection: there is no resynchronisation inside a stream.
 //
-// It imports only the standard library and klauspost/compress.
+// It imports only the standard library, klauspost/compress and
+// internal/bufpool.
 package wire

@@ -7,10 +7,11 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
-	"math/bits"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/continuum-cdp/continuum/internal/bufpool"
 )
 
 // Frame layout constants.
@@ -268,37 +269,31 @@ func (d *Decoder) readBody(total int) error {
 	return nil
 }
 
-// framePools holds released frame buffers by size class (*sync.Pool of
-// *[]byte): reading into one spares the allocation, zeroing and page
-// faults of a fresh buffer for every big frame.
-var framePools sync.Map
+// frames holds released frame buffers by size class, across garbage
+// collections: reading into one spares the allocation, zeroing and page
+// faults of a fresh buffer for every big frame. It keeps at most
+// FramePoolBytes; a process reads and holds a few points and a cut's
+// worth of writes at a time.
+var frames = bufpool.New(FramePoolBytes, frameClass)
+
+// FramePoolBytes bounds the released frame buffers a process keeps.
+const FramePoolBytes = 128 << 20
 
 // frameClass rounds n up to its size class: steps of 1/16 of its power of
 // two (at least 64 KiB), so a buffer is at most 1/8 larger than needed.
-func frameClass(n int) int {
-	g := max(64<<10, 1<<max(0, bits.Len(uint(n))-4))
-	return (n + g - 1) / g * g
-}
+func frameClass(n int) int { return bufpool.Sixteenths(n) }
 
-func getFrame(n int) []byte {
-	c := frameClass(n)
-	if p, ok := framePools.Load(c); ok {
-		if b, _ := p.(*sync.Pool).Get().(*[]byte); b != nil {
-			return (*b)[:0]
-		}
-	}
-	return make([]byte, 0, c)
-}
+func getFrame(n int) []byte { return frames.Get(n)[:0] }
 
 func putFrame(b []byte) {
-	c := cap(b)
-	if c == 0 || c != frameClass(c) || c > directAlloc {
+	if cap(b) > directAlloc {
 		return // not a buffer of getFrame's
 	}
-	p, _ := framePools.LoadOrStore(c, &sync.Pool{})
-	b = b[:0]
-	p.(*sync.Pool).Put(&b)
+	frames.Put(b)
 }
+
+// FramePoolStats reports the frame pool's counters (for metrics).
+func FramePoolStats() bufpool.Stats { return frames.Stats() }
 
 // Release hands back the read buffer that a big Write or Point kept (see
 // Decoder.Next), once nothing uses its data any more: Data or Payload and

@@ -1,0 +1,87 @@
+package bufpool
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+)
+
+func TestReuseSurvivesGC(t *testing.T) {
+	p := New(64<<20, nil)
+	b := p.Get(1 << 20)
+	if len(b) != 1<<20 || cap(b) != 1<<20 {
+		t.Fatalf("len %d cap %d", len(b), cap(b))
+	}
+	b[0] = 7
+	p.Put(b)
+	runtime.GC()
+	runtime.GC()
+	c := p.Get(1<<20 - 100)
+	if &c[0] != &b[0] {
+		t.Fatal("a released buffer was not reused after a collection")
+	}
+	if st := p.Stats(); st.Reused != 1 || st.Gets != 2 || st.Held != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestBound(t *testing.T) {
+	p := New(3<<20, nil)
+	var bufs [][]byte
+	for i := 0; i < 5; i++ {
+		bufs = append(bufs, p.Get(1<<20))
+	}
+	for _, b := range bufs {
+		p.Put(b)
+	}
+	st := p.Stats()
+	if st.Held != 3<<20 || st.Dropped != 2 {
+		t.Fatalf("held %d dropped %d, want 3 MiB and 2", st.Held, st.Dropped)
+	}
+}
+
+func TestForeignBuffersNotKept(t *testing.T) {
+	p := New(64<<20, nil)
+	p.Put(make([]byte, 100, 1000)) // not a class capacity
+	p.Put(nil)
+	if st := p.Stats(); st.Held != 0 {
+		t.Fatalf("kept a foreign buffer: %+v", st)
+	}
+	if p.Owns(make([]byte, 10, 1000)) || !p.Owns(make([]byte, 10, 8192)) {
+		t.Fatal("Owns disagrees with the classes")
+	}
+}
+
+func TestClasses(t *testing.T) {
+	for _, f := range []func(int) int{PowerOfTwo, Sixteenths} {
+		for _, n := range []int{1, 4095, 4096, 4097, 65535, 1 << 20, 1<<20 + 1, 7 << 20, 17<<20 + 3, 64 << 20} {
+			c := f(n)
+			if c < n || f(c) != c {
+				t.Fatalf("class(%d) = %d, class of that %d", n, c, f(c))
+			}
+		}
+	}
+	if c := Sixteenths(17<<20 + 3); c > 17<<20*9/8 {
+		t.Fatalf("Sixteenths wastes too much: %d for %d", c, 17<<20+3)
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	p := New(16<<20, Sixteenths)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 500; i++ {
+				b := p.Get(64<<10 + (g*i)%(1<<20))
+				b[len(b)-1] = byte(g)
+				p.Put(b)
+			}
+		}(g)
+	}
+	wg.Wait()
+	if st := p.Stats(); st.Held > 16<<20 || st.Gets != 4000 {
+		t.Fatalf("stats %+v", st)
+	}
+}
