@@ -135,7 +135,7 @@ coordinator answers.`,
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.Target, "target", "", "source role: address of the target proxy")
 	f.Var(durationValue{&cfg.RPO}, "rpo", "source role: interval between restore points")
-	f.Int64Var(&cfg.CutBytes, "cut-bytes", 16<<20, "source role: cut early when a VM's open interval holds this many bytes")
+	f.Int64Var(&cfg.CutBytes, "cut-bytes", 4<<20, "source role: cut early when a VM's open interval holds this many bytes")
 	f.StringVar(&cfg.Codec, "codec", cfg.Codec, "source role: compression (none, s2, zstd)")
 	f.Int64Var(&cfg.ThrottleBytesPerSec, "throttle", 0, "source role: bandwidth limit toward the target in bytes/s (0: none)")
 	f.Var(trafficRulesValue{&cfg.TrafficRules}, "traffic-rule", "source role: name=N,source=CIDR,target=CIDR,encrypt=BOOL,throttle=BYTES/S (repeatable; first match wins)")
