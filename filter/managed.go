@@ -281,7 +281,10 @@ func (c *certSource) get() (*tls.Certificate, error) {
 // the chain is checked: peers are reached by address.
 func dataPathTLS(certs *certSource, pool *x509.CertPool) *tls.Config {
 	return &tls.Config{
-		MinVersion:           tls.VersionTLS13,
+		MinVersion: tls.VersionTLS13,
+		// One session per VM: resuming skips the certificates' signatures
+		// and chain checks of every handshake after the first to a peer.
+		ClientSessionCache:   tls.NewLRUClientSessionCache(0),
 		GetCertificate:       func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() },
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return certs.get() },
 		ClientAuth:           tls.RequireAnyClientCert,

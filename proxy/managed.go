@@ -74,7 +74,12 @@ func renewingDataTLS(cert *atomic.Pointer[tls.Certificate], pool *x509.CertPool)
 
 func dataTLS(pool *x509.CertPool) *tls.Config {
 	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
+		MinVersion: tls.VersionTLS13,
+		// One session per VM and hop: resuming skips the certificates'
+		// signatures and chain checks of every handshake after the first
+		// to a peer (the peer's chain was verified then; a client's chain
+		// is checked again against ClientCAs when its session resumes).
+		ClientSessionCache: tls.NewLRUClientSessionCache(0),
 		RootCAs:            pool,
 		ClientCAs:          pool,
 		ClientAuth:         tls.RequireAndVerifyClientCert,

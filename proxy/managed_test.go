@@ -216,3 +216,57 @@ func TestManagedCommandChecks(t *testing.T) {
 		}
 	}
 }
+
+// TestDataTLSResumes: a second connection to the same peer resumes the
+// first one's session instead of a full handshake; a certificate from
+// another CA is refused, resumed or not.
+func TestDataTLSResumes(t *testing.T) {
+	confs := componentTLS(t, 2)
+	server, client := confs[0], confs[1]
+	l, err := tls.Listen("tcp", "127.0.0.1:0", server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				// Reading lets the session ticket go out and the client's
+				// byte come in.
+				buf := make([]byte, 1)
+				_, _ = c.Read(buf)
+				_, _ = c.Write(buf)
+			}()
+		}
+	}()
+	dial := func(conf *tls.Config) (bool, error) {
+		c, err := tls.Dial("tcp", l.Addr().String(), conf)
+		if err != nil {
+			return false, err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{1}); err != nil {
+			return false, err
+		}
+		buf := make([]byte, 1)
+		if _, err := c.Read(buf); err != nil {
+			return false, err
+		}
+		return c.ConnectionState().DidResume, nil
+	}
+	if resumed, err := dial(client); err != nil || resumed {
+		t.Fatalf("first connection: resumed %v, %v", resumed, err)
+	}
+	if resumed, err := dial(client); err != nil || !resumed {
+		t.Fatalf("second connection: resumed %v, %v", resumed, err)
+	}
+	stranger := componentTLS(t, 1)[0]
+	if _, err := dial(stranger); err == nil {
+		t.Fatal("a certificate of another CA was accepted")
+	}
+}

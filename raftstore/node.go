@@ -407,9 +407,13 @@ func (n *Node) raftConfig(hl hclog.Logger) (*raft.Config, error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = hl
-	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, 500*time.Millisecond)
+	// A second without contact before a follower stands or a leader steps
+	// down: on a busy two-core appliance a leader's heartbeats can be late
+	// by more than half a second, and each needless election restarts the
+	// controllers.
+	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, time.Second)
 	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, time.Second)
-	rc.LeaderLeaseTimeout = orDefault(cfg.LeaderLeaseTimeout, 500*time.Millisecond)
+	rc.LeaderLeaseTimeout = orDefault(cfg.LeaderLeaseTimeout, time.Second)
 	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
 		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
 	}
