@@ -153,6 +153,45 @@ func cpuSeconds(pid int) float64 {
 	return (u + k) / 100
 }
 
+// durableWatch polls how many 1 MiB writes of a run are durable and notes
+// when 90% of them were: the run's sustained rate, without the last
+// interval's wait for its RPO cut (that wait is the lag, measured apart).
+type durableWatch struct {
+	done chan struct{}
+	t90  chan time.Duration
+}
+
+func watchDurable(start time.Time, writes uint64, acked func() uint64) *durableWatch {
+	w := &durableWatch{done: make(chan struct{}), t90: make(chan time.Duration, 1)}
+	go func() {
+		want := writes * 9 / 10
+		for {
+			if acked() >= want {
+				w.t90 <- time.Since(start)
+				return
+			}
+			select {
+			case <-w.done:
+				w.t90 <- 0
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+// rate stops the watch and returns 90% of total bytes over the time they
+// took to be durable, in MB/s.
+func (w *durableWatch) rate(total int) float64 {
+	close(w.done)
+	t := <-w.t90
+	if t <= 0 {
+		return 0
+	}
+	return float64(total) * 0.9 / 1e6 / t.Seconds()
+}
+
 func percentile(v []float64, p float64) float64 {
 	if len(v) == 0 {
 		return 0
@@ -167,6 +206,11 @@ func percentile(v []float64, p float64) float64 {
 // TLS, fsync on, s2) with fio over NBD and with an in-process generator,
 // the write-to-durable lag under a paced load with a 1 s RPO, and each
 // process's peak memory.
+//
+// Throughput is reported two ways: sustained (90% of the bytes over the
+// time until they were durable, after a short unmeasured warm-up burst)
+// and for the whole burst, whose last interval, below --cut-bytes, waits
+// for its RPO cut: that wait is lag, not throughput, and is up to one RPO.
 //
 // On disk, the baseline writes each byte once while the data path writes it
 // at least twice on the same device (the source disk and the journal); on
@@ -188,7 +232,7 @@ func BenchmarkDatapathEndToEnd(b *testing.B) {
 
 func benchDatapath(b *testing.B, dir string) {
 	needTools(b, "fio")
-	const total = 256 << 20
+	const total = 512 << 20
 	corpus := mixedCorpus(64 << 20)
 	vms := []source.VMConfig{{Name: "bench", Disks: []source.DiskConfig{{Key: 2000, Capacity: 1 << 30}}}}
 	for i := 0; i < b.N; i++ {
@@ -217,13 +261,29 @@ func benchDatapath(b *testing.B, dir string) {
 				phase, el.Seconds(), after[0], after[1], after[2], after[3], 100*sum/el.Seconds()/2)
 		}
 
+		// A running appliance's processes have warm buffers; fresh ones
+		// fault in every page they touch first (slow on this kind of VM).
+		// A short unmeasured burst at the end of the disk warms them.
+		run(b, "fio", "--name=warm", "--ioengine=nbd", "--uri="+d.uri("bench", 2000), "--rw=write", "--bs=1M",
+			"--offset=896M", "--size=128M", "--iodepth=8")
+		d.waitQuiet(5 * time.Minute)
+
 		// fio through NBD: sequential 1 MiB writes, half compressible
 		cpu0 := cpu()
+		seq0 := d.status()[0].Seq
 		start := time.Now()
+		fw := watchDurable(start, total>>20, func() uint64 {
+			var st []filterStatus
+			if err := getJSON(b, "http://"+d.sfAdmin+"/v1/status", &st); err != nil || len(st) == 0 {
+				return 0
+			}
+			return st[0].Acked - min(st[0].Acked, seq0)
+		})
 		run(b, "fio", "--name=w", "--ioengine=nbd", "--uri="+d.uri("bench", 2000), "--rw=write", "--bs=1M",
 			fmt.Sprintf("--size=%d", total), "--iodepth=8", "--buffer_compress_percentage=50", "--refill_buffers")
 		fst := d.waitQuiet(5 * time.Minute)
 		fioMBs := float64(total) / 1e6 / time.Since(start).Seconds()
+		fio90 := fw.rate(total)
 		logCPU("fio", cpu0, time.Since(start))
 		for _, st := range fst {
 			if st.CBTEntries > 0 {
@@ -275,8 +335,19 @@ func benchDatapath(b *testing.B, dir string) {
 		}
 		genQuiet()
 		disk := svc.Disks()[0]
+		for off := int64(896 << 20); off < 1<<30; off += 1 << 20 { // warm-up, as for fio
+			if err := disk.WriteAt(corpus[:1<<20], off, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		genQuiet()
 		cpu0 = cpu()
+		gseq0 := svc.Status()[0].Seq
 		start = time.Now()
+		gw := watchDurable(start, total>>20, func() uint64 {
+			a := svc.Status()[0].Acked
+			return a - min(a, gseq0)
+		})
 		for off := 0; off < total; off += 1 << 20 {
 			p := corpus[off%len(corpus) : off%len(corpus)+1<<20]
 			if err := disk.WriteAt(p, int64(off), false); err != nil {
@@ -287,6 +358,7 @@ func benchDatapath(b *testing.B, dir string) {
 		genQuiet()
 		b.Logf("generator: writes took %s, durable after %s", writePhase.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 		genMBs := float64(total) / 1e6 / time.Since(start).Seconds()
+		gen90 := gw.rate(total)
 		logCPU("generator", cpu0, time.Since(start))
 		if st := svc.Status()[0]; st.CBTEntries > 0 {
 			b.Logf("generator VM entered CBT mode %d times", st.CBTEntries)
@@ -355,15 +427,17 @@ func benchDatapath(b *testing.B, dir string) {
 		b.ReportMetric(base, "baseline-MB/s")
 		b.ReportMetric(fioMBs, "fio-MB/s")
 		b.ReportMetric(genMBs, "gen-MB/s")
-		b.ReportMetric(fioMBs/base, "fio/baseline")
-		b.ReportMetric(genMBs/base, "gen/baseline")
+		b.ReportMetric(fio90, "fio-sustained-MB/s")
+		b.ReportMetric(gen90, "gen-sustained-MB/s")
+		b.ReportMetric(fio90/base, "fio-sustained/baseline")
+		b.ReportMetric(gen90/base, "gen-sustained/baseline")
 		b.ReportMetric(percentile(lags, 0.5), "lag-p50-s")
 		b.ReportMetric(percentile(lags, 0.99), "lag-p99-s")
 		b.ReportMetric(rssSF, "rss-source-filter-MB")
 		b.ReportMetric(rssSP, "rss-source-proxy-MB")
 		b.ReportMetric(rssTP, "rss-target-proxy-MB")
 		b.ReportMetric(rssTF, "rss-target-filter-MB")
-		b.Logf("baseline %.0f MB/s; fio e2e %.0f MB/s (%.2fx); generator e2e %.0f MB/s (%.2fx); paced %.0f MB/s lag p50 %.3fs p99 %.3fs (%d samples); peak RSS MB: source filter %.0f, source proxy %.0f, target proxy %.0f, target filter %.0f",
-			base, fioMBs, fioMBs/base, genMBs, genMBs/base, paced, percentile(lags, 0.5), percentile(lags, 0.99), len(lags), rssSF, rssSP, rssTP, rssTF)
+		b.Logf("baseline %.0f MB/s; sustained (90%% durable): fio %.0f MB/s (%.2fx), generator %.0f MB/s (%.2fx); whole burst incl. the last RPO cut: fio %.0f MB/s (%.2fx), generator %.0f MB/s (%.2fx); paced %.0f MB/s lag p50 %.3fs p99 %.3fs (%d samples); peak RSS MB: source filter %.0f, source proxy %.0f, target proxy %.0f, target filter %.0f",
+			base, fio90, fio90/base, gen90, gen90/base, fioMBs, fioMBs/base, genMBs, genMBs/base, paced, percentile(lags, 0.5), percentile(lags, 0.99), len(lags), rssSF, rssSP, rssTP, rssTF)
 	}
 }
