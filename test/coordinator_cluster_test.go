@@ -156,9 +156,16 @@ type coordCluster struct {
 
 func startCoordCluster(t *testing.T) *coordCluster {
 	t.Helper()
+	return startCoordClusterArgs(t)
+}
+
+// startCoordClusterArgs is startCoordCluster with extra coordinator flags
+// on every node.
+func startCoordClusterArgs(t *testing.T, extra ...string) *coordCluster {
+	t.Helper()
 	root := t.TempDir()
 	c := &coordCluster{t: t, root: root}
-	first := newCoordNode(t, root, "c1", "--bootstrap")
+	first := newCoordNode(t, root, "c1", append([]string{"--bootstrap"}, extra...)...)
 	first.bootstrap = true
 	first.start()
 	first.waitUp()
@@ -180,7 +187,7 @@ func startCoordCluster(t *testing.T) *coordCluster {
 	}
 	join := c.joinToken()
 	for _, id := range []string{"c2", "c3"} {
-		n := newCoordNode(t, root, id, "--join", first.url(), "--join-token", join)
+		n := newCoordNode(t, root, id, append([]string{"--join", first.url(), "--join-token", join}, extra...)...)
 		n.join = true
 		n.start()
 		n.waitUp()

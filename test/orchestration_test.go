@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,69 +56,37 @@ func managedModes(t *testing.T) string {
 // source datastore, one target host, vms protected VMs of one small disk.
 func startOrchVcsim(t *testing.T, root string, vms int) map[string]string {
 	t.Helper()
-	dir := filepath.Join(root, "vcsim")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(continuumBinary(t), "vcsim", "--listen", coordFreeAddr(t), "--dir", dir,
-		"--source-hosts", "2", "--target-hosts", "1", "--source-datastores", "1", "--target-datastores", "1",
-		"--vms", fmt.Sprint(vms), "--proxy-vms", "-1", "--disk-sizes-mb", "1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	logf, err := os.Create(filepath.Join(root, "vcsim.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = logf
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait(); logf.Close() })
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if sc.Text() == "vcsim ready" {
-				ready <- true
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			b, _ := os.ReadFile(filepath.Join(root, "vcsim.log"))
-			t.Fatalf("vcsim exited:\n%s", b)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("vcsim not ready after 90s")
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "vcsim.env"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
-			env[k] = strings.Trim(v, "'\"")
-		}
-	}
-	return env
+	return startVcsimArgs(t, root, 90*time.Second, "--source-hosts", "2", "--target-hosts", "1", "--source-datastores", "1",
+		"--target-datastores", "1", "--vms", fmt.Sprint(vms), "--proxy-vms", "-1", "--disk-sizes-mb", "1")
 }
 
 func startOrchestra(t *testing.T, vms int) *orchestra {
+	t.Helper()
+	return startProduct(t, vms, productOptions{what: "orchestration", sourceProxies: []string{"src"}, maxTasks: 1000, alive: 10 * time.Second})
+}
+
+// productOptions shapes the product startProduct runs.
+type productOptions struct {
+	what          string   // the test's subject, for a skip message
+	coordArgs     []string // extra flags of every coordinator
+	sourceProxies []string // names of the physical source proxies; the target proxy is "dst"
+	maxTasks      int      // of every proxy
+	alive         time.Duration
+}
+
+// startProduct starts 3 coordinators, a vCenter simulator with two source
+// hosts and one target host, the physical proxies and a managed filter per
+// host as real processes, and waits until every component heartbeats.
+func startProduct(t *testing.T, vms int, po productOptions) *orchestra {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
 	if why := managedModes(t); why != "" {
-		t.Skip("orchestration needs the managed filter and proxy: " + why)
+		t.Skip(po.what + " needs the managed filter and proxy: " + why)
 	}
 	o := &orchestra{t: t, procs: map[string]*managedProc{}, proxies: map[string]*model.Proxy{}, nbd: map[string]string{}}
-	o.cluster = startCoordCluster(t)
+	o.cluster = startCoordClusterArgs(t, po.coordArgs...)
 	o.root = o.cluster.root
 	env := startOrchVcsim(t, o.root, vms)
 	o.vcURL = env["GOVC_URL"]
@@ -159,12 +125,17 @@ func startOrchestra(t *testing.T, vms int) *orchestra {
 		return []string{"--coordinator", strings.Join(urls, ","), "--token", ctok.Token, "--cacert", o.cluster.caPath,
 			"--state-dir", filepath.Join(o.root, "state", name)}
 	}
-	for _, spec := range []struct {
+	type proxySpec struct {
 		name string
 		role model.ProxyRole
-	}{{"src", model.RoleSource}, {"dst", model.RoleTarget}} {
+	}
+	var specs []proxySpec
+	for _, name := range po.sourceProxies {
+		specs = append(specs, proxySpec{name, model.RoleSource})
+	}
+	for _, spec := range append(specs, proxySpec{"dst", model.RoleTarget}) {
 		listen, admin := coordFreeAddr(t), coordFreeAddr(t)
-		px, err := cl.CreateProxy(ctx, &model.Proxy{Name: spec.name, Role: spec.role, Kind: model.KindPhysical, Address: listen, MaxTasks: 1000})
+		px, err := cl.CreateProxy(ctx, &model.Proxy{Name: spec.name, Role: spec.role, Kind: model.KindPhysical, Address: listen, MaxTasks: po.maxTasks})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -198,7 +169,7 @@ func startOrchestra(t *testing.T, vms int) *orchestra {
 		}
 		alive := 0
 		for _, h := range hs {
-			if time.Since(h.LastHeartbeat) < 10*time.Second && h.FilterAdmin != "" && h.FilterNBD != "" {
+			if time.Since(h.LastHeartbeat) < po.alive && h.FilterAdmin != "" && h.FilterNBD != "" {
 				alive++
 			}
 		}
@@ -207,12 +178,12 @@ func startOrchestra(t *testing.T, vms int) *orchestra {
 			return err
 		}
 		for _, p := range pxs {
-			if time.Since(p.LastHeartbeat) < 10*time.Second {
+			if time.Since(p.LastHeartbeat) < po.alive {
 				alive++
 			}
 		}
-		if alive != len(hosts)+2 {
-			return fmt.Errorf("%d of %d components heartbeating", alive, len(hosts)+2)
+		if want := len(hosts) + len(po.sourceProxies) + 1; alive != want {
+			return fmt.Errorf("%d of %d components heartbeating", alive, want)
 		}
 		return nil
 	})

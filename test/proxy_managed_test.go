@@ -101,12 +101,18 @@ func (p *managedProc) status() (proxy.ManagedStatus, error) {
 // and one protected VM with a small disk, and returns its environment.
 func startVcsim(t *testing.T, root string) map[string]string {
 	t.Helper()
+	return startVcsimArgs(t, root, 60*time.Second, "--source-hosts", "1", "--target-hosts", "1", "--vms", "1", "--proxy-vms", "-1", "--disk-sizes-mb", "1")
+}
+
+// startVcsimArgs runs `continuum vcsim` in root/vcsim with the given lab
+// flags, waits up to ready for it, and returns its vcsim.env settings.
+func startVcsimArgs(t *testing.T, root string, ready time.Duration, args ...string) map[string]string {
+	t.Helper()
 	dir := filepath.Join(root, "vcsim")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(continuumBinary(t), "vcsim", "--listen", coordFreeAddr(t), "--dir", dir,
-		"--source-hosts", "1", "--target-hosts", "1", "--vms", "1", "--proxy-vms", "-1", "--disk-sizes-mb", "1")
+	cmd := exec.Command(continuumBinary(t), append([]string{"vcsim", "--listen", coordFreeAddr(t), "--dir", dir}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	logf, err := os.Create(filepath.Join(root, "vcsim.log"))
 	if err != nil {
@@ -121,24 +127,24 @@ func startVcsim(t *testing.T, root string) map[string]string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait(); logf.Close() })
-	ready := make(chan bool, 1)
+	up := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if sc.Text() == "vcsim ready" {
-				ready <- true
+				up <- true
 			}
 		}
-		ready <- false
+		up <- false
 	}()
 	select {
-	case ok := <-ready:
+	case ok := <-up:
 		if !ok {
 			b, _ := os.ReadFile(filepath.Join(root, "vcsim.log"))
 			t.Fatalf("vcsim exited:\n%s", b)
 		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("vcsim not ready after 60s")
+	case <-time.After(ready):
+		t.Fatalf("vcsim not ready after %s", ready)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "vcsim.env"))
 	if err != nil {
