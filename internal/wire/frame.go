@@ -292,9 +292,6 @@ func putFrame(b []byte) {
 	frames.Put(b)
 }
 
-// FramePoolStats reports the frame pool's counters (for metrics).
-func FramePoolStats() bufpool.Stats { return frames.Stats() }
-
 // Release hands back the read buffer that a big Write or Point kept (see
 // Decoder.Next), once nothing uses its data any more: Data or Payload and
 // whatever was decoded from them without a copy. The next big frame of a
