@@ -32,6 +32,7 @@ func init() {
 	register(applySetPolicyEnabled)
 	register(func(s *model.State, c DeletePolicy) (any, error) { return nil, deletePolicy(s, c.ID) })
 	register(applyPutTask)
+	register(applyPutTasks)
 	register(func(s *model.State, c DeleteTask) (any, error) { return nil, deleteByID(s.Tasks, "task", c.ID) })
 	register(func(s *model.State, c PutReplica) (any, error) {
 		return putSimple(s.Replicas, c.Replica.ID, c.Replica)
@@ -292,6 +293,23 @@ func applyPutTask(s *model.State, c PutTask) (any, error) {
 	}
 	t.Disks = slices.Clone(t.Disks)
 	return store(s.Tasks, t.ID, t), nil
+}
+
+func applyPutTasks(s *model.State, c PutTasks) (any, error) {
+	for i, t := range c.Tasks {
+		if t.ID == "" {
+			return nil, model.Invalid(fmt.Sprintf("tasks[%d].id", i), "required")
+		}
+		if _, ok := s.Policies[t.PolicyID]; !ok {
+			return nil, model.NotFound(fmt.Sprintf("tasks[%d].policy_id", i), "policy", t.PolicyID)
+		}
+	}
+	out := make([]*model.VMTask, 0, len(c.Tasks))
+	for _, t := range c.Tasks {
+		t.Disks = slices.Clone(t.Disks)
+		out = append(out, store(s.Tasks, t.ID, t))
+	}
+	return out, nil
 }
 
 func applyPutTrafficRule(s *model.State, c PutTrafficRule) (any, error) {

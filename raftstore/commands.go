@@ -48,6 +48,7 @@ const (
 	CmdPutCoordinator     CmdType = 27
 	CmdDeleteCoordinator  CmdType = 28
 	CmdComponentHeartbeat CmdType = 29
+	CmdPutTasks           CmdType = 30
 )
 
 // Command is a state change proposed through Node.Apply.
@@ -133,6 +134,16 @@ type SetPolicyEnabled struct {
 type DeletePolicy struct {
 	ID string `json:"id"`
 }
+
+// PutTasks creates or replaces many tasks in one log entry, all or none:
+// the same as one PutTask per task, in order, except that one bad task
+// changes nothing. A policy of a thousand VMs gets its tasks at once.
+type PutTasks struct {
+	Tasks []model.VMTask `json:"tasks"`
+}
+
+// Type implements Command.
+func (PutTasks) Type() CmdType { return CmdPutTasks }
 
 // PutTask creates or replaces a per-VM task of an existing policy.
 type PutTask struct {

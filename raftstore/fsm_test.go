@@ -389,8 +389,8 @@ func TestEveryCommandTypeRegistered(t *testing.T) {
 			t.Fatalf("round trip of %T: got %#v", c, d)
 		}
 	}
-	if len(allCommands()) != int(CmdComponentHeartbeat) {
-		t.Fatalf("allCommands lists %d commands, %d types exist", len(allCommands()), CmdComponentHeartbeat)
+	if len(allCommands()) != int(CmdPutTasks) {
+		t.Fatalf("allCommands lists %d commands, %d types exist", len(allCommands()), CmdPutTasks)
 	}
 }
 
@@ -414,6 +414,7 @@ func allCommands() []Command {
 		PutCoordinator{Coordinator: model.Coordinator{ID: "n1", RaftAddr: "127.0.0.1:1"}}, DeleteCoordinator{ID: "n1"},
 		ComponentHeartbeat{Kind: model.ComponentFilter, ID: "vc1/host-1", At: t0, DataAddr: "127.0.0.1:7000",
 			VMs: []model.VMReport{{TaskID: "t1", VM: "vm", Status: model.StatusSyncing, LastPointAt: t0}}},
+		PutTasks{Tasks: []model.VMTask{{ID: "t2", PolicyID: "p1", UpdatedAt: t0}}},
 	}
 }
 

@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -196,5 +197,52 @@ func TestComponentHeartbeatSnapshot(t *testing.T) {
 	}
 	if got := task(g, "p1/vm-1"); got.Status != model.StatusCBT || got.Reason != "buffer full" || got.LagSeconds != 3.5 {
 		t.Fatalf("restored task: %+v", got)
+	}
+}
+
+// PutTasks leaves the state as the same PutTask commands one by one would;
+// one bad task (no ID, no such policy) makes it change nothing.
+func TestPutTasksIsManyPutTask(t *testing.T) {
+	tasks := []model.VMTask{
+		{ID: "p1/vm-5", PolicyID: "p1", VMMoRef: "vm-5", Status: model.StatusPending, UpdatedAt: t0},
+		{ID: "p1/vm-6", PolicyID: "p1", VMMoRef: "vm-6", Disks: []model.DiskMap{{Key: 2000, CapacityBytes: 1 << 20}}, UpdatedAt: t0},
+		// Replaces a task of heartbeatFSM, and a later element wins.
+		{ID: "p1/vm-1", PolicyID: "p1", VMMoRef: "vm-1", Status: model.StatusPending, UpdatedAt: t0},
+		{ID: "p1/vm-5", PolicyID: "p1", VMMoRef: "vm-5", Status: model.StatusError, Reason: "later", UpdatedAt: t0},
+	}
+	one, batch := heartbeatFSM(t), heartbeatFSM(t)
+	for _, tk := range tasks {
+		if res := applyLog(t, one, PutTask{Task: tk}); res.Err != nil {
+			t.Fatal(res.Err)
+		}
+	}
+	if res := applyLog(t, batch, PutTasks{Tasks: tasks}); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	snap := func(f *FSM) string {
+		var b []byte
+		f.Read(func(s *model.State) {
+			var err error
+			if b, err = json.Marshal(s); err != nil {
+				t.Fatal(err)
+			}
+		})
+		return string(b)
+	}
+	if snap(one) != snap(batch) {
+		t.Fatal("PutTasks left another state than the same PutTask commands")
+	}
+	before := snap(batch)
+	for _, bad := range [][]model.VMTask{
+		{{ID: "p1/vm-7", PolicyID: "p1"}, {PolicyID: "p1"}},
+		{{ID: "p1/vm-7", PolicyID: "p1"}, {ID: "p9/vm-1", PolicyID: "p9"}},
+	} {
+		res := applyLog(t, batch, PutTasks{Tasks: bad})
+		if res.Err == nil {
+			t.Fatalf("bad batch %+v accepted", bad)
+		}
+		if snap(batch) != before {
+			t.Fatalf("refused batch %+v changed the state", bad)
+		}
 	}
 }

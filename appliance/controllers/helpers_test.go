@@ -81,6 +81,15 @@ func (m *memStore) Apply(ctx context.Context, cmd raftstore.Command) (any, error
 		}
 		t := c.Task
 		s.Tasks[t.ID] = &t
+	case raftstore.PutTasks:
+		for _, t := range c.Tasks {
+			if _, ok := s.Policies[t.PolicyID]; !ok {
+				return nil, model.NotFound("policy_id", "policy", t.PolicyID)
+			}
+		}
+		for _, t := range c.Tasks {
+			s.Tasks[t.ID] = &t
+		}
 	case raftstore.DeleteTask:
 		if _, ok := s.Tasks[c.ID]; !ok {
 			return nil, model.NotFound("id", "task", c.ID)

@@ -577,11 +577,10 @@ func (r *PolicyReconciler) ensureTask(ctx context.Context, sn *snapshot, id, mor
 // taskRef names a task to create if missing.
 type taskRef struct{ id, moref, name string }
 
-// ensureTasks creates the missing tasks of refs concurrently: raft commits
-// concurrent applies together, so a policy of a thousand VMs gets its tasks
-// in a few log writes instead of one each.
+// ensureTasks creates the missing tasks of refs, in one log entry per
+// batch: a policy of a thousand VMs gets its tasks at once.
 func (r *PolicyReconciler) ensureTasks(ctx context.Context, sn *snapshot, refs []taskRef) error {
-	var missing []*model.VMTask
+	var missing []model.VMTask
 	seen := map[string]bool{}
 	now := r.cfg.Clock.Now()
 	for _, tr := range refs {
@@ -589,26 +588,24 @@ func (r *PolicyReconciler) ensureTasks(ctx context.Context, sn *snapshot, refs [
 			continue
 		}
 		seen[tr.id] = true
-		missing = append(missing, &model.VMTask{ID: tr.id, PolicyID: sn.policy.ID, VMMoRef: tr.moref, VMName: tr.name, Status: model.StatusPending, UpdatedAt: now})
+		missing = append(missing, model.VMTask{ID: tr.id, PolicyID: sn.policy.ID, VMMoRef: tr.moref, VMName: tr.name, Status: model.StatusPending, UpdatedAt: now})
 	}
-	errs := make([]error, len(missing))
-	sem := make(chan struct{}, 4*r.cfg.Workers)
-	var wg sync.WaitGroup
-	for i, t := range missing {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			errs[i] = r.putTask(ctx, t)
-		}()
-	}
-	wg.Wait()
-	for i, t := range missing {
-		if errs[i] == nil {
-			sn.tasks[t.ID] = t
+	// Batches bound an entry's size (a task is a few hundred bytes).
+	const batch = 500
+	for start := 0; start < len(missing); start += batch {
+		part := missing[start:min(start+batch, len(missing))]
+		// A canceled reconcile (leadership lost, shutdown) records nothing.
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("write %d tasks: %w", len(part), err)
+		}
+		if _, err := r.cfg.Store.Apply(ctx, raftstore.PutTasks{Tasks: part}); err != nil {
+			return fmt.Errorf("write %d tasks: %w", len(part), err)
+		}
+		for i := range part {
+			sn.tasks[part[i].ID] = &part[i]
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // placement is where a policy's replicas go, resolved in the target vCenter.
