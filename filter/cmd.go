@@ -27,6 +27,7 @@ import (
 	"github.com/continuum-cdp/continuum/filter/target"
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
+	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
 // FileConfig is the static configuration of a filter process (--config
@@ -353,7 +354,7 @@ func runSource(ctx context.Context, cmd *cobra.Command, cfg FileConfig, tlsCfg *
 		if tlsCfg == nil {
 			return d.DialContext(ctx, "tcp", addr)
 		}
-		return (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
+		return wire.DialTLS(ctx, d, addr, tlsCfg)
 	}
 	opts := source.Options{
 		NodeID: cfg.NodeID, Datastore: cfg.Datastore, VMs: cfg.VMs, BufferBytes: cfg.BufferBytes,

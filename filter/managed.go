@@ -27,6 +27,7 @@ import (
 	"github.com/continuum-cdp/continuum/internal/agent"
 	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/pki"
+	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
 // managedOptions are the flags of managed mode: the coordinators give the
@@ -131,7 +132,7 @@ func runManaged(ctx context.Context, cmd *cobra.Command, cfg FileConfig, mo mana
 		Grace: cfg.Grace.D(), BackpressureWait: cfg.BackpressureWait.D(), Logger: log.With("side", "source"), Exports: nbdSrv, Exclusive: true,
 		DialProxy: func(ctx context.Context, addr string) (net.Conn, error) {
 			d := &net.Dialer{KeepAlive: 15 * time.Second}
-			return (&tls.Dialer{NetDialer: d, Config: dataTLS}).DialContext(ctx, "tcp", addr)
+			return wire.DialTLS(ctx, d, addr, dataTLS)
 		},
 	})
 	if err != nil {

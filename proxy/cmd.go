@@ -291,7 +291,7 @@ func runProxy(ctx context.Context, cfg FileConfig) error {
 		})
 		sl := l
 		if tlsCfg != nil {
-			sl = tls.NewListener(l, tlsCfg)
+			sl = wire.TLSListener(l, tlsCfg)
 		}
 		serve = func() error { return p.Serve(sl) }
 		closeFn = p.Close
@@ -341,6 +341,5 @@ func dialData(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, erro
 	if cfg == nil {
 		return d.DialContext(ctx, "tcp", addr)
 	}
-	td := &tls.Dialer{NetDialer: d, Config: cfg}
-	return td.DialContext(ctx, "tcp", addr)
+	return wire.DialTLS(ctx, d, addr, cfg)
 }

@@ -135,7 +135,7 @@ func (m *Managed) Source() *SourceProxy { return m.src }
 // or l closes.
 func (m *Managed) Serve(ctx context.Context, l net.Listener) error {
 	if m.cfg.TLS != nil {
-		l = tls.NewListener(l, m.cfg.TLS)
+		l = wire.TLSListener(l, m.cfg.TLS)
 	}
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()

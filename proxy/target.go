@@ -155,7 +155,7 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 // closes; it then closes every session and returns.
 func (t *Target) Serve(ctx context.Context, l net.Listener) error {
 	if t.cfg.TLS != nil {
-		l = tls.NewListener(l, t.cfg.TLS)
+		l = wire.TLSListener(l, t.cfg.TLS)
 	}
 	t.mu.Lock()
 	if t.closed {
@@ -243,8 +243,7 @@ func (t *Target) dialFilter(ctx context.Context, vm string, route *targetRoute) 
 		addr = route.Filter
 	}
 	if t.cfg.FilterTLS != nil {
-		d := tls.Dialer{Config: t.cfg.FilterTLS}
-		return d.DialContext(ctx, "tcp", addr)
+		return wire.DialTLS(ctx, nil, addr, t.cfg.FilterTLS)
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", addr)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/continuum-cdp/continuum/filter/journal"
 	"github.com/continuum-cdp/continuum/filter/nbd"
+	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
 // Config configures a target filter service.
@@ -187,7 +188,7 @@ func (s *Service) Handler() http.Handler { return s.http.Handler }
 func (s *Service) Run(ctx context.Context) error {
 	var l net.Listener = s.dataL
 	if s.cfg.TLS != nil {
-		l = tls.NewListener(l, s.cfg.TLS)
+		l = wire.TLSListener(l, s.cfg.TLS)
 	}
 	errc := make(chan error, 3)
 	s.wg.Add(1)

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -321,6 +322,11 @@ type Conn struct {
 	wmu sync.Mutex
 	bw  *bufio.Writer
 	hdr []byte
+
+	// a TLS connection over a coalescingConn: writes are held (wmu)
+	tls    *tls.Conn
+	coal   *coalescingConn
+	hsDone bool // the handshake was seen complete (wmu)
 }
 
 // ConnOption tunes a Conn.
@@ -349,12 +355,33 @@ func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
 	}
 	dec := NewDecoder(bufio.NewReaderSize(nc, o.bufSize), o.maxPayload)
 	dec.reuse = o.reuse
-	return &Conn{
+	c := &Conn{
 		nc:  nc,
 		dec: dec,
 		bw:  bufio.NewWriterSize(nc, o.bufSize),
 		hdr: make([]byte, 0, 256),
 	}
+	c.tls, c.coal = coalescer(nc)
+	return c
+}
+
+func noRelease() error { return nil }
+
+// holdLocked makes the TLS records of the writes until the returned
+// release one large write rather than one write each (see
+// coalescingConn). Before the handshake is complete it does nothing: the
+// handshake's own messages must not wait. Called with wmu held.
+func (c *Conn) holdLocked() func() error {
+	if c.coal == nil {
+		return noRelease
+	}
+	if !c.hsDone {
+		if c.hsDone = c.tls.ConnectionState().HandshakeComplete; !c.hsDone {
+			return noRelease
+		}
+	}
+	c.coal.hold()
+	return c.coal.release
 }
 
 // WriteMsg buffers one frame; call Flush (or Send) to push it out. Bulk
@@ -365,6 +392,15 @@ func (c *Conn) WriteMsg(m Msg) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	release := c.holdLocked()
+	err := c.writeMsgLocked(m)
+	if rerr := release(); err == nil && rerr != nil {
+		err = fmt.Errorf("write %s: %w", m.Type(), rerr)
+	}
+	return err
+}
+
+func (c *Conn) writeMsgLocked(m Msg) error {
 	h := append(c.hdr[:0], Magic0, Magic1, Version, byte(m.Type()), frameFlags(m), 0, 0, 0, 0)
 	h = m.appendFixed(h)
 	tail := m.tail()
@@ -393,7 +429,12 @@ func (c *Conn) WriteMsg(m Msg) error {
 func (c *Conn) Flush() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.bw.Flush(); err != nil {
+	release := c.holdLocked()
+	err := c.bw.Flush()
+	if rerr := release(); err == nil {
+		err = rerr
+	}
+	if err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
 	return nil

@@ -1,0 +1,143 @@
+package wire
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/continuum-cdp/continuum/internal/bufpool"
+)
+
+// TLS writes every record (at most 16 KiB) with a system call of its own.
+// On loopback and fast links the per-call cost of the network stack then
+// outweighs the encryption. A coalescingConn sits between TLS and the
+// socket: while a Conn writes (WriteMsg, Flush) it keeps the records and
+// writes them in pieces of up to coalesceBytes; at any other time, and
+// before the handshake is complete, it writes straight through, so nothing
+// TLS sends on its own (handshake, alerts, key updates) ever waits in it.
+type coalescingConn struct {
+	net.Conn
+
+	mu      sync.Mutex
+	holding bool
+	held    []byte // from coalesceBufs while holding
+}
+
+// coalesceBytes is the largest write a coalescingConn makes while holding.
+const coalesceBytes = 256 << 10
+
+// coalesceBufs serves the held buffers: only a connection in the middle of
+// a write holds one, so idle connections cost nothing.
+var coalesceBufs = bufpool.New(16<<20, nil)
+
+func (c *coalescingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.holding {
+		return c.Conn.Write(p)
+	}
+	if c.held == nil {
+		c.held = coalesceBufs.Get(coalesceBytes)[:0]
+	}
+	if len(c.held)+len(p) > cap(c.held) {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) > cap(c.held) {
+			return c.Conn.Write(p)
+		}
+	}
+	c.held = append(c.held, p...)
+	return len(p), nil
+}
+
+func (c *coalescingConn) flushLocked() error {
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.held)
+	c.held = c.held[:0]
+	return err
+}
+
+// hold keeps the writes until release.
+func (c *coalescingConn) hold() {
+	c.mu.Lock()
+	c.holding = true
+	c.mu.Unlock()
+}
+
+// release writes what was kept and goes back to writing straight through.
+func (c *coalescingConn) release() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.flushLocked()
+	c.holding = false
+	if c.held != nil {
+		coalesceBufs.Put(c.held)
+		c.held = nil
+	}
+	return err
+}
+
+// coalescingListener wraps accepted connections.
+type coalescingListener struct{ net.Listener }
+
+func (l coalescingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &coalescingConn{Conn: nc}, nil
+}
+
+// TLSListener is tls.NewListener whose connections, once wrapped by
+// NewConn, write a message's TLS records in a few system calls.
+func TLSListener(l net.Listener, cfg *tls.Config) net.Listener {
+	return tls.NewListener(coalescingListener{l}, cfg)
+}
+
+// DialTLS dials addr with d (nil: a zero net.Dialer) and runs the TLS
+// client handshake with cfg; the connection, wrapped by NewConn, writes a
+// message's TLS records in a few system calls.
+func DialTLS(ctx context.Context, d *net.Dialer, addr string, cfg *tls.Config) (net.Conn, error) {
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := cfg
+	if c.ServerName == "" {
+		// what tls.Dialer does: the name to verify comes from the address
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+		c = cfg.Clone()
+		c.ServerName = host
+	}
+	tc := tls.Client(&coalescingConn{Conn: nc}, c)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// coalescer returns the coalescingConn under a TLS connection, if any.
+func coalescer(nc net.Conn) (*tls.Conn, *coalescingConn) {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return nil, nil
+	}
+	cc, ok := tc.NetConn().(*coalescingConn)
+	if !ok {
+		return nil, nil
+	}
+	return tc, cc
+}

@@ -1,0 +1,161 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func testTLSConfigs(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: k}}},
+		&tls.Config{RootCAs: pool}
+}
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+type countingListener struct {
+	net.Listener
+	conns chan *countingConn
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	cc := &countingConn{Conn: nc}
+	l.conns <- cc
+	return cc, nil
+}
+
+// A message's TLS records reach the socket in a few writes instead of one
+// per record; the handshake (started by the first Send, not before) is not
+// held; both directions carry their messages intact.
+func TestTLSWritesCoalesce(t *testing.T) {
+	scfg, ccfg := testTLSConfigs(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	counted := countingListener{Listener: l, conns: make(chan *countingConn, 1)}
+	tl := TLSListener(counted, scfg)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB: 64 TLS records
+	type result struct {
+		err    error
+		writes int64
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, err := tl.Accept()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		c := NewConn(nc)
+		defer c.Close()
+		// the server's first act is a write: its handshake runs inside
+		// WriteMsg and must not wait in a held buffer
+		if err := c.Send(&Heartbeat{}); err != nil {
+			done <- result{err: err}
+			return
+		}
+		m, err := c.ReadMsg()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		sock := <-counted.conns
+		before := sock.writes.Load()
+		if err := c.Send(m); err != nil { // echo the 1 MiB write
+			done <- result{err: err}
+			return
+		}
+		done <- result{writes: sock.writes.Load() - before}
+	}()
+	nc, err := DialTLS(context.Background(), nil, l.Addr().String(), ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewConn(nc)
+	defer c.Close()
+	if _, err := Expect[*Heartbeat](c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(&Write{Seq: 1, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	echo, err := Expect[*Write](c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(echo.Data, data) {
+		t.Fatal("the echoed write differs")
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	// 1 MiB in 256 KiB pieces: 4 or 5 writes; one per record would be 64
+	if r.writes < 1 || r.writes > 8 {
+		t.Fatalf("1 MiB reached the socket in %d writes, want at most 8", r.writes)
+	}
+}
+
+// DialTLS verifies the server as tls.Dial would.
+func TestDialTLSVerifies(t *testing.T) {
+	scfg, _ := testTLSConfigs(t)
+	_, other := testTLSConfigs(t) // trusts another CA
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	tl := TLSListener(l, scfg)
+	go func() {
+		if nc, err := tl.Accept(); err == nil {
+			nc.(*tls.Conn).Handshake()
+			nc.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if nc, err := DialTLS(ctx, nil, l.Addr().String(), other); err == nil {
+		nc.Close()
+		t.Fatal("a server of an unknown CA was accepted")
+	}
+}
