@@ -3,7 +3,6 @@ package test
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"github.com/klauspost/compress/s2"
 
 	"github.com/continuum-cdp/continuum/filter/source"
+	"github.com/continuum-cdp/continuum/internal/wire"
 	"github.com/continuum-cdp/continuum/proxy"
 )
 
@@ -306,7 +306,7 @@ func benchDatapath(b *testing.B, dir string) {
 			Datastore: filepath.Join(d.dir, "gen"), BufferBytes: 512 << 20,
 			VMs: []source.VMConfig{{Name: "gen", Disks: []source.DiskConfig{{Key: 2000, Capacity: 1 << 30}}}},
 			Dial: func(ctx context.Context) (net.Conn, error) {
-				return (&tls.Dialer{Config: tlsCfg}).DialContext(ctx, "tcp", d.spData)
+				return wire.DialTLS(ctx, nil, d.spData, tlsCfg) // as the filter process dials
 			},
 			OnStamp: func(s source.Stamp) {
 				smu.Lock()
