@@ -11,8 +11,11 @@
 // copy; a reader that gives it back with Release (on a connection made
 // WithFrameReuse) has later frames read into it, and points can be encoded
 // into and decoded from a caller's buffer (PointOptions.Buf), so a steady
-// stream does not allocate, zero and fault in fresh memory per frame. Anything malformed is an error and the caller drops the
-// connection: there is no resynchronisation inside a stream.
+// stream does not allocate, zero and fault in fresh memory per frame.
+// Connections made by DialTLS and TLSListener write a message's TLS
+// records in a few system calls rather than one per record (coalesce.go).
+// Anything malformed is an error and the caller drops the connection:
+// there is no resynchronisation inside a stream.
 //
 // It imports only the standard library, klauspost/compress and
 // internal/bufpool.
