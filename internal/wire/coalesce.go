@@ -10,27 +10,71 @@ import (
 	"github.com/continuum-cdp/continuum/internal/bufpool"
 )
 
-// TLS writes every record (at most 16 KiB) with a system call of its own.
+// TLS writes every record (at most 16 KiB) with a system call of its own,
+// and reads one record at a time.
 // On loopback and fast links the per-call cost of the network stack then
 // outweighs the encryption. A coalescingConn sits between TLS and the
 // socket: while a Conn writes (WriteMsg, Flush) it keeps the records and
 // writes them in pieces of up to coalesceBytes; at any other time, and
 // before the handshake is complete, it writes straight through, so nothing
 // TLS sends on its own (handshake, alerts, key updates) ever waits in it.
+// Reads ask the socket for up to readChunk when TLS asks for less.
 type coalescingConn struct {
 	net.Conn
 
 	mu      sync.Mutex
 	holding bool
 	held    []byte // from coalesceBufs while holding
+
+	rmu  sync.Mutex
+	rbuf []byte // read from the socket, not yet taken (from coalesceBufs)
+	rpos int
+	rerr error // the socket's error, after rbuf
+}
+
+// readChunk is how much a coalescingConn asks the socket for when TLS asks
+// for less: TLS reads a record at a time, so one system call then serves
+// several records.
+const readChunk = 64 << 10
+
+func (c *coalescingConn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.rbuf != nil {
+		n := copy(p, c.rbuf[c.rpos:])
+		if c.rpos += n; c.rpos == len(c.rbuf) {
+			coalesceBufs.Put(c.rbuf)
+			c.rbuf, c.rpos = nil, 0
+		}
+		return n, nil
+	}
+	if err := c.rerr; err != nil {
+		c.rerr = nil
+		return 0, err
+	}
+	if len(p) >= readChunk {
+		return c.Conn.Read(p)
+	}
+	buf := coalesceBufs.Get(readChunk)
+	n, err := c.Conn.Read(buf)
+	if n <= len(p) {
+		copy(p, buf[:n])
+		coalesceBufs.Put(buf)
+		return n, err
+	}
+	// the rest waits for the next Read, an error after it
+	copy(p, buf[:len(p)])
+	c.rbuf, c.rpos, c.rerr = buf[:n], len(p), err
+	return len(p), nil
 }
 
 // coalesceBytes is the largest write a coalescingConn makes while holding.
 const coalesceBytes = 256 << 10
 
-// coalesceBufs serves the held buffers: only a connection in the middle of
-// a write holds one, so idle connections cost nothing.
-var coalesceBufs = bufpool.New(16<<20, nil)
+// coalesceBufs serves the held buffers and the read-ahead: only a
+// connection in the middle of a write, or with bytes read ahead, holds
+// one, so idle connections cost nothing.
+var coalesceBufs = bufpool.New(32<<20, nil)
 
 func (c *coalescingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()

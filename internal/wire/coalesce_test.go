@@ -159,3 +159,39 @@ func TestDialTLSVerifies(t *testing.T) {
 		t.Fatal("a server of an unknown CA was accepted")
 	}
 }
+
+// Reads smaller than readChunk are served from one larger socket read:
+// every byte arrives once, in order, and the socket's EOF comes after
+// the bytes read ahead.
+func TestCoalescingReadAhead(t *testing.T) {
+	a, b := net.Pipe()
+	data := make([]byte, 300<<10)
+	rand.Read(data)
+	go func() {
+		b.Write(data)
+		b.Close()
+	}()
+	c := &coalescingConn{Conn: a}
+	var got []byte
+	sizes := []int{5, 16 << 10, 1, 100 << 10, 3000}
+	for i := 0; ; i++ {
+		p := make([]byte, sizes[i%len(sizes)])
+		n, err := c.Read(p)
+		got = append(got, p[:n]...)
+		if err != nil {
+			if err.Error() != "EOF" {
+				t.Fatal(err)
+			}
+			break
+		}
+		if i > 1e5 {
+			t.Fatal("no EOF")
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), len(data))
+	}
+	if c.rbuf != nil {
+		t.Fatal("a drained connection still holds its read-ahead buffer")
+	}
+}
