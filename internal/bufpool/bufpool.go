@@ -97,12 +97,6 @@ func (p *Pool) Put(b []byte) {
 	p.bytes += int64(c)
 }
 
-// Owns reports whether b has a class capacity, so Put would keep it.
-func (p *Pool) Owns(b []byte) bool {
-	c := cap(b)
-	return c > 0 && p.class(c) == c
-}
-
 // Stats returns the pool's counters.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
