@@ -38,9 +38,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// continuumBinary builds cmd/continuum once per test process.
+// continuumBinary builds cmd/continuum once per test process, or returns
+// $CONTINUUM_TEST_BIN when set (a binary kept for a profiler to read).
 func continuumBinary(t testing.TB) string {
 	t.Helper()
+	if p := os.Getenv("CONTINUUM_TEST_BIN"); p != "" {
+		return p
+	}
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "continuum-bin-")
 		if binErr != nil {

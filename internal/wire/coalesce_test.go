@@ -9,8 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"math/big"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -193,5 +195,53 @@ func TestCoalescingReadAhead(t *testing.T) {
 	}
 	if c.rbuf != nil {
 		t.Fatal("a drained connection still holds its read-ahead buffer")
+	}
+}
+
+// Over TLS, frames go without a CRC (the record AEAD covers them); a
+// reader takes an unchecked frame only from a TLS stream, and a checked
+// frame with a bad CRC is still refused there.
+func TestUncheckedFramesOnlyOverTLS(t *testing.T) {
+	scfg, ccfg := testTLSConfigs(t)
+	ccfg.ServerName = "127.0.0.1"
+	a, b := net.Pipe()
+	server, client := tls.Server(a, scfg), tls.Client(b, ccfg)
+	defer server.Close()
+	defer client.Close()
+	data := bytes.Repeat([]byte("unchecked "), 40000)
+	sent := make(chan error, 1)
+	go func() {
+		c := NewConn(server)
+		if err := c.Send(&Write{Seq: 7, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
+			sent <- err
+			return
+		}
+		if err := c.Send(&Ack{Seq: 8}); err != nil {
+			sent <- err
+			return
+		}
+		// a checked frame whose CRC is wrong, straight onto the stream
+		bad, _ := AppendFrame(nil, &Ack{Seq: 9})
+		bad[len(bad)-1] ^= 1
+		_, err := server.Write(bad)
+		sent <- err
+	}()
+	// a reader of the same TLS stream that does not know it is TLS
+	// refuses the first frame: it was written unchecked
+	plain := NewDecoder(client, 0)
+	if _, err := plain.Next(); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "without a checksum") {
+		t.Fatalf("unchecked frame from a reader that is not TLS-aware: want ErrCorrupt, got %v", err)
+	}
+	// a Conn over TLS accepts the unchecked frames
+	c := NewConn(client)
+	ack, err := Expect[*Ack](c)
+	if err != nil || ack.Seq != 8 {
+		t.Fatalf("unchecked Ack over TLS: %+v, %v", ack, err)
+	}
+	if _, err := c.ReadMsg(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("checked frame with a bad CRC over TLS: want ErrCorrupt, got %v", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -33,7 +33,14 @@ const (
 // it instead of failing, so optional messages can be added later.
 const FlagSkippable uint8 = 1 << 0
 
-const knownFrameFlags = FlagSkippable
+// FlagUnchecked on a frame says that its trailer holds no CRC: the frame
+// crossed a TLS connection, whose AEAD already authenticates every byte of
+// it, so computing and checking a CRC as well only costs CPU on every hop.
+// A reader accepts such a frame only from a TLS connection; anywhere else
+// it is corrupt.
+const FlagUnchecked uint8 = 1 << 1
+
+const knownFrameFlags = FlagSkippable | FlagUnchecked
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -116,7 +123,7 @@ func DecodeFrame(b []byte, maxPayload int) (Msg, int, error) {
 	if len(b) < total {
 		return nil, 0, io.ErrUnexpectedEOF
 	}
-	m, _, err := decodeBody(t, flags, b[:total], false)
+	m, _, err := decodeBody(t, flags, b[:total], false, false)
 	return m, total, err
 }
 
@@ -147,10 +154,16 @@ type ownedDecoder interface {
 
 // decodeBody checks the CRC of a whole frame f and decodes its payload. It
 // returns (nil, false, nil) for a skippable frame of unknown type. With
-// give, the message may keep f; kept says it did.
-func decodeBody(t MsgType, flags uint8, f []byte, give bool) (m Msg, kept bool, err error) {
+// give, the message may keep f; kept says it did. An unchecked frame
+// (FlagUnchecked) is accepted only when authenticated says the stream is
+// TLS.
+func decodeBody(t MsgType, flags uint8, f []byte, give, authenticated bool) (m Msg, kept bool, err error) {
 	body := f[:len(f)-TrailerLen]
-	if got, want := crc32.Checksum(body, castagnoli), be.Uint32(f[len(f)-TrailerLen:]); got != want {
+	if flags&FlagUnchecked != 0 {
+		if !authenticated {
+			return nil, false, fmt.Errorf("%w: %s: frame without a checksum on a connection that is not TLS", ErrCorrupt, t)
+		}
+	} else if got, want := crc32.Checksum(body, castagnoli), be.Uint32(f[len(f)-TrailerLen:]); got != want {
 		return nil, false, fmt.Errorf("%w: %s: checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
 	}
 	m = newMsg(t)
@@ -182,6 +195,8 @@ type Decoder struct {
 	// reuse: big frames are read into released buffers (the reader
 	// calls Release); others get buffers of their exact size
 	reuse bool
+	// authenticated: the stream is TLS, so unchecked frames are accepted
+	authenticated bool
 }
 
 // NewDecoder reads frames from r; maxPayload <= 0 means DefaultMaxPayload.
@@ -216,7 +231,7 @@ func (d *Decoder) Next() (Msg, error) {
 		}
 		// A big frame's buffer goes to the message rather than being
 		// copied; small frames are copied so the buffer is reused.
-		m, kept, err := decodeBody(t, flags, d.buf, total > giveAway)
+		m, kept, err := decodeBody(t, flags, d.buf, total > giveAway, d.authenticated)
 		if kept || cap(d.buf) > 8<<20 {
 			// Do not pin (or share) a big buffer.
 			d.buf = make([]byte, 0, 64<<10)
@@ -327,6 +342,8 @@ type Conn struct {
 	tls    *tls.Conn
 	coal   *coalescingConn
 	hsDone bool // the handshake was seen complete (wmu)
+	// frames are written unchecked (FlagUnchecked): the connection is TLS
+	unchecked bool
 }
 
 // ConnOption tunes a Conn.
@@ -362,6 +379,9 @@ func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
 		hdr: make([]byte, 0, 256),
 	}
 	c.tls, c.coal = coalescer(nc)
+	if _, ok := nc.(*tls.Conn); ok {
+		c.unchecked, dec.authenticated = true, true
+	}
 	return c
 }
 
@@ -401,7 +421,11 @@ func (c *Conn) WriteMsg(m Msg) error {
 }
 
 func (c *Conn) writeMsgLocked(m Msg) error {
-	h := append(c.hdr[:0], Magic0, Magic1, Version, byte(m.Type()), frameFlags(m), 0, 0, 0, 0)
+	flags := frameFlags(m)
+	if c.unchecked {
+		flags |= FlagUnchecked
+	}
+	h := append(c.hdr[:0], Magic0, Magic1, Version, byte(m.Type()), flags, 0, 0, 0, 0)
 	h = m.appendFixed(h)
 	tail := m.tail()
 	n := len(h) - HeaderLen + len(tail)
@@ -409,7 +433,10 @@ func (c *Conn) writeMsgLocked(m Msg) error {
 		return fmt.Errorf("write %s: %w (%d bytes)", m.Type(), ErrTooLarge, n)
 	}
 	be.PutUint32(h[5:], uint32(n))
-	crc := crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, tail)
+	var crc uint32
+	if !c.unchecked {
+		crc = crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, tail)
+	}
 	h = be.AppendUint32(h, 0)
 	c.hdr = h
 	if _, err := c.bw.Write(h[:len(h)-TrailerLen]); err != nil {

@@ -113,15 +113,16 @@ func TestFrameRejects(t *testing.T) {
 		return AppendCRC(body)
 	}
 	cases := map[string][]byte{
-		"bad magic":     mut(func(b []byte) []byte { b[0] = 'X'; return b }),
-		"bad version":   mut(func(b []byte) []byte { b[2] = 2; return b }),
-		"unknown flags": mut(func(b []byte) []byte { b[4] = 0x80; return b }),
-		"bad crc":       mut(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }),
-		"flipped data":  mut(func(b []byte) []byte { b[HeaderLen+WriteFixedLen] ^= 1; return b }),
-		"too large":     mut(func(b []byte) []byte { be.PutUint32(b[5:], DefaultMaxPayload+1); return b }),
-		"unknown type":  mut(func(b []byte) []byte { b[3] = 200; return refix(b) }),
-		"bad op":        mut(func(b []byte) []byte { b[HeaderLen+20] = 9; return refix(b) }),
-		"len mismatch":  mut(func(b []byte) []byte { be.PutUint32(b[HeaderLen+21:], 3); return refix(b) }),
+		"bad magic":               mut(func(b []byte) []byte { b[0] = 'X'; return b }),
+		"bad version":             mut(func(b []byte) []byte { b[2] = 2; return b }),
+		"unknown flags":           mut(func(b []byte) []byte { b[4] = 0x80; return b }),
+		"bad crc":                 mut(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }),
+		"unchecked, not over TLS": mut(func(b []byte) []byte { b[4] = FlagUnchecked; return b }),
+		"flipped data":            mut(func(b []byte) []byte { b[HeaderLen+WriteFixedLen] ^= 1; return b }),
+		"too large":               mut(func(b []byte) []byte { be.PutUint32(b[5:], DefaultMaxPayload+1); return b }),
+		"unknown type":            mut(func(b []byte) []byte { b[3] = 200; return refix(b) }),
+		"bad op":                  mut(func(b []byte) []byte { b[HeaderLen+20] = 9; return refix(b) }),
+		"len mismatch":            mut(func(b []byte) []byte { be.PutUint32(b[HeaderLen+21:], 3); return refix(b) }),
 	}
 	for name, b := range cases {
 		t.Run(name, func(t *testing.T) {
