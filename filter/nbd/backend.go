@@ -26,6 +26,17 @@ type Backend interface {
 	Flush() error
 }
 
+// An OwningBackend takes the payload buffers of writes: the server reads a
+// write's payload into WriteBuffer(n) and hands it to WriteOwned, which
+// owns it from then on, also when it fails. A backend that forwards writes
+// (a replication stream) then keeps the buffer instead of copying it. A
+// request refused before it reaches the backend drops its buffer.
+type OwningBackend interface {
+	Backend
+	WriteBuffer(n int) []byte
+	WriteOwned(p []byte, off int64, fua bool) error
+}
+
 // Errors a Backend may return (wrapped) to pick the NBD error code.
 var (
 	ErrOutOfRange = errors.New("out of range") // NBD EINVAL

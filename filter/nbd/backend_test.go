@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -157,5 +158,66 @@ func TestBackendErrorsReachClient(t *testing.T) {
 	}
 	if _, code := c.read(t, 0, 1); code != 0 {
 		t.Fatalf("read after failed write: %d", code)
+	}
+}
+
+// keepingBackend owns its write buffers (OwningBackend) and keeps every
+// one, to check that the server reads each payload into a buffer of the
+// backend's and never touches it after WriteOwned.
+type keepingBackend struct {
+	memBackend
+	mu      sync.Mutex
+	handed  map[*byte]bool
+	kept    [][]byte
+	copies  int
+	wantOff []int64
+}
+
+func (k *keepingBackend) WriteBuffer(n int) []byte {
+	b := make([]byte, n)
+	k.mu.Lock()
+	k.handed[&b[0]] = true
+	k.mu.Unlock()
+	return b
+}
+
+func (k *keepingBackend) WriteOwned(p []byte, off int64, fua bool) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.handed[&p[0]] {
+		k.copies++
+	}
+	k.kept = append(k.kept, p)
+	k.wantOff = append(k.wantOff, off)
+	return k.memBackend.WriteAt(p, off, fua)
+}
+
+func (k *keepingBackend) WriteAt(p []byte, off int64, fua bool) error {
+	k.mu.Lock()
+	k.copies++
+	k.mu.Unlock()
+	return k.memBackend.WriteAt(p, off, fua)
+}
+
+func TestOwningBackendKeepsPayloads(t *testing.T) {
+	k := &keepingBackend{memBackend: memBackend{data: make([]byte, 1<<20)}, handed: map[*byte]bool{}}
+	_, addr := startServer(t, nil, Export{Name: "own", Backend: k})
+	c := dialExport(t, addr, "own")
+	const n = 40
+	for i := range n {
+		p := bytes.Repeat([]byte{byte(i + 1)}, 4096+i)
+		if code := c.write(t, uint64(i)*8192, p); code != 0 {
+			t.Fatalf("write %d: code %d", i, code)
+		}
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.copies != 0 || len(k.kept) != n {
+		t.Fatalf("%d of %d writes reached the backend in a buffer of the server's, %d kept", k.copies, n, len(k.kept))
+	}
+	for i, p := range k.kept {
+		if want := bytes.Repeat([]byte{byte(i + 1)}, 4096+i); !bytes.Equal(p, want) || k.wantOff[i] != int64(i)*8192 {
+			t.Fatalf("write %d: its buffer changed after WriteOwned (or went to offset %d)", i, k.wantOff[i])
+		}
 	}
 }

@@ -568,6 +568,7 @@ func (c *conn) transmit(ex *export) {
 		}
 		c.s.m.requests.WithLabelValues(cmdName(req.typ)).Inc()
 		var payload *[]byte
+		var owned bool // payload is the backend's (OwningBackend)
 		var weight int64
 		switch req.typ {
 		case cmdDisc:
@@ -586,9 +587,16 @@ func (c *conn) transmit(ex *export) {
 			}
 			weight = int64(req.length)
 			bud.acquire(weight)
-			payload = getBuf(int(req.length))
+			if ob, ok := ex.Backend.(OwningBackend); ok {
+				b := ob.WriteBuffer(int(req.length))
+				payload, owned = &b, true
+			} else {
+				payload = getBuf(int(req.length))
+			}
 			if _, err := io.ReadFull(c.r, *payload); err != nil {
-				putBuf(payload)
+				if !owned {
+					putBuf(payload)
+				}
 				bud.release(weight)
 				c.log.Debug("nbd connection ended in a write payload", "err", err)
 				return
@@ -608,8 +616,10 @@ func (c *conn) transmit(ex *export) {
 			if payload != nil {
 				p = *payload
 			}
-			r := c.handle(ex, req, p)
-			putBuf(payload)
+			r := c.handle(ex, req, p, owned)
+			if !owned {
+				putBuf(payload)
+			}
 			r.weight = weight
 			replies <- r
 		}()
@@ -648,9 +658,9 @@ func (c *conn) writeReplies(replies <-chan reply, bud *budget, done chan<- struc
 }
 
 // handle runs one request against the backend and builds its reply.
-func (c *conn) handle(ex *export, req request, payload []byte) reply {
+func (c *conn) handle(ex *export, req request, payload []byte, owned bool) reply {
 	op := cmdName(req.typ)
-	code, data, buf := c.execute(ex, req, payload)
+	code, data, buf := c.execute(ex, req, payload, owned)
 	if code != 0 {
 		c.s.m.errors.WithLabelValues(op).Inc()
 		data = nil
@@ -663,8 +673,9 @@ func (c *conn) handle(ex *export, req request, payload []byte) reply {
 }
 
 // execute returns the NBD error code and, for reads, the data (and the
-// pooled buffer holding it).
-func (c *conn) execute(ex *export, req request, payload []byte) (uint32, []byte, *[]byte) {
+// pooled buffer holding it). With owned, a write's payload came from the
+// backend's WriteBuffer and goes to its WriteOwned.
+func (c *conn) execute(ex *export, req request, payload []byte, owned bool) (uint32, []byte, *[]byte) {
 	if req.flags&^cmdFlagsKnown != 0 {
 		return errInval, nil, nil
 	}
@@ -702,10 +713,16 @@ func (c *conn) execute(ex *export, req request, payload []byte) (uint32, []byte,
 		if !inRange {
 			return errInval, nil, nil
 		}
-		if err := be.WriteAt(payload, off, fua); err != nil {
+		var err error
+		if ob, ok := be.(OwningBackend); ok && owned {
+			err = ob.WriteOwned(payload, off, fua) // payload is not ours any more
+		} else {
+			err = be.WriteAt(payload, off, fua)
+		}
+		if err != nil {
 			return c.failed("write", off, length, err), nil, nil
 		}
-		c.s.m.bytesWritten.Add(float64(len(payload)))
+		c.s.m.bytesWritten.Add(float64(length))
 		return 0, nil, nil
 	case cmdFlush:
 		if err := be.Flush(); err != nil {

@@ -15,13 +15,18 @@ const (
 
 var dataPool = bufpool.New(dataPoolBytes, bufpool.PowerOfTwo)
 
+// newData returns a buffer of length n, from the free list where its size
+// is pooled.
+func newData(n int) []byte {
+	if n < minPooled || n > maxPooled {
+		return make([]byte, n)
+	}
+	return dataPool.Get(n)
+}
+
 // getData returns a buffer of length n holding a copy of b[:n].
 func getData(b []byte) []byte {
-	n := len(b)
-	if n < minPooled || n > maxPooled {
-		return append([]byte(nil), b...)
-	}
-	buf := dataPool.Get(n)
+	buf := newData(len(b))
 	copy(buf, b)
 	return buf
 }

@@ -2,6 +2,9 @@ package source
 
 import (
 	"bytes"
+	"context"
+	"os"
+	"sync"
 	"testing"
 
 	"github.com/continuum-cdp/continuum/internal/wire"
@@ -43,5 +46,72 @@ func TestEntryReleaseWaitsForSender(t *testing.T) {
 	e.release()
 	if w.Data != nil {
 		t.Fatal("data not released once sent and acknowledged")
+	}
+}
+
+// WriteOwned streams the caller's buffer itself; WriteAt streams a copy.
+// Both reach the file and the proxy intact, and a write out of range
+// fails and changes nothing.
+func TestWriteOwnedStreamsItsBuffer(t *testing.T) {
+	dir := t.TempDir()
+	const capacity = 1 << 20
+	f := newFakeProxy(t, map[int32]int64{0: capacity}, true, true)
+	var mu sync.Mutex
+	stamped := map[uint64]*byte{}
+	opts := testOptions(dir, f, []VMConfig{{Name: "vm1", Disks: []DiskConfig{{Key: 0, Capacity: capacity}}}})
+	opts.OnStamp = func(s Stamp) {
+		if len(s.Data) > 0 {
+			mu.Lock()
+			stamped[s.Seq] = &s.Data[0]
+			mu.Unlock()
+		}
+	}
+	svc, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "syncing", func() bool { return svc.Status()[0].Mode == "syncing" })
+	d, _ := svc.Disk("vm1", 0)
+	owned := d.WriteBuffer(64 << 10)
+	for i := range owned {
+		owned[i] = byte(i % 251)
+	}
+	ownedAt := &owned[0]
+	want := append([]byte(nil), owned...)
+	if err := d.WriteOwned(owned, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	ownedSeq := svc.Status()[0].Seq
+	copied := bytes.Repeat([]byte{7}, 8192)
+	if err := d.WriteAt(copied, 128<<10, false); err != nil {
+		t.Fatal(err)
+	}
+	copiedSeq := svc.Status()[0].Seq
+	if err := d.WriteOwned(d.WriteBuffer(4096), capacity, false); err == nil {
+		t.Fatal("a write past the end was accepted")
+	}
+	if st := svc.Status()[0]; st.Seq != copiedSeq {
+		t.Fatalf("the refused write was stamped: seq %d, want %d", st.Seq, copiedSeq)
+	}
+	mu.Lock()
+	if stamped[ownedSeq] != ownedAt {
+		t.Fatal("WriteOwned streamed a copy instead of its buffer")
+	}
+	if stamped[copiedSeq] == nil || stamped[copiedSeq] == &copied[0] {
+		t.Fatal("WriteAt streamed the caller's buffer instead of a copy")
+	}
+	mu.Unlock()
+	waitFor(t, "acknowledged", func() bool { st := svc.Status()[0]; return st.Acked == st.Seq })
+	disk, _ := os.ReadFile(d.Path())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for name, img := range map[string][]byte{"disk": disk, "proxy": f.img[0]} {
+		if !bytes.Equal(img[4096:4096+len(want)], want) || !bytes.Equal(img[128<<10:136<<10], copied) {
+			t.Fatalf("the %s does not hold both writes", name)
+		}
 	}
 }

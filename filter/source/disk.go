@@ -117,14 +117,33 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt writes to the file and queues the write for the proxy.
 func (d *Disk) WriteAt(p []byte, off int64, fua bool) error {
+	return d.write(p, off, fua, false)
+}
+
+// WriteBuffer returns a buffer for a write of n bytes to hand to
+// WriteOwned.
+func (d *Disk) WriteBuffer(n int) []byte { return newData(n) }
+
+// WriteOwned is WriteAt for a buffer of WriteBuffer's that the disk keeps,
+// whatever the outcome: the stream toward the proxy sends it as it is,
+// without the copy WriteAt makes, and frees it once it is acknowledged.
+// The caller must not touch p again.
+func (d *Disk) WriteOwned(p []byte, off int64, fua bool) error {
+	return d.write(p, off, fua, true)
+}
+
+func (d *Disk) write(p []byte, off int64, fua, owned bool) error {
 	if err := d.check(off, int64(len(p))); err != nil {
+		if owned {
+			putData(p)
+		}
 		return err
 	}
 	if len(p) == 0 {
 		return nil
 	}
 	s := d.lockBlocks(off, int64(len(p)))
-	err := d.vm.change(d, wire.OpData, off, int64(len(p)), p, func() error {
+	err := d.vm.change(d, wire.OpData, off, int64(len(p)), p, owned, func() error {
 		_, err := d.f.WriteAt(p, off)
 		return err
 	})
@@ -160,7 +179,7 @@ func (d *Disk) zero(off, length int64) error {
 		return nil
 	}
 	s := d.lockBlocks(off, length)
-	err := d.vm.change(d, wire.OpZero, off, length, nil, func() error {
+	err := d.vm.change(d, wire.OpZero, off, length, nil, false, func() error {
 		return punch(d.f, off, length)
 	})
 	d.locks.Unlock(s)

@@ -267,20 +267,29 @@ func writeFileSync(path string, b []byte) error {
 // change applies one guest change: the block's dirty bit is on disk before
 // the file changes, then the change is stamped and buffered. The caller
 // holds the block lock of the range, so file order is sequence order.
-func (v *vmState) change(d *Disk, op uint8, off, length int64, data []byte, apply func() error) error {
+// With owned, data is a buffer of newData's that the stream keeps (and
+// frees) instead of a copy.
+func (v *vmState) change(d *Disk, op uint8, off, length int64, data []byte, owned bool, apply func() error) error {
 	v.mu.Lock()
 	err := d.dirty.mark(off, length, seqUnsent)
 	v.mu.Unlock()
-	if err != nil {
-		return err
+	if err == nil {
+		err = apply()
 	}
-	if err := apply(); err != nil {
+	if err != nil {
+		if owned {
+			putData(data)
+		}
 		return err
 	}
 	// the copy for the stream is made before the VM's lock: other disks'
 	// writes and the sender do not wait for a megabyte memmove
 	var cp []byte
-	if op == wire.OpData {
+	switch {
+	case op != wire.OpData:
+	case owned:
+		cp = data
+	default:
 		cp = getData(data)
 	}
 	v.mu.Lock()
