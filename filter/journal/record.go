@@ -19,7 +19,9 @@ import (
 //	u32 CRC-32C of everything before it (length prefix included).
 //
 // A zero length prefix is the clean end of a segment (segments are
-// preallocated with zeroes).
+// preallocated with zeroes), or, at an offset that is not a multiple of
+// directAlign, the padding after a record written with direct I/O: the
+// next record, if any, starts at the next multiple (see direct.go).
 const (
 	recMagic      = 0x434a5231 // "CJR1"
 	recVersion    = 1
@@ -253,15 +255,23 @@ type recordReader struct {
 // record at r.off does not check out.
 func (r *recordReader) next() (recHeader, int64, error) {
 	var pre [4]byte
-	if r.off+4 > r.size {
-		return recHeader{}, r.off, io.EOF
-	}
-	if _, err := r.r.ReadAt(pre[:], r.off); err != nil {
-		return recHeader{}, r.off, fmt.Errorf("%w: read length at %d: %v", errTorn, r.off, err)
-	}
-	n := int64(binary.LittleEndian.Uint32(pre[:]))
-	if n == 0 {
-		return recHeader{}, r.off, io.EOF
+	var n int64
+	for {
+		if r.off+4 > r.size {
+			return recHeader{}, r.off, io.EOF
+		}
+		if _, err := r.r.ReadAt(pre[:], r.off); err != nil {
+			return recHeader{}, r.off, fmt.Errorf("%w: read length at %d: %v", errTorn, r.off, err)
+		}
+		if n = int64(binary.LittleEndian.Uint32(pre[:])); n != 0 {
+			break
+		}
+		// zeroes up to a multiple of directAlign pad a direct write
+		a := alignUp(r.off)
+		if a == r.off {
+			return recHeader{}, r.off, io.EOF
+		}
+		r.off = a
 	}
 	if n+4 > maxRecordBytes || r.off+4+n > r.size {
 		return recHeader{}, r.off, fmt.Errorf("%w: length %d at %d overruns segment", errTorn, n, r.off)

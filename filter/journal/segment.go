@@ -17,6 +17,7 @@ type segment struct {
 	seq    uint64
 	path   string
 	f      *os.File
+	df     *os.File          // the active segment's direct writer, or nil (see direct.go)
 	size   int64             // preallocated size
 	tail   int64             // where the next record goes
 	maxIDs map[string]uint64 // per VM, the highest record ID in it
@@ -43,8 +44,14 @@ func (s *Store) writeRecord(vm string, id uint64, vec [][]byte, n int64) (*segme
 	s.segMu.Lock()
 	seg := s.active
 	s.segMu.Unlock()
+	start := func(seg *segment) int64 {
+		if s.direct(seg, n) {
+			return alignUp(seg.tail)
+		}
+		return seg.tail
+	}
 	// Keep room for a zero length prefix after the record: the clean end.
-	if seg == nil || seg.tail+n+4 > seg.size {
+	if seg == nil || start(seg)+n+4 > seg.size {
 		var err error
 		if seg, err = s.rotate(n + 4); err != nil {
 			return nil, 0, fmt.Errorf("append to journal: %w", err)
@@ -55,14 +62,19 @@ func (s *Store) writeRecord(vm string, id uint64, vec [][]byte, n int64) (*segme
 	s.segMu.Lock()
 	seg.maxIDs[vm] = max(seg.maxIDs[vm], id)
 	s.segMu.Unlock()
-	off := seg.tail
-	if w, err := writeVecAt(seg.f, vec, off); err != nil {
+	off := start(seg)
+	if s.direct(seg, n) {
+		if err := s.writeDirect(seg.df, vec, off); err != nil {
+			_ = writeZeroes(seg.f, off, alignUp(n))
+			return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
+		}
+	} else if w, err := writeVecAt(seg.f, vec, off); err != nil {
 		if w > 0 {
 			_ = writeZeroes(seg.f, off, w)
 		}
 		return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
 	}
-	seg.tail += n
+	seg.tail = off + n
 	return seg, off, nil
 }
 
@@ -109,11 +121,17 @@ func (s *Store) rotate(need int64) (*segment, error) {
 		return fail(fmt.Errorf("fsync %s: %w", s.segDir, err))
 	}
 	seg := &segment{seq: seq, path: path, f: f, size: size, maxIDs: map[string]uint64{}}
+	if !s.opts.BufferedIO {
+		seg.df = openDirect(path)
+	}
 	s.segMu.Lock()
 	s.segs = append(s.segs, seg)
 	s.active = seg
 	s.nextSeq = seq + 1
 	s.segMu.Unlock()
+	if old != nil {
+		old.closeDirect()
+	}
 	return seg, nil
 }
 
@@ -173,6 +191,9 @@ func (s *Store) loadSegments() error {
 	}
 	if n := len(segs); n > 0 {
 		s.active = segs[n-1]
+		if !s.opts.BufferedIO {
+			s.active.df = openDirect(s.active.path)
+		}
 	}
 	return nil
 }
@@ -206,6 +227,7 @@ func (s *Store) dropSegments() {
 	s.segs = keep
 	s.segMu.Unlock()
 	for _, seg := range gone {
+		seg.closeDirect()
 		seg.f.Close()
 		if err := os.Remove(seg.path); err != nil {
 			s.log.Warn("remove journal segment", "segment", seg.path, "err", err.Error())
@@ -217,7 +239,15 @@ func (s *Store) dropSegments() {
 
 func closeSegs(segs []*segment) {
 	for _, s := range segs {
+		s.closeDirect()
 		s.f.Close()
+	}
+}
+
+func (seg *segment) closeDirect() {
+	if seg.df != nil {
+		seg.df.Close()
+		seg.df = nil
 	}
 }
 
@@ -230,6 +260,17 @@ func (s *Store) scanSegment(seg *segment, last bool, fn func(h recHeader, off in
 		h, off, err := r.next()
 		if err == io.EOF {
 			seg.tail = off
+			if last && off < seg.size {
+				// Whatever a crash left past the clean end (blocks of a
+				// record whose first block never reached the disk) is
+				// zeroed, so later appends cannot end next to stale bytes.
+				if err := cutTail(seg, off); err != nil {
+					return fmt.Errorf("clear the tail of %s at %d: %w", seg.path, off, err)
+				}
+				if err := s.syncFile(seg.f); err != nil {
+					return fmt.Errorf("fsync %s: %w", seg.path, err)
+				}
+			}
 			return nil
 		}
 		if err != nil {

@@ -32,6 +32,7 @@ type Store struct {
 
 	used    atomic.Int64 // bytes of segment and delta files, for MaxBytes
 	fsyncs  atomic.Int64 // segment fsyncs, observed by tests
+	stage   []byte       // the committer's staging buffer for direct writes
 	appends atomic.Int64 // records committed
 	batches atomic.Int64 // committer batches
 	written atomic.Int64 // record bytes committed

@@ -90,6 +90,9 @@ type Options struct {
 	// CommitBytes ends a batch early once this many bytes are queued
 	// (default 64 MiB).
 	CommitBytes int64
+	// BufferedIO writes every record through the page cache, even where
+	// the file system offers direct I/O (see direct.go).
+	BufferedIO bool
 }
 
 // Errors callers can test with errors.Is.
