@@ -3,7 +3,8 @@ package journal
 import (
 	"fmt"
 	"os"
-	"unsafe"
+
+	"github.com/continuum-cdp/continuum/internal/directio"
 )
 
 // Big records are appended with direct I/O where the file system supports
@@ -18,7 +19,7 @@ import (
 // a record never starts with a zero prefix, so those bytes are padding or
 // the clean end of the segment.
 const (
-	directAlign = 4096
+	directAlign = directio.Align
 	// directMin is the smallest record written directly; a smaller one
 	// would be mostly padding.
 	directMin = 64 << 10
@@ -27,18 +28,10 @@ const (
 	stageBytes = 4 << 20
 )
 
-func alignUp(n int64) int64 { return (n + directAlign - 1) &^ (directAlign - 1) }
+func alignUp(n int64) int64 { return directio.Up(n) }
 
-// alignedBuf returns n bytes starting at a multiple of directAlign, as
-// direct I/O wants its memory.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+directAlign)
-	skip := 0
-	if r := int(uintptr(unsafe.Pointer(&b[0])) & (directAlign - 1)); r != 0 {
-		skip = directAlign - r
-	}
-	return b[skip : skip+n : skip+n]
-}
+// openDirect opens a segment for direct appends, or returns nil.
+func openDirect(path string) *os.File { return directio.Open(path) }
 
 // direct reports whether a record of n bytes goes to seg with direct I/O.
 func (s *Store) direct(seg *segment, n int64) bool {
@@ -51,7 +44,7 @@ func (s *Store) direct(seg *segment, n int64) bool {
 // committer calls it.
 func (s *Store) writeDirect(df *os.File, vec [][]byte, off int64) error {
 	if s.stage == nil {
-		s.stage = alignedBuf(stageBytes)
+		s.stage = directio.Aligned(stageBytes)
 	}
 	fill := 0
 	put := func(final bool) error {

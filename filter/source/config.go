@@ -64,6 +64,9 @@ type Options struct {
 	BackpressureWait time.Duration
 	// BlockSize is the CBT granularity. Default 64 KiB.
 	BlockSize int64
+	// BufferedIO writes the disks through the page cache even where the
+	// file system offers direct I/O (see Disk).
+	BufferedIO bool
 	// Grace is how long the proxy may stay unreachable before CBT mode. Default 30s.
 	Grace time.Duration
 	// ScanChunk is the read size of the sync scans. Default 1 MiB.

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
+	"github.com/continuum-cdp/continuum/internal/directio"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
@@ -113,5 +115,63 @@ func TestWriteOwnedStreamsItsBuffer(t *testing.T) {
 		if !bytes.Equal(img[4096:4096+len(want)], want) || !bytes.Equal(img[128<<10:136<<10], copied) {
 			t.Fatalf("the %s does not hold both writes", name)
 		}
+	}
+}
+
+// Aligned writes go to the flat file directly where the file system
+// allows it, the others through the page cache; reads see both at once,
+// and BufferedIO keeps every write in the page cache.
+func TestDirectDiskWrites(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		dir := t.TempDir()
+		probe := filepath.Join(dir, "probe")
+		os.WriteFile(probe, nil, 0o644)
+		if f := directio.Open(probe); f == nil {
+			t.Skip("the test directory's file system has no direct I/O")
+		} else {
+			f.Close()
+		}
+		f := newFakeProxy(t, map[int32]int64{0: 1 << 20}, true, true)
+		opts := testOptions(dir, f, []VMConfig{{Name: "vm1", Disks: []DiskConfig{{Key: 0, Capacity: 1 << 20}}}})
+		opts.BufferedIO = buffered
+		svc, err := New(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := svc.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := svc.Disk("vm1", 0)
+		aligned := directio.Aligned(64 << 10)
+		for i := range aligned {
+			aligned[i] = byte(i*13 + 1)
+		}
+		odd := bytes.Repeat([]byte{9}, 1000)
+		if err := d.WriteAt(aligned, 128<<10, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.WriteAt(odd, 128<<10+5, false); err != nil { // over the direct write, unaligned
+			t.Fatal(err)
+		}
+		if err := d.WriteAt(aligned[:8192], 256<<10, false); err != nil {
+			t.Fatal(err)
+		}
+		want := append([]byte(nil), aligned...)
+		copy(want[5:], odd)
+		got := make([]byte, len(want))
+		if _, err := d.ReadAt(got, 128<<10); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("buffered %v: a read after mixed writes differs (%v)", buffered, err)
+		}
+		if _, err := d.ReadAt(got[:8192], 256<<10); err != nil || !bytes.Equal(got[:8192], aligned[:8192]) {
+			t.Fatalf("buffered %v: the second direct write does not read back (%v)", buffered, err)
+		}
+		wantDirect := int64(2)
+		if buffered {
+			wantDirect = 0
+		}
+		if n := d.directs.Load(); n != wantDirect {
+			t.Fatalf("buffered %v: %d direct writes, want %d", buffered, n, wantDirect)
+		}
+		svc.Close()
 	}
 }

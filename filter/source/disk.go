@@ -5,20 +5,32 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/continuum-cdp/continuum/filter/nbd"
+	"github.com/continuum-cdp/continuum/internal/directio"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
 // Disk is one protected disk: its flat file and the NBD backend that
 // writes it and stamps every change into the VM's stream.
+//
+// Writes aligned to directio.Align go to the file with direct I/O where
+// the file system offers it, as a hypervisor writes a virtual disk: no copy
+// into the page cache, no writeback later. Other writes, reads and scans
+// use the page cache. Mixing the two is safe because no two writes touch
+// the same page at once: writes lock whole CBT blocks, and direct I/O is
+// only used when a block is a whole number of pages.
 type Disk struct {
 	vm       *vmState
 	key      int32
 	capacity int64
 	path     string
 	f        *os.File
+	df       atomic.Pointer[os.File] // direct writer, or nil
+	dfile    *os.File                // the direct writer, closed with the disk
+	directs  atomic.Int64            // writes that went direct (tests)
 	locks    *rangeLock
 	dirty    *dirtyMap // guarded by vm.mu
 
@@ -69,7 +81,13 @@ func openDisk(v *vmState, dir string, i int, c DiskConfig, blockSize int64) (*Di
 		f.Close()
 		return nil, err
 	}
-	return &Disk{vm: v, key: c.Key, capacity: c.Capacity, path: path, f: f, locks: newRangeLock(), dirty: dm}, nil
+	d := &Disk{vm: v, key: c.Key, capacity: c.Capacity, path: path, f: f, locks: newRangeLock(), dirty: dm}
+	if !v.opts.BufferedIO && blockSize%directio.Align == 0 {
+		if d.dfile = directio.Open(path); d.dfile != nil {
+			d.df.Store(d.dfile)
+		}
+	}
+	return d, nil
 }
 
 var _ nbd.Backend = (*Disk)(nil)
@@ -144,8 +162,7 @@ func (d *Disk) write(p []byte, off int64, fua, owned bool) error {
 	}
 	s := d.lockBlocks(off, int64(len(p)))
 	err := d.vm.change(d, wire.OpData, off, int64(len(p)), p, owned, func() error {
-		_, err := d.f.WriteAt(p, off)
-		return err
+		return d.writeFile(p, off)
 	})
 	d.locks.Unlock(s)
 	if err != nil {
@@ -225,7 +242,30 @@ func (d *Disk) Flush() error {
 	return nil
 }
 
+// writeFile writes p at off: directly when it is aligned and the file
+// system allows it, else through the page cache. The caller holds the
+// blocks of the range.
+func (d *Disk) writeFile(p []byte, off int64) error {
+	if df := d.df.Load(); df != nil && directio.Fits(p, off) {
+		_, err := df.WriteAt(p, off)
+		if !errors.Is(err, syscall.EINVAL) {
+			d.directs.Add(1)
+			return err
+		}
+		// the file system refused this write after all: buffered from
+		// now on (a failed direct write changed nothing)
+		if d.df.Swap(nil) != nil {
+			d.vm.log.Warn("direct writes refused, using the page cache", "disk", d.path, "err", err.Error())
+		}
+	}
+	_, err := d.f.WriteAt(p, off)
+	return err
+}
+
 func (d *Disk) close() error {
+	if d.dfile != nil {
+		d.dfile.Close()
+	}
 	err1 := d.f.Close()
 	err2 := d.dirty.close()
 	return errors.Join(err1, err2)
