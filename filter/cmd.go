@@ -42,6 +42,9 @@ type FileConfig struct {
 	CA        string `json:"ca,omitempty"`
 	Plaintext bool   `json:"plaintext,omitempty"`
 	LogLevel  string `json:"log_level,omitempty"`
+	// BufferedIO writes the source disks and the journal through the page
+	// cache even where the file system offers direct I/O.
+	BufferedIO bool `json:"buffered_io,omitempty"`
 
 	// source role
 	Datastore   string         `json:"datastore,omitempty"`
@@ -202,6 +205,7 @@ exits.`,
 	f.StringVar(&cfg.CA, "ca", "", "PEM CA certificate that peers' certificates must chain to")
 	f.BoolVar(&cfg.Plaintext, "plaintext", false, "no TLS on the data path (benchmarks on loopback only)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&cfg.BufferedIO, "buffered-io", false, "write disks and the journal through the page cache even where the file system offers direct I/O")
 	f.StringVar(&cfg.Datastore, "datastore", "", "source role: datastore directory holding the VMs' folders")
 	f.StringVar(&cfg.Proxy, "proxy", "", "source role: address of the source proxy (of the VMs that do not name theirs)")
 	f.Int64Var(&cfg.BufferBytes, "buffer-bytes", 256<<20, "source role: unacknowledged bytes per VM before CBT mode")
@@ -359,6 +363,7 @@ func runSource(ctx context.Context, cmd *cobra.Command, cfg FileConfig, tlsCfg *
 	opts := source.Options{
 		NodeID: cfg.NodeID, Datastore: cfg.Datastore, VMs: cfg.VMs, BufferBytes: cfg.BufferBytes,
 		BlockSize: cfg.BlockSize, Grace: cfg.Grace.D(), BackpressureWait: cfg.BackpressureWait.D(), Logger: log,
+		BufferedIO: cfg.BufferedIO,
 		// a VM of the configuration file may name its own proxy
 		DialProxy: dial,
 	}
@@ -427,6 +432,7 @@ func runTarget(ctx context.Context, cmd *cobra.Command, cfg FileConfig, tlsCfg *
 		ShortTerm: cfg.ShortTerm.D(), LongTerm: cfg.LongTerm.D(), Logger: log,
 	}
 	tc.Journal.NoSync = cfg.NoSync
+	tc.Journal.BufferedIO = cfg.BufferedIO
 	if cfg.JournalMaxBytes < 0 {
 		return fmt.Errorf("target role: --journal-max-bytes must not be negative, got %d", cfg.JournalMaxBytes)
 	}

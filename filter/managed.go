@@ -130,6 +130,7 @@ func runManaged(ctx context.Context, cmd *cobra.Command, cfg FileConfig, mo mana
 	m.src, err = source.New(source.Options{
 		NodeID: nodeID, Datastore: cfg.Datastore, BufferBytes: cfg.BufferBytes, BlockSize: cfg.BlockSize,
 		Grace: cfg.Grace.D(), BackpressureWait: cfg.BackpressureWait.D(), Logger: log.With("side", "source"), Exports: nbdSrv, Exclusive: true,
+		BufferedIO: cfg.BufferedIO,
 		DialProxy: func(ctx context.Context, addr string) (net.Conn, error) {
 			d := &net.Dialer{KeepAlive: 15 * time.Second}
 			return wire.DialTLS(ctx, d, addr, dataTLS)
@@ -161,6 +162,7 @@ func runManaged(ctx context.Context, cmd *cobra.Command, cfg FileConfig, mo mana
 		ShortTerm: cfg.ShortTerm.D(), LongTerm: cfg.LongTerm.D(), Logger: log.With("side", "target"),
 	}
 	tc.Journal.NoSync = cfg.NoSync
+	tc.Journal.BufferedIO = cfg.BufferedIO
 	tc.Journal.MaxBytes = cfg.JournalMaxBytes
 	m.tgt, err = target.New(tc)
 	if err != nil {
