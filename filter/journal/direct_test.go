@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -169,6 +171,49 @@ func TestDirectTornRecord(t *testing.T) {
 	id--
 	state = snaps[id].clone()
 	directPoints(t, v, state, &id, snaps)
+	s.Close()
+	s, err = Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, _ = s.VM("vm-a")
+	for pid, want := range snaps {
+		checkPoint(t, r, v, pid, want)
+	}
+}
+
+// A file system that refuses a direct write after it was opened for them
+// (EINVAL) costs nothing: the record goes through the page cache, and so
+// does everything after it.
+func TestDirectRefusedFallsBack(t *testing.T) {
+	dir := t.TempDir()
+	if !directWorks(t, dir) {
+		t.Skip("the test directory's file system has no direct I/O")
+	}
+	var refused atomic.Int64
+	directWriteAt = func(*os.File, []byte, int64) (int, error) {
+		refused.Add(1)
+		return 0, &os.PathError{Op: "write", Path: "segment", Err: syscall.EINVAL}
+	}
+	defer func() { directWriteAt = (*os.File).WriteAt }()
+	opts := Options{SegmentBytes: 32 << 20, Logger: testLogger(t)}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks := []DiskSpec{{Key: 1, Capacity: 6 << 20}}
+	v, _ := s.OpenVM("vm-a", disks)
+	r := rand.New(rand.NewPCG(7, 8))
+	state := newModel(disks)
+	var id uint64
+	clock := t0
+	initialSync(t, r, v, disks, state, &id, &clock)
+	snaps := map[uint64]diskModel{id: state.clone()}
+	directPoints(t, v, state, &id, snaps)
+	if n := refused.Load(); n != 1 {
+		t.Fatalf("%d direct writes tried, want 1 (then the page cache only)", n)
+	}
 	s.Close()
 	s, err = Open(dir, opts)
 	if err != nil {

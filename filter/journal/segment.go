@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // segment is one preallocated journal file. Segments are shared by every
@@ -63,16 +64,28 @@ func (s *Store) writeRecord(vm string, id uint64, vec [][]byte, n int64) (*segme
 	seg.maxIDs[vm] = max(seg.maxIDs[vm], id)
 	s.segMu.Unlock()
 	off := start(seg)
-	if s.direct(seg, n) {
-		if err := s.writeDirect(seg.df, vec, off); err != nil {
+	direct := s.direct(seg, n)
+	if direct {
+		err := s.writeDirect(seg.df, vec, off)
+		if errors.Is(err, syscall.EINVAL) {
+			// the file system refused after all (a failed direct write
+			// changes nothing): the page cache from now on
+			s.log.Warn("direct journal writes refused, using the page cache", "segment", seg.path, "err", err.Error())
+			s.noDirect = true
+			seg.closeDirect()
+			direct = false
+		} else if err != nil {
 			_ = writeZeroes(seg.f, off, alignUp(n))
 			return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
 		}
-	} else if w, err := writeVecAt(seg.f, vec, off); err != nil {
-		if w > 0 {
-			_ = writeZeroes(seg.f, off, w)
+	}
+	if !direct {
+		if w, err := writeVecAt(seg.f, vec, off); err != nil {
+			if w > 0 {
+				_ = writeZeroes(seg.f, off, w)
+			}
+			return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
 		}
-		return nil, 0, fmt.Errorf("append to journal: write %s: %w", seg.path, err)
 	}
 	seg.tail = off + n
 	return seg, off, nil
@@ -121,7 +134,7 @@ func (s *Store) rotate(need int64) (*segment, error) {
 		return fail(fmt.Errorf("fsync %s: %w", s.segDir, err))
 	}
 	seg := &segment{seq: seq, path: path, f: f, size: size, maxIDs: map[string]uint64{}}
-	if !s.opts.BufferedIO {
+	if !s.opts.BufferedIO && !s.noDirect {
 		seg.df = openDirect(path)
 	}
 	s.segMu.Lock()

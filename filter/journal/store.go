@@ -30,13 +30,16 @@ type Store struct {
 	done   chan struct{}
 	closed atomic.Bool
 
-	used    atomic.Int64 // bytes of segment and delta files, for MaxBytes
-	fsyncs  atomic.Int64 // segment fsyncs, observed by tests
-	stage   []byte       // the committer's staging buffer for direct writes
-	appends atomic.Int64 // records committed
-	batches atomic.Int64 // committer batches
-	written atomic.Int64 // record bytes committed
-	max     atomic.Int64
+	used   atomic.Int64 // bytes of segment and delta files, for MaxBytes
+	fsyncs atomic.Int64 // segment fsyncs, observed by tests
+	stage  []byte       // the committer's staging buffer for direct writes
+	// noDirect: a direct write was refused; appends use the page cache
+	// (committer only)
+	noDirect bool
+	appends  atomic.Int64 // records committed
+	batches  atomic.Int64 // committer batches
+	written  atomic.Int64 // record bytes committed
+	max      atomic.Int64
 
 	bufs sync.Pool // *[]byte record buffers
 

@@ -6,6 +6,9 @@
 //
 // A frame is a fixed 9-byte header (magic "CW", version, type, flags,
 // payload length), the payload, and a CRC-32C over header and payload.
+// On a TLS connection the CRC is left out (FlagUnchecked, the trailer is
+// zero): the TLS records' AEAD already authenticates every byte, and a
+// reader accepts an unchecked frame only from a TLS stream.
 // Encoding is hand-written with encoding/binary; readers and writers reuse
 // their buffers. A big Write or Point keeps its read buffer instead of a
 // copy; a reader that gives it back with Release (on a connection made
