@@ -192,6 +192,10 @@ type Decoder struct {
 	r          io.Reader
 	maxPayload int
 	buf        []byte
+	// small is the buffer of headers and small frames, kept for the
+	// stream's life: a big frame's buffer goes to its message, and the
+	// next frame starts in small again instead of a fresh allocation
+	small []byte
 	// reuse: big frames are read into released buffers (the reader
 	// calls Release); others get buffers of their exact size
 	reuse bool
@@ -204,7 +208,8 @@ func NewDecoder(r io.Reader, maxPayload int) *Decoder {
 	if maxPayload <= 0 {
 		maxPayload = DefaultMaxPayload
 	}
-	return &Decoder{r: r, maxPayload: maxPayload, buf: make([]byte, 0, 64<<10)}
+	small := make([]byte, 0, 64<<10)
+	return &Decoder{r: r, maxPayload: maxPayload, buf: small, small: small}
 }
 
 // Next returns the next message. io.EOF means the stream ended cleanly
@@ -233,8 +238,9 @@ func (d *Decoder) Next() (Msg, error) {
 		// copied; small frames are copied so the buffer is reused.
 		m, kept, err := decodeBody(t, flags, d.buf, total > giveAway, d.authenticated)
 		if kept || cap(d.buf) > 8<<20 {
-			// Do not pin (or share) a big buffer.
-			d.buf = make([]byte, 0, 64<<10)
+			// Do not pin (or share) a big buffer. Only a frame over
+			// giveAway is kept, and it never fits in small.
+			d.buf = d.small[:0]
 		}
 		if err != nil {
 			return nil, err

@@ -288,3 +288,34 @@ func TestReleaseReusesFrameBuffers(t *testing.T) {
 		t.Fatalf("size classes: %d %d %d", frameClass(3<<20+1), frameClass(100), frameClass(1<<20))
 	}
 }
+
+// A stream of big frames that are given away and released allocates
+// almost nothing per frame: the next header goes into the decoder's own
+// small buffer, not a fresh one.
+func TestBigFramesAllocateLittle(t *testing.T) {
+	var b []byte
+	data := bytes.Repeat([]byte{7}, 1<<20)
+	const n = 40
+	for i := range n {
+		b, _ = AppendFrame(b, &Write{Seq: uint64(i + 1), Op: OpData, Len: uint32(len(data)), Data: data})
+	}
+	d := NewDecoder(bytes.NewReader(b), 0)
+	d.reuse = true
+	read := func() {
+		m, err := d.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		Release(m)
+	}
+	read() // the first frame's buffer comes from nowhere
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range n - 1 {
+		read()
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / (n - 1); per > 16<<10 {
+		t.Fatalf("%d bytes allocated per 1 MiB frame, want under 16 KiB", per)
+	}
+}
