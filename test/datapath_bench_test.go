@@ -125,34 +125,6 @@ func naiveBaseline(b *testing.B, corpus []byte, total int, dir string) float64 {
 	return float64(total) / 1e6 / time.Since(start).Seconds()
 }
 
-// newPageCost writes 256 MiB into a new file in dir, 1 MiB at a time, and
-// returns the nanoseconds per byte. It is the price of memory the kernel
-// has not handed out for a while: on this kind of VM the host takes back
-// memory the guest freed, and the first touch of such a page costs
-// microseconds. Measured at the start and the end of a run, it tells how
-// much of the run's copying into new page-cache pages was that price.
-func newPageCost(b *testing.B, dir string) float64 {
-	const n = 256 << 20
-	buf := make([]byte, 1<<20)
-	for i := range buf {
-		buf[i] = byte(i)
-	}
-	path := filepath.Join(dir, "new-pages")
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.Remove(path)
-	defer f.Close()
-	start := time.Now()
-	for off := 0; off < n; off += len(buf) {
-		if _, err := f.Write(buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return float64(time.Since(start).Nanoseconds()) / n
-}
-
 // peakRSS reads a process's peak resident set (VmHWM) in MB.
 func peakRSS(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -264,7 +236,6 @@ func benchDatapath(b *testing.B, dir string) {
 	corpus := mixedCorpus(64 << 20)
 	vms := []source.VMConfig{{Name: "bench", Disks: []source.DiskConfig{{Key: 2000, Capacity: 1 << 30}}}}
 	for i := 0; i < b.N; i++ {
-		pageStart := newPageCost(b, dir)
 		base := naiveBaseline(b, corpus, total, dir)
 		ddir := filepath.Join(dir, fmt.Sprintf("run%d", i))
 		d := startDatapath(b, dpOptions{rpo: time.Second, grace: 30 * time.Second, vms: vms, logLevel: "warn", dir: ddir})
@@ -452,7 +423,6 @@ func benchDatapath(b *testing.B, dir string) {
 			p.kill()
 		}
 		os.RemoveAll(ddir)
-		pageEnd := newPageCost(b, dir)
 
 		b.ReportMetric(base, "baseline-MB/s")
 		b.ReportMetric(fioMBs, "fio-MB/s")
@@ -467,9 +437,6 @@ func benchDatapath(b *testing.B, dir string) {
 		b.ReportMetric(rssSP, "rss-source-proxy-MB")
 		b.ReportMetric(rssTP, "rss-target-proxy-MB")
 		b.ReportMetric(rssTF, "rss-target-filter-MB")
-		b.ReportMetric(pageStart, "new-page-ns/B-start")
-		b.ReportMetric(pageEnd, "new-page-ns/B-end")
-		b.Logf("writing into new page-cache pages: %.2f ns/B before the run, %.2f ns/B after it", pageStart, pageEnd)
 		b.Logf("baseline %.0f MB/s; sustained (90%% durable): fio %.0f MB/s (%.2fx), generator %.0f MB/s (%.2fx); whole burst incl. the last RPO cut: fio %.0f MB/s (%.2fx), generator %.0f MB/s (%.2fx); paced %.0f MB/s lag p50 %.3fs p99 %.3fs (%d samples); peak RSS MB: source filter %.0f, source proxy %.0f, target proxy %.0f, target filter %.0f",
 			base, fio90, fio90/base, gen90, gen90/base, fioMBs, fioMBs/base, genMBs, genMBs/base, paced, percentile(lags, 0.5), percentile(lags, 0.99), len(lags), rssSF, rssSP, rssTP, rssTF)
 	}
