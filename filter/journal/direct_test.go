@@ -45,6 +45,56 @@ func directPoints(t *testing.T, v *VM, state diskModel, id *uint64, snaps map[ui
 	}
 }
 
+// directRun is a store with one VM after its initial sync and one round
+// of directPoints: what the tests below start from.
+type directRun struct {
+	s     *Store
+	v     *VM
+	r     *rand.Rand
+	state diskModel
+	id    uint64
+	snaps map[uint64]diskModel
+}
+
+func newDirectRun(t *testing.T, dir string, opts Options, seed uint64) *directRun {
+	t.Helper()
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disks := []DiskSpec{{Key: 1, Capacity: 6 << 20}}
+	v, err := s.OpenVM("vm-a", disks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &directRun{s: s, v: v, r: rand.New(rand.NewPCG(seed, seed+1)), state: newModel(disks)}
+	clock := t0
+	initialSync(t, d.r, v, disks, d.state, &d.id, &clock)
+	d.snaps = map[uint64]diskModel{d.id: d.state.clone()}
+	directPoints(t, v, d.state, &d.id, d.snaps)
+	return d
+}
+
+// reopen closes the store and opens it again.
+func (d *directRun) reopen(t *testing.T, dir string, opts Options) {
+	t.Helper()
+	d.s.Close()
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.s = s
+	d.v, _ = s.VM("vm-a")
+}
+
+// check reads back every point taken so far.
+func (d *directRun) check(t *testing.T) {
+	t.Helper()
+	for pid, want := range d.snaps {
+		checkPoint(t, d.r, d.v, pid, want)
+	}
+}
+
 // Big records go through direct I/O at multiples of directAlign, small
 // ones through the page cache right after the record before them; every
 // point reads back exactly, before and after a reopen, and appends go on
@@ -57,26 +107,9 @@ func TestDirectRecords(t *testing.T) {
 				t.Skip("the test directory's file system has no direct I/O")
 			}
 			opts := Options{SegmentBytes: 32 << 20, Logger: testLogger(t), BufferedIO: buffered}
-			s, err := Open(dir, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			disks := []DiskSpec{{Key: 1, Capacity: 6 << 20}}
-			v, err := s.OpenVM("vm-a", disks)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := rand.New(rand.NewPCG(1, 2))
-			state := newModel(disks)
-			var id uint64
-			clock := t0
-			initialSync(t, r, v, disks, state, &id, &clock)
-			snaps := map[uint64]diskModel{id: state.clone()}
-			directPoints(t, v, state, &id, snaps)
-			for pid, want := range snaps {
-				checkPoint(t, r, v, pid, want)
-			}
-			s.Close()
+			d := newDirectRun(t, dir, opts, 1)
+			d.check(t)
+			d.s.Close()
 
 			recs := recordsIn(t, filepath.Join(dir, "journal"))
 			if len(recs) < 8 {
@@ -103,16 +136,10 @@ func TestDirectRecords(t *testing.T) {
 				t.Fatalf("%d records were written directly, want 4", aligned)
 			}
 
-			s, err = Open(dir, opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			v, _ = s.VM("vm-a")
-			directPoints(t, v, state, &id, snaps)
-			for pid, want := range snaps {
-				checkPoint(t, r, v, pid, want)
-			}
+			d.reopen(t, dir, opts)
+			defer d.s.Close()
+			directPoints(t, d.v, d.state, &d.id, d.snaps)
+			d.check(t)
 		})
 	}
 }
@@ -127,24 +154,12 @@ func TestDirectTornRecord(t *testing.T) {
 		t.Skip("the test directory's file system has no direct I/O")
 	}
 	opts := Options{SegmentBytes: 32 << 20, Logger: testLogger(t)}
-	s, err := Open(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	disks := []DiskSpec{{Key: 1, Capacity: 6 << 20}}
-	v, _ := s.OpenVM("vm-a", disks)
-	r := rand.New(rand.NewPCG(5, 6))
-	state := newModel(disks)
-	var id uint64
-	clock := t0
-	initialSync(t, r, v, disks, state, &id, &clock)
-	snaps := map[uint64]diskModel{id: state.clone()}
-	directPoints(t, v, state, &id, snaps)
-	s.Close()
+	d := newDirectRun(t, dir, opts, 5)
+	d.s.Close()
 	recs := recordsIn(t, filepath.Join(dir, "journal"))
 	last := recs[len(recs)-1]
-	if last.id != id || last.end-last.start < directMin {
-		t.Fatalf("last record %+v is not the big point %d", last, id)
+	if last.id != d.id || last.end-last.start < directMin {
+		t.Fatalf("last record %+v is not the big point %d", last, d.id)
 	}
 	f, err := os.OpenFile(last.seg, os.O_RDWR, 0)
 	if err != nil {
@@ -153,13 +168,9 @@ func TestDirectTornRecord(t *testing.T) {
 	f.WriteAt(make([]byte, directAlign), last.start)
 	f.Close()
 
-	s, err = Open(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, _ = s.VM("vm-a")
-	if v.LastID() != id-1 {
-		t.Fatalf("LastID %d, want %d", v.LastID(), id-1)
+	d.reopen(t, dir, opts)
+	if d.v.LastID() != d.id-1 {
+		t.Fatalf("LastID %d, want %d", d.v.LastID(), d.id-1)
 	}
 	tail, _ := os.ReadFile(last.seg)
 	for i, b := range tail[last.start:last.end] {
@@ -167,20 +178,13 @@ func TestDirectTornRecord(t *testing.T) {
 			t.Fatalf("byte %d past the clean end survived the reopen", i)
 		}
 	}
-	delete(snaps, id)
-	id--
-	state = snaps[id].clone()
-	directPoints(t, v, state, &id, snaps)
-	s.Close()
-	s, err = Open(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	v, _ = s.VM("vm-a")
-	for pid, want := range snaps {
-		checkPoint(t, r, v, pid, want)
-	}
+	delete(d.snaps, d.id)
+	d.id--
+	d.state = d.snaps[d.id].clone()
+	directPoints(t, d.v, d.state, &d.id, d.snaps)
+	d.reopen(t, dir, opts)
+	defer d.s.Close()
+	d.check(t)
 }
 
 // A file system that refuses a direct write after it was opened for them
@@ -198,30 +202,11 @@ func TestDirectRefusedFallsBack(t *testing.T) {
 	}
 	defer func() { directWriteAt = (*os.File).WriteAt }()
 	opts := Options{SegmentBytes: 32 << 20, Logger: testLogger(t)}
-	s, err := Open(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	disks := []DiskSpec{{Key: 1, Capacity: 6 << 20}}
-	v, _ := s.OpenVM("vm-a", disks)
-	r := rand.New(rand.NewPCG(7, 8))
-	state := newModel(disks)
-	var id uint64
-	clock := t0
-	initialSync(t, r, v, disks, state, &id, &clock)
-	snaps := map[uint64]diskModel{id: state.clone()}
-	directPoints(t, v, state, &id, snaps)
+	d := newDirectRun(t, dir, opts, 7)
 	if n := refused.Load(); n != 1 {
 		t.Fatalf("%d direct writes tried, want 1 (then the page cache only)", n)
 	}
-	s.Close()
-	s, err = Open(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	v, _ = s.VM("vm-a")
-	for pid, want := range snaps {
-		checkPoint(t, r, v, pid, want)
-	}
+	d.reopen(t, dir, opts)
+	defer d.s.Close()
+	d.check(t)
 }
