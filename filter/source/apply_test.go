@@ -328,14 +328,7 @@ func TestApplyAddsAndRemovesVMs(t *testing.T) {
 	ex := &fakeExports{}
 	opts := applyOptions(dir, ex)
 	opts.VMs = []VMConfig{vmc("vm1", p.addr(), 1)}
-	svc, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	svc := startService(t, opts)
 	writeSome(t, r, mustDisk(t, svc, "vm1", 1), 20)
 	if err := svc.Apply([]VMConfig{vmc("vm1", p.addr(), 1), vmc("vm2", p.addr(), 1, 2)}); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package source
 
 import (
 	"bytes"
-	"context"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -34,14 +33,7 @@ func startSlowProxyVM(t *testing.T, wait, delay time.Duration) (*Service, *fakeP
 	// four chunks fit: the burst below is many times the buffer
 	opts.BufferBytes = 4*(64<<10) + 4*entryOverhead
 	opts.BackpressureWait = wait
-	svc, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	svc := startService(t, opts)
 	waitFor(t, "syncing", func() bool { return svc.Status()[0].Mode == "syncing" })
 	return svc, f
 }
@@ -91,14 +83,7 @@ func TestBackpressureDeadProxyEntersCBT(t *testing.T) {
 	opts := testOptions(t.TempDir(), f, []VMConfig{{Name: "vm1", Disks: []DiskConfig{{Key: 1, Capacity: 1 << 20}}}})
 	opts.BufferBytes = 4*(64<<10) + 4*entryOverhead
 	opts.BackpressureWait = 150 * time.Millisecond
-	svc, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	svc := startService(t, opts)
 	waitFor(t, "syncing", func() bool { return svc.Status()[0].Mode == "syncing" })
 	r := rand.New(rand.NewPCG(5, 5))
 	burst(t, svc, r, 4)

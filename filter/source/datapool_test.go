@@ -2,7 +2,6 @@ package source
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"sync"
@@ -68,14 +67,7 @@ func TestWriteOwnedStreamsItsBuffer(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	svc, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	svc := startService(t, opts)
 	waitFor(t, "syncing", func() bool { return svc.Status()[0].Mode == "syncing" })
 	d, _ := svc.Disk("vm1", 0)
 	owned := d.WriteBuffer(64 << 10)
@@ -134,13 +126,7 @@ func TestDirectDiskWrites(t *testing.T) {
 		f := newFakeProxy(t, map[int32]int64{0: 1 << 20}, true, true)
 		opts := testOptions(dir, f, []VMConfig{{Name: "vm1", Disks: []DiskConfig{{Key: 0, Capacity: 1 << 20}}}})
 		opts.BufferedIO = buffered
-		svc, err := New(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := svc.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		svc := startService(t, opts)
 		d, _ := svc.Disk("vm1", 0)
 		aligned := directio.Aligned(64 << 10)
 		for i := range aligned {

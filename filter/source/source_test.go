@@ -124,6 +124,21 @@ func (f *fakeProxy) serve(nc net.Conn) {
 	}
 }
 
+// startService creates and starts a service; it is closed when the test
+// ends.
+func startService(t *testing.T, opts Options) *Service {
+	t.Helper()
+	svc, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	if err := svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
 func testOptions(dir string, f *fakeProxy, vms []VMConfig) Options {
 	return Options{Datastore: dir, VMs: vms, Dial: f.dial, BlockSize: 4096, ScanChunk: 64 << 10,
 		BufferBytes: 8 << 20, Grace: 200 * time.Millisecond,
@@ -281,14 +296,7 @@ func TestCBTModeWhenProxyUnreachable(t *testing.T) {
 	f.l.Close()
 	opts := testOptions(dir, f, []VMConfig{{Name: "vm1", Disks: []DiskConfig{{Key: 1, Capacity: 1 << 20}}}})
 	opts.Dial = func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) }
-	svc, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	svc := startService(t, opts)
 	d := svc.Disks()[0]
 	if err := d.WriteAt([]byte("hello"), 100, false); err != nil {
 		t.Fatal(err)
