@@ -106,6 +106,11 @@ func (s *Store) rotate(need int64) (*segment, error) {
 	old := s.active
 	seq := s.nextSeq
 	s.segMu.Unlock()
+	if old != nil {
+		// no more appends go to it; closed while it is still the active
+		// segment, which retention never drops
+		old.closeDirect()
+	}
 	if old != nil && !old.abandoned {
 		if err := s.syncSeg(old); err != nil {
 			s.release(size)
@@ -142,9 +147,6 @@ func (s *Store) rotate(need int64) (*segment, error) {
 	s.active = seg
 	s.nextSeq = seq + 1
 	s.segMu.Unlock()
-	if old != nil {
-		old.closeDirect()
-	}
 	return seg, nil
 }
 
