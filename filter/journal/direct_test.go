@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -209,4 +210,27 @@ func TestDirectRefusedFallsBack(t *testing.T) {
 	d.reopen(t, dir, opts)
 	defer d.s.Close()
 	d.check(t)
+}
+
+// A journal directory is opened by one store at a time: opening cuts the
+// newest segment's tail, which would destroy a running store's appends.
+func TestOneStorePerDirectory(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentBytes: 1 << 20, Logger: testLogger(t)}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2, err := Open(dir, opts); err == nil {
+		s2.Close()
+		t.Fatal("a second store opened a journal in use")
+	} else if !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open: %v, want a clear in-use error", err)
+	}
+	s.Close()
+	s, err = Open(dir, opts)
+	if err != nil {
+		t.Fatalf("reopen after close: %v", err)
+	}
+	s.Close()
 }

@@ -33,6 +33,7 @@ type Store struct {
 	used   atomic.Int64 // bytes of segment and delta files, for MaxBytes
 	fsyncs atomic.Int64 // segment fsyncs, observed by tests
 	stage  []byte       // the committer's staging buffer for direct writes
+	lock   *os.File     // holds the directory's lock (lockDir)
 	// noDirect: a direct write was refused; appends use the page cache
 	// (committer only)
 	noDirect bool
@@ -102,9 +103,15 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(s.segDir, 0o755); err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open journal: %w", err)
+	}
+	s.lock = lock
 	s.max.Store(opts.MaxBytes)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	for _, e := range ents {
@@ -118,12 +125,14 @@ func Open(dir string, opts Options) (*Store, error) {
 		v, err := loadVM(s, vdir)
 		if err != nil {
 			s.closeVMs()
+			lock.Close()
 			return nil, fmt.Errorf("open journal %s: %w", dir, err)
 		}
 		s.vms[v.name] = v
 	}
 	if err := s.loadSegments(); err != nil {
 		s.closeVMs()
+		lock.Close()
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	go s.committer()
@@ -178,7 +187,9 @@ func (s *Store) Close() error {
 	}
 	close(s.quit)
 	<-s.done
-	return s.closeVMs()
+	err := s.closeVMs()
+	s.lock.Close()
+	return err
 }
 
 func (s *Store) closeVMs() error {
