@@ -160,7 +160,13 @@ func EncodePoint(p *Point, extents []Extent, opts PointOptions) error {
 		}
 	case CodecS2, CodecZstd:
 		cw := chunkWriter{codec: opts.Codec, out: opts.Buf[:0]}
-		if bound := compressedBound(opts.Codec, size); cap(cw.out) < bound {
+		short := 1 // the head's chunk
+		for i := range extents {
+			if extents[i].Op == OpData && len(extents[i].Data) >= ChunkSize {
+				short++ // a short chunk may end before each big extent
+			}
+		}
+		if bound := compressedBound(opts.Codec, size) + short*chunkHeaderLen; cap(cw.out) < bound {
 			// room for the worst case, with slack so that a reused
 			// buffer also fits the next, slightly larger point
 			cw.out = make([]byte, 0, bound+bound/4)
@@ -346,11 +352,14 @@ func compressedBound(c Codec, raw int) int {
 	return raw + n*chunkHeaderLen
 }
 
-// chunkWriter compresses a byte stream in ChunkSize chunks as it is
-// written: per chunk {rawLen uint32, compLen uint32 (high bit: stored)}
-// then the bytes. A whole chunk available in one write is compressed in
-// place; only the pieces that straddle a chunk boundary are gathered in
-// a scratch chunk, so a point's raw form is never built.
+// chunkWriter compresses a byte stream in chunks of at most ChunkSize as
+// it is written: per chunk {rawLen uint32, compLen uint32 (high bit:
+// stored)} then the bytes. A whole chunk available in one write is
+// compressed in place; small pieces are gathered in a scratch chunk, so a
+// point's raw form is never built. A write of ChunkSize or more first
+// ends the scratch chunk short, so that its own chunks start at its
+// start and need no copy (otherwise the extent list ahead of the data
+// would put every chunk boundary inside a write).
 type chunkWriter struct {
 	codec   Codec
 	out     []byte
@@ -358,6 +367,10 @@ type chunkWriter struct {
 }
 
 func (w *chunkWriter) write(b []byte) {
+	if len(b) >= ChunkSize && len(w.scratch) > 0 {
+		w.chunk(w.scratch)
+		w.scratch = w.scratch[:0]
+	}
 	for len(b) > 0 {
 		if len(w.scratch) == 0 && len(b) >= ChunkSize {
 			w.chunk(b[:ChunkSize])

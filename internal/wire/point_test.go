@@ -226,10 +226,11 @@ func TestSealPointLater(t *testing.T) {
 	}
 }
 
-// The encoder gathers only the pieces that straddle chunk boundaries: the
-// chunks must still be full (ChunkSize raw bytes, all but the last) and
-// decode to the same extents, also when the payload is built in a reused
-// buffer that held an older, larger payload.
+// The encoder gathers only small pieces and those that straddle chunk
+// boundaries: a write of ChunkSize or more starts a chunk of its own (so it
+// is compressed where it lies), every other chunk but the last is full,
+// and the payload decodes to the same extents, also when it is built in a
+// reused buffer that held an older, larger payload.
 func TestPointChunksAcrossExtentsAndReusedBuffer(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	var ext []Extent
@@ -259,14 +260,35 @@ func TestPointChunksAcrossExtentsAndReusedBuffer(t *testing.T) {
 			t.Fatalf("%s: raw length %d, want %d", codec, p.RawLen, RawSize(ext))
 		}
 		if codec != CodecNone {
-			body, raw := p.Payload, 0
+			// where the data of each big write starts in the raw stream
+			bigStarts := map[int]bool{}
+			at := 4 + len(ext)*extentHeaderLen
+			for _, e := range ext {
+				if e.Op == OpData {
+					if len(e.Data) >= ChunkSize {
+						bigStarts[at] = true
+					}
+					at += len(e.Data)
+				}
+			}
+			body, raw, short := p.Payload, 0, 0
 			for len(body) > 0 {
 				n, comp := int(be.Uint32(body)), be.Uint32(body[4:])&^chunkStored
+				delete(bigStarts, raw)
 				raw += n
+				if n > ChunkSize {
+					t.Fatalf("%s: chunk of %d raw bytes", codec, n)
+				}
 				if n != ChunkSize && raw != int(p.RawLen) {
-					t.Fatalf("%s: chunk of %d raw bytes before the last", codec, n)
+					short++
 				}
 				body = body[chunkHeaderLen+int(comp):]
+			}
+			if len(bigStarts) != 0 {
+				t.Fatalf("%s: %d big writes do not start a chunk", codec, len(bigStarts))
+			}
+			if short > 4 { // before each of the three big writes, and the head
+				t.Fatalf("%s: %d short chunks before the last", codec, short)
 			}
 		}
 		// decoded into a reused buffer too
