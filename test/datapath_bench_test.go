@@ -289,6 +289,9 @@ func benchDatapath(b *testing.B, dir string) {
 			if st.CBTEntries > 0 {
 				b.Logf("fio VM entered CBT mode %d times", st.CBTEntries)
 			}
+			if st.ThrottledWrites > 0 {
+				b.Logf("fio: %d writes waited %.2fs in all for room in the filter's buffer", st.ThrottledWrites, st.ThrottledSeconds)
+			}
 		}
 
 		// in-process generator into the same proxies
@@ -362,6 +365,9 @@ func benchDatapath(b *testing.B, dir string) {
 		logCPU("generator", cpu0, time.Since(start))
 		if st := svc.Status()[0]; st.CBTEntries > 0 {
 			b.Logf("generator VM entered CBT mode %d times", st.CBTEntries)
+		}
+		if st := svc.Status()[0]; st.ThrottledWrites > 0 {
+			b.Logf("generator: %d writes waited %.2fs in all for room in the buffer", st.ThrottledWrites, st.ThrottledSeconds)
 		}
 
 		// lag under a paced load: 100 MB/s of 1 MiB writes for 4 s

@@ -196,7 +196,10 @@ type filterStatus struct {
 	Acked         uint64 `json:"acked"`
 	BufferEntries int    `json:"buffer_entries"`
 	CBTEntries    int64  `json:"cbt_entries"`
-	Disks         []struct {
+	// ThrottledSeconds: guest writes' total wait for room in the buffer
+	ThrottledWrites  int64   `json:"throttled_writes"`
+	ThrottledSeconds float64 `json:"throttled_seconds"`
+	Disks            []struct {
 		Key  int32  `json:"key"`
 		Path string `json:"path"`
 	} `json:"disks"`
