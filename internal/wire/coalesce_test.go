@@ -9,7 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"math/big"
 	"net"
 	"strings"
@@ -198,20 +201,31 @@ func TestCoalescingReadAhead(t *testing.T) {
 	}
 }
 
-// Over TLS, frames go without a CRC (the record AEAD covers them); a
-// reader takes an unchecked frame only from a TLS stream, and a checked
-// frame with a bad CRC is still refused there.
-func TestUncheckedFramesOnlyOverTLS(t *testing.T) {
+// tlsPair is a TLS connection over an in-memory pipe.
+func tlsPair(t *testing.T) (server, client *tls.Conn) {
 	scfg, ccfg := testTLSConfigs(t)
 	ccfg.ServerName = "127.0.0.1"
 	a, b := net.Pipe()
-	server, client := tls.Server(a, scfg), tls.Client(b, ccfg)
-	defer server.Close()
-	defer client.Close()
+	server, client = tls.Server(a, scfg), tls.Client(b, ccfg)
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+func TestUncheckedFramesOnlyOverTLS(t *testing.T) {
+	server, client := tlsPair(t)
 	data := bytes.Repeat([]byte("unchecked "), 40000)
 	sent := make(chan error, 1)
 	go func() {
 		c := NewConn(server)
+		// the client's announcement lets the server leave out CRCs
+		if _, err := Expect[*Hello](c); err != nil {
+			sent <- err
+			return
+		}
+		if !c.Unchecked() {
+			sent <- errors.New("server: peer announced unchecked frames, still writing checked ones")
+			return
+		}
 		if err := c.Send(&Write{Seq: 7, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
 			sent <- err
 			return
@@ -226,9 +240,16 @@ func TestUncheckedFramesOnlyOverTLS(t *testing.T) {
 		_, err := server.Write(bad)
 		sent <- err
 	}()
-	// a reader of the same TLS stream that does not know it is TLS
-	// refuses the first frame: it was written unchecked
+	if err := NewConn(client).Send(&Hello{Role: RoleSourceFilter}); err != nil {
+		t.Fatal(err)
+	}
+	// a reader of the same TLS stream that does not know it is TLS reads
+	// the server's announcement (checked) and refuses the next frame: it
+	// was written unchecked
 	plain := NewDecoder(client, 0)
+	if m, err := plain.Next(); err != nil || m.Type() != TypeFeatures {
+		t.Fatalf("first frame: want the Features announcement, got %v, %v", m, err)
+	}
 	if _, err := plain.Next(); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "without a checksum") {
 		t.Fatalf("unchecked frame from a reader that is not TLS-aware: want ErrCorrupt, got %v", err)
 	}
@@ -243,5 +264,123 @@ func TestUncheckedFramesOnlyOverTLS(t *testing.T) {
 	}
 	if err := <-sent; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFeaturesNegotiated: two Conns of this version over TLS start with
+// checked frames and go unchecked each as soon as the other's
+// announcement arrives; the announcement never reaches the caller.
+func TestFeaturesNegotiated(t *testing.T) {
+	server, client := tlsPair(t)
+	sc, cc := NewConn(server), NewConn(client)
+	done := make(chan error, 1)
+	go func() {
+		h, err := Expect[*Hello](sc)
+		if err == nil && h.VM != "vm-1" {
+			err = fmt.Errorf("hello for %q", h.VM)
+		}
+		if err == nil {
+			err = sc.Send(&HelloAck{Resume: 3})
+		}
+		for err == nil {
+			var w *Write
+			if w, err = Expect[*Write](sc); err == nil && w.Seq == 2 {
+				break
+			}
+		}
+		done <- err
+	}()
+	if cc.Unchecked() || sc.Unchecked() {
+		t.Fatal("unchecked before any announcement")
+	}
+	if err := cc.Send(&Hello{Role: RoleSourceFilter, VM: "vm-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := Expect[*HelloAck](cc); err != nil || ack.Resume != 3 {
+		t.Fatalf("hello ack: %+v, %v", ack, err)
+	}
+	if !cc.Unchecked() {
+		t.Fatal("client: the server announced unchecked frames, still checked")
+	}
+	data := bytes.Repeat([]byte{7}, 300<<10)
+	for seq := uint64(1); seq <= 2; seq++ {
+		if err := cc.Send(&Write{Seq: seq, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !sc.Unchecked() {
+		t.Fatal("server: the client announced unchecked frames, still checked")
+	}
+}
+
+// TestOlderPeerGetsCheckedFrames: a peer of the release before unchecked
+// frames sends no announcement and refuses unchecked frames. This
+// version's Conn must keep writing checked frames to it, and the
+// announcement must pass as a skippable frame.
+func TestOlderPeerGetsCheckedFrames(t *testing.T) {
+	server, client := tlsPair(t)
+	done := make(chan error, 1)
+	go func() {
+		// this version, as the server
+		c := NewConn(server)
+		if _, err := Expect[*Hello](c); err != nil {
+			done <- err
+			return
+		}
+		data := bytes.Repeat([]byte("older "), 60000)
+		if err := c.Send(&HelloAck{Resume: 1}); err != nil {
+			done <- err
+			return
+		}
+		if err := c.Send(&Write{Seq: 2, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
+			done <- err
+			return
+		}
+		if c.Unchecked() {
+			done <- errors.New("server went unchecked toward a peer that never announced it")
+			return
+		}
+		done <- nil
+	}()
+	// the older client: frames built without a Conn (no announcement),
+	// read by a decoder that refuses unchecked frames and, not knowing
+	// the Features type, passes over skippable frames
+	hello, err := AppendFrame(nil, &Hello{Role: RoleSourceFilter, VM: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	old := NewDecoder(client, 0)
+	var got []MsgType
+	for len(got) < 2 {
+		m, err := old.Next()
+		if err != nil {
+			t.Fatalf("older reader after %v: %v", got, err)
+		}
+		if m.Type() == TypeFeatures {
+			continue // skippable: an older reader drops it unread
+		}
+		got = append(got, m.Type())
+	}
+	if got[0] != TypeHelloAck || got[1] != TypeWrite {
+		t.Fatalf("older reader got %v", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// and an unknown skippable type is what the announcement looks like
+	// to that reader: passed over
+	f, _ := AppendFrame(nil, &Features{Bits: knownFeatures})
+	f[3] = 250 // a type this version does not know
+	binary.BigEndian.PutUint32(f[len(f)-TrailerLen:], crc32.Checksum(f[:len(f)-TrailerLen], castagnoli))
+	ack, _ := AppendFrame(nil, &Ack{Seq: 5})
+	m, err := NewDecoder(bytes.NewReader(append(f, ack...)), 0).Next()
+	if err != nil || m.Type() != TypeAck {
+		t.Fatalf("skippable unknown frame: got %v, %v", m, err)
 	}
 }

@@ -8,7 +8,11 @@
 // payload length), the payload, and a CRC-32C over header and payload.
 // On a TLS connection the CRC is left out (FlagUnchecked, the trailer is
 // zero): the TLS records' AEAD already authenticates every byte, and a
-// reader accepts an unchecked frame only from a TLS stream.
+// reader accepts an unchecked frame only from a TLS stream. A writer
+// leaves it out only after its peer said it reads such frames: each side
+// of a TLS Conn sends a skippable Features frame ahead of its first
+// message, which an older reader passes over, so peers of different
+// releases keep talking (checked) during a rolling upgrade.
 // Encoding is hand-written with encoding/binary; readers and writers reuse
 // their buffers. A big Write or Point keeps its read buffer instead of a
 // copy; a reader that gives it back with Release (on a connection made

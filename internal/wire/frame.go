@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/continuum-cdp/continuum/internal/bufpool"
@@ -68,7 +69,8 @@ func AppendFrame(dst []byte, m Msg) ([]byte, error) {
 }
 
 func frameFlags(m Msg) uint8 {
-	if m.Type() == TypeStatus || m.Type() == TypeHeartbeat {
+	switch m.Type() {
+	case TypeStatus, TypeHeartbeat, TypeFeatures:
 		return FlagSkippable
 	}
 	return 0
@@ -348,8 +350,13 @@ type Conn struct {
 	tls    *tls.Conn
 	coal   *coalescingConn
 	hsDone bool // the handshake was seen complete (wmu)
-	// frames are written unchecked (FlagUnchecked): the connection is TLS
-	unchecked bool
+	// announce: Features goes out ahead of the first frame (TLS only;
+	// wmu)
+	announce bool
+	// frames are written unchecked (FlagUnchecked): the connection is
+	// TLS and the peer announced FeatureUncheckedFrames. Set by the
+	// reader, read by writers.
+	unchecked atomic.Bool
 }
 
 // ConnOption tunes a Conn.
@@ -386,7 +393,9 @@ func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
 	}
 	c.tls, c.coal = coalescer(nc)
 	if _, ok := nc.(*tls.Conn); ok {
-		c.unchecked, dec.authenticated = true, true
+		// this reader takes unchecked frames from a TLS stream; the
+		// writer sends them once the peer says it does too
+		c.announce, dec.authenticated = true, true
 	}
 	return c
 }
@@ -427,8 +436,16 @@ func (c *Conn) WriteMsg(m Msg) error {
 }
 
 func (c *Conn) writeMsgLocked(m Msg) error {
+	if c.announce {
+		c.announce = false
+		if err := c.writeMsgLocked(&Features{Bits: knownFeatures}); err != nil {
+			return err
+		}
+	}
+	// the announcement is always checked: any reader can pass over it
+	unchecked := c.unchecked.Load() && m.Type() != TypeFeatures
 	flags := frameFlags(m)
-	if c.unchecked {
+	if unchecked {
 		flags |= FlagUnchecked
 	}
 	h := append(c.hdr[:0], Magic0, Magic1, Version, byte(m.Type()), flags, 0, 0, 0, 0)
@@ -440,7 +457,7 @@ func (c *Conn) writeMsgLocked(m Msg) error {
 	}
 	be.PutUint32(h[5:], uint32(n))
 	var crc uint32
-	if !c.unchecked {
+	if !unchecked {
 		crc = crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, tail)
 	}
 	h = be.AppendUint32(h, 0)
@@ -482,7 +499,26 @@ func (c *Conn) Send(m Msg) error {
 }
 
 // ReadMsg returns the next message; see Decoder.Next.
-func (c *Conn) ReadMsg() (Msg, error) { return c.dec.Next() }
+func (c *Conn) ReadMsg() (Msg, error) {
+	for {
+		m, err := c.dec.Next()
+		if err != nil {
+			return nil, err
+		}
+		f, ok := m.(*Features)
+		if !ok {
+			return m, nil
+		}
+		// the peer's announcement: not the caller's business
+		if c.dec.authenticated && f.Bits&FeatureUncheckedFrames != 0 {
+			c.unchecked.Store(true)
+		}
+	}
+}
+
+// Unchecked reports whether frames to the peer go without a CRC: the
+// connection is TLS and the peer announced that it reads them.
+func (c *Conn) Unchecked() bool { return c.unchecked.Load() }
 
 // SetReadDeadline sets the underlying connection's read deadline.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }

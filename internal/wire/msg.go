@@ -21,6 +21,7 @@ const (
 	TypeStatus    MsgType = 8
 	TypeError     MsgType = 9
 	TypeHeartbeat MsgType = 10
+	TypeFeatures  MsgType = 11
 )
 
 func (t MsgType) String() string {
@@ -45,6 +46,8 @@ func (t MsgType) String() string {
 		return "Error"
 	case TypeHeartbeat:
 		return "Heartbeat"
+	case TypeFeatures:
+		return "Features"
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
 }
@@ -187,6 +190,27 @@ type Error struct {
 // Heartbeat keeps an idle connection alive.
 type Heartbeat struct{}
 
+// Features announces what the sender's reader understands beyond this
+// protocol version's baseline. A Conn sends it (skippable, so a reader
+// that predates it passes over it) ahead of its first message and uses a
+// feature toward its peer only once the peer has announced it: filters
+// and proxies of different releases keep talking during a rolling
+// upgrade. Bits a reader does not know are ignored, and so are bytes
+// after them (room for later fields).
+type Features struct {
+	Bits uint64
+}
+
+// Feature bits.
+const (
+	// FeatureUncheckedFrames: the reader accepts FlagUnchecked frames on
+	// a TLS connection.
+	FeatureUncheckedFrames uint64 = 1 << 0
+
+	// knownFeatures is what this version's Conn announces over TLS.
+	knownFeatures = FeatureUncheckedFrames
+)
+
 func (*Hello) Type() MsgType     { return TypeHello }
 func (*HelloAck) Type() MsgType  { return TypeHelloAck }
 func (*Write) Type() MsgType     { return TypeWrite }
@@ -197,6 +221,7 @@ func (*PointAck) Type() MsgType  { return TypePointAck }
 func (*Status) Type() MsgType    { return TypeStatus }
 func (*Error) Type() MsgType     { return TypeError }
 func (*Heartbeat) Type() MsgType { return TypeHeartbeat }
+func (*Features) Type() MsgType  { return TypeFeatures }
 
 func (e *Error) Error() string { return fmt.Sprintf("remote error %d: %s", e.Code, e.Msg) }
 
@@ -222,6 +247,8 @@ func newMsg(t MsgType) Msg {
 		return &Error{}
 	case TypeHeartbeat:
 		return &Heartbeat{}
+	case TypeFeatures:
+		return &Features{}
 	}
 	return nil
 }
@@ -557,4 +584,14 @@ func (m *Heartbeat) decode(p []byte) error {
 		return fmt.Errorf("%d trailing bytes", len(p))
 	}
 	return nil
+}
+
+func (m *Features) appendFixed(b []byte) []byte { return be.AppendUint64(b, m.Bits) }
+func (m *Features) tail() []byte                { return nil }
+func (m *Features) decode(p []byte) error {
+	if len(p) < 8 {
+		return errShort
+	}
+	m.Bits = be.Uint64(p)
+	return nil // later fields, if any, are for later readers
 }
