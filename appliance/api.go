@@ -49,6 +49,11 @@ const (
 	local      placement = iota // answered by whichever node receives it
 	leaderRW                    // changes state: always on the leader
 	leaderRead                  // linearizable on the leader unless ?stale=true
+	// localVM: answered by the receiving node when it knows the protected
+	// VM named in the path (so restore points stay readable while the
+	// cluster has no quorum); a follower that does not know it yet, having
+	// not applied the leader's latest entries, passes the request on.
+	localVM
 )
 
 // handler answers with a status and a JSON body, or an error that is mapped
@@ -233,7 +238,7 @@ func (s *Server) wrap(rt route) http.Handler {
 			writeError(rec, err)
 			return
 		}
-		if s.mustForward(rt, r) {
+		if s.mustForward(rt, r) || s.unknownVMOnFollower(rt, r) {
 			s.forward(rec, r)
 			return
 		}
@@ -328,6 +333,19 @@ func (s *Server) authenticate(r *http.Request, kind authKind) error {
 		return errUnavailable("this node is still catching up with the cluster state; retry")
 	}
 	return errUnauthorized("invalid token")
+}
+
+// unknownVMOnFollower reports whether a localVM route names a VM this
+// follower does not know while a leader, which may, can be reached.
+func (s *Server) unknownVMOnFollower(rt route, r *http.Request) bool {
+	if rt.Place != localVM || s.store.IsLeader() || r.Header.Get(forwardedHeader) != "" {
+		return false
+	}
+	if _, _, err := s.vmTarget(r.PathValue("vm")); !errors.Is(err, model.ErrNotFound) {
+		return false
+	}
+	_, addr := s.leaderAPI()
+	return addr != ""
 }
 
 func isUnauthorized(err error) bool {

@@ -69,8 +69,8 @@ func (s *Server) routeTable() []route {
 
 		{Method: "POST", Path: v1 + "/filter/install", Summary: "Install the I/O filter on a cluster (and create the CDP storage policy)", Request: "FilterInstallRequest", Response: "Cluster", Auth: authAdmin, Place: leaderRW, h: s.installFilter},
 		{Method: "GET", Path: v1 + "/vms/{vm}/disks", Summary: "A protected VM's disks: key, capacity and NBD URI on the filter of its host", Response: "VMDisks", Auth: authAdmin, Place: leaderRead, h: s.vmDisks},
-		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points", Summary: "A protected VM's restore points, from the filter that keeps its journal", Response: "RestorePointInfo[]", Auth: authAdmin, h: s.vmRestorePoints},
-		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points/{point}/disks/{disk}/image", Summary: "The raw image of a disk at a restore point (application/octet-stream)", Auth: authAdmin, raw: http.HandlerFunc(s.vmImage)},
+		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points", Summary: "A protected VM's restore points, from the filter that keeps its journal", Response: "RestorePointInfo[]", Auth: authAdmin, Place: localVM, h: s.vmRestorePoints},
+		{Method: "GET", Path: v1 + "/vms/{vm}/restore-points/{point}/disks/{disk}/image", Summary: "The raw image of a disk at a restore point (application/octet-stream)", Auth: authAdmin, Place: localVM, raw: http.HandlerFunc(s.vmImage)},
 
 		{Method: "GET", Path: v1 + "/traffic-rules", Summary: "List traffic rules", Response: "TrafficRule[]", Auth: authAdmin, Place: leaderRead, h: s.listTrafficRules},
 		{Method: "POST", Path: v1 + "/traffic-rules", Summary: "Create a traffic rule", Request: "TrafficRule", Response: "TrafficRule", Auth: authAdmin, Place: leaderRW, h: s.createTrafficRule},
