@@ -77,7 +77,22 @@ type PolicyReconciler struct {
 	mu     sync.Mutex
 	pushed map[string]string // task ID → fingerprint of the last pushed configuration
 	q      *queue            // the running loop's queue, nil when not running
+
+	// slotMu orders proxy selection across the policies reconciled at
+	// once (PolicyWorkers): each selection counts the tasks stored now
+	// plus claims, the proxies a running reconcile chose for a task (by
+	// task ID) and may not have stored yet. A claim is dropped when its
+	// reconcile ends, when its tasks are stored or given up. Without it,
+	// two policies could both take a proxy's last slot.
+	slotMu sync.Mutex
+	claims map[string]proxyClaim
+	// claimsVer counts changes to claims: a reconcile's count of tasks
+	// per proxy stays valid while no other reconcile changed them
+	claimsVer uint64
 }
+
+// proxyClaim is the proxies chosen for one task by a running reconcile.
+type proxyClaim struct{ source, target string }
 
 // NewPolicyReconciler checks cfg and fills its defaults.
 func NewPolicyReconciler(cfg Config) (*PolicyReconciler, error) {
@@ -113,7 +128,7 @@ func NewPolicyReconciler(cfg Config) (*PolicyReconciler, error) {
 	if m == nil {
 		m, _ = NewMetrics(nil)
 	}
-	return &PolicyReconciler{cfg: cfg, log: cfg.Logger.With("controller", "policy"), metrics: m, pushed: map[string]string{}}, nil
+	return &PolicyReconciler{cfg: cfg, log: cfg.Logger.With("controller", "policy"), metrics: m, pushed: map[string]string{}, claims: map[string]proxyClaim{}}, nil
 }
 
 // Enqueue asks for a reconcile of a policy (the API calls it after a write
@@ -375,14 +390,19 @@ type snapshot struct {
 	replica map[string]*model.Replica
 	proxies map[string]*model.Proxy
 	rules   []model.TrafficRule
-	load    map[string]int // tasks per proxy, other policies included
+	// claimed lists the tasks this reconcile claimed proxies for
+	claimed []string
+	// load is the count of tasks per proxy (loadLocked), kept up to date
+	// with this reconcile's own choices; loadVer is claimsVer then
+	load    map[string]int
+	loadVer uint64
 	// claims lists, per VM MoRef, the other enabled policies that have a
 	// task for it: a VM is protected by one policy only.
 	claims map[string][]*model.Policy
 }
 
 func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, error) {
-	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, load: map[string]int{}, claims: map[string][]*model.Policy{}}
+	sn := &snapshot{tasks: map[string]*model.VMTask{}, replica: map[string]*model.Replica{}, proxies: map[string]*model.Proxy{}, claims: map[string][]*model.Policy{}}
 	err := r.cfg.Store.ReadConsistent(ctx, func(s *model.State) {
 		p, ok := s.Policies[id]
 		if !ok {
@@ -391,12 +411,6 @@ func (r *PolicyReconciler) read(ctx context.Context, id string) (*snapshot, erro
 		cp := *p
 		sn.policy = &cp
 		for tid, t := range s.Tasks {
-			if t.SourceProxy != "" {
-				sn.load[t.SourceProxy]++
-			}
-			if t.TargetProxy != "" {
-				sn.load[t.TargetProxy]++
-			}
 			if op, ok := s.Policies[t.PolicyID]; ok && t.PolicyID != id && op.Enabled && t.VMMoRef != "" {
 				c := *op
 				sn.claims[t.VMMoRef] = append(sn.claims[t.VMMoRef], &c)
@@ -456,7 +470,52 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, policyID string) (res 
 	if !sn.policy.Enabled {
 		return Result{}, r.disable(ctx, sn)
 	}
+	defer r.dropClaims(sn)
 	return r.configure(ctx, log, sn)
+}
+
+// dropClaims ends the claims of a reconcile whose tasks are stored (or
+// given up): from now on the stored tasks count.
+func (r *PolicyReconciler) dropClaims(sn *snapshot) {
+	r.slotMu.Lock()
+	defer r.slotMu.Unlock()
+	for _, id := range sn.claimed {
+		delete(r.claims, id)
+	}
+	if len(sn.claimed) > 0 {
+		r.claimsVer++
+	}
+}
+
+// loadLocked counts the tasks on each proxy: the stored ones, where no
+// running reconcile has claimed other proxies for them, and the claims.
+// Called with slotMu held. Every choice of a proxy is a claim, so a
+// count kept while claimsVer stays the same can only be too high (a task
+// deleted meanwhile), never too low.
+func (r *PolicyReconciler) loadLocked() map[string]int {
+	load := map[string]int{}
+	r.cfg.Store.Read(func(s *model.State) {
+		for id, t := range s.Tasks {
+			if _, ok := r.claims[id]; ok {
+				continue
+			}
+			if t.SourceProxy != "" {
+				load[t.SourceProxy]++
+			}
+			if t.TargetProxy != "" {
+				load[t.TargetProxy]++
+			}
+		}
+	})
+	for _, c := range r.claims {
+		if c.source != "" {
+			load[c.source]++
+		}
+		if c.target != "" {
+			load[c.target]++
+		}
+	}
+	return load
 }
 
 // disable turns every task's status into the outcome of the CDP process and
@@ -1060,6 +1119,7 @@ func (r *PolicyReconciler) selectProxies(sn *snapshot, p *model.Policy, pl *plac
 	srcCluster := p.VCenterID + "/" + w.vm.Cluster
 	movedCluster := w.task.SourceHost != "" && w.task.SourceHost != w.next.SourceHost &&
 		clusterOfHost(inv, trimVC(w.task.SourceHost)) != w.vm.Cluster
+	var load map[string]int // read once a side must select, under slotMu
 	for _, side := range []struct {
 		role    model.ProxyRole
 		cluster string
@@ -1070,15 +1130,25 @@ func (r *PolicyReconciler) selectProxies(sn *snapshot, p *model.Policy, pl *plac
 		{model.RoleSource, srcCluster, p.SourceProxies, &w.next.SourceProxy, movedCluster},
 		{model.RoleTarget, pl.clusterID, p.TargetProxies, &w.next.TargetProxy, false},
 	} {
-		sel := Selection{Role: side.role, Cluster: side.cluster, Manual: side.manual, Load: sn.load, Now: now, HeartbeatTimeout: r.cfg.HeartbeatTimeout}
+		sel := Selection{Role: side.role, Cluster: side.cluster, Manual: side.manual, Now: now, HeartbeatTimeout: r.cfg.HeartbeatTimeout}
 		if p.ProxySelection != model.SelectManual {
 			sel.Manual = nil
 		}
 		if !side.replan && keepProxy(sn.proxies, *side.cur, w.task.Generation, p.Generation, sel) {
 			continue
 		}
+		if load == nil {
+			// what other policies' reconciles chose a moment ago counts
+			r.slotMu.Lock()
+			defer r.slotMu.Unlock()
+			if sn.load == nil || sn.loadVer != r.claimsVer {
+				sn.load = r.loadLocked()
+			}
+			load = sn.load
+		}
+		sel.Load = load
 		if *side.cur != "" {
-			sn.load[*side.cur]--
+			load[*side.cur]--
 		}
 		px, err := SelectProxy(sn.proxies, sel)
 		if err != nil {
@@ -1086,7 +1156,15 @@ func (r *PolicyReconciler) selectProxies(sn *snapshot, p *model.Policy, pl *plac
 			return fmt.Errorf("select %s proxy for %s: %w", side.role, w.vm.Name, err)
 		}
 		*side.cur = px.ID
-		sn.load[px.ID]++
+		load[px.ID]++
+	}
+	if load != nil {
+		if _, ok := r.claims[w.next.ID]; !ok {
+			sn.claimed = append(sn.claimed, w.next.ID)
+		}
+		r.claims[w.next.ID] = proxyClaim{source: w.next.SourceProxy, target: w.next.TargetProxy}
+		r.claimsVer++
+		sn.loadVer = r.claimsVer // load already holds this choice
 	}
 	w.next.Generation = p.Generation
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -543,4 +544,100 @@ func TestLongReconcileSeesFreshHeartbeats(t *testing.T) {
 	if _, err := r.Reconcile(l.ctx, p.ID); err == nil || !strings.Contains(err.Error(), "has not reported") {
 		t.Fatalf("silent filters went unnoticed: %v", err)
 	}
+}
+
+// barrierComponents holds every push until two have arrived (or a second
+// has passed), so that two policies' reconciles have both chosen their
+// proxies before either stores a task.
+type barrierComponents struct {
+	*fakeComponents
+	mu      sync.Mutex
+	arrived int
+	both    chan struct{}
+}
+
+func (b *barrierComponents) Configure(ctx context.Context, dp DataPath) error {
+	b.mu.Lock()
+	if b.arrived++; b.arrived == 2 {
+		close(b.both)
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.both:
+	case <-time.After(time.Second):
+	}
+	return b.fakeComponents.Configure(ctx, dp)
+}
+
+// TestConcurrentPoliciesShareTheLastSlot: two policies reconciled at the
+// same time, one VM each, and a source proxy with room for one task. Only
+// one policy may take it; the other waits for a proxy instead of
+// overbooking this one.
+func TestConcurrentPoliciesShareTheLastSlot(t *testing.T) {
+	l := newLab(t, 2, true)
+	st := newMemStore()
+	comps := &barrierComponents{fakeComponents: newFakeComponents(), both: make(chan struct{})}
+	p1 := l.setup(st, 1,
+		proxy("src-1", model.RoleSource, model.KindPhysical, "", 1),
+		proxy("dst-1", model.RoleTarget, model.KindPhysical, "", 0))
+	p2 := p1
+	p2.ID, p2.Name, p2.Generation = "pol-2", "second", 0
+	p2.VMs = []model.VMRef{{MoRef: l.vm(vcsim.ProtectedVMName(1)).MoRef}}
+	mustApply(t, st, raftstore.PutPolicy{Policy: p2, Create: true})
+	r := newReconciler(t, st, l, comps)
+
+	errs := make(chan error, 2)
+	for _, id := range []string{p1.ID, p2.ID} {
+		go func() {
+			_, err := r.Reconcile(l.ctx, id)
+			errs <- err
+		}()
+	}
+	var failed []error
+	for range 2 {
+		if err := <-errs; err != nil {
+			failed = append(failed, err)
+		}
+	}
+	on := 0
+	for _, pid := range []string{p1.ID, p2.ID} {
+		for _, tk := range tasksOf(st, pid) {
+			if tk.SourceProxy == "src-1" {
+				on++
+			}
+		}
+	}
+	if on != 1 {
+		t.Fatalf("%d tasks on a source proxy with room for 1 (errors: %v)", on, failed)
+	}
+	if len(failed) != 1 || !errors.Is(failed[0], ErrNoProxy) {
+		t.Fatalf("want one policy waiting for a proxy, got errors %v", failed)
+	}
+	r.slotMu.Lock()
+	left := len(r.claims)
+	r.slotMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d claims left after both reconciles ended", left)
+	}
+
+	// once the slot is free again (the winner's task gone, as when its
+	// policy is deleted), the other policy takes it
+	winner, loser := p1.ID, p2.ID
+	if tasksOf(st, p2.ID)[firstTaskID(st, p2.ID)].SourceProxy == "src-1" {
+		winner, loser = p2.ID, p1.ID
+	}
+	mustApply(t, st, raftstore.DeleteTask{ID: firstTaskID(st, winner)})
+	if _, err := r.Reconcile(l.ctx, loser); err != nil {
+		t.Fatalf("slot freed, second policy: %v", err)
+	}
+	if tk := tasksOf(st, loser)[firstTaskID(st, loser)]; tk.SourceProxy != "src-1" {
+		t.Fatalf("second policy's task on %q, want src-1", tk.SourceProxy)
+	}
+}
+
+func firstTaskID(st Store, policyID string) string {
+	for id := range tasksOf(st, policyID) {
+		return id
+	}
+	return ""
 }
