@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -192,6 +193,13 @@ func (w *durableWatch) rate(total int) float64 {
 	return float64(total) * 0.9 / 1e6 / t.Seconds()
 }
 
+// median of a few values (the upper one of an even count)
+func median(v []float64) float64 {
+	c := slices.Clone(v)
+	sort.Float64s(c)
+	return c[len(c)/2]
+}
+
 func percentile(v []float64, p float64) float64 {
 	if len(v) == 0 {
 		return 0
@@ -236,7 +244,10 @@ func benchDatapath(b *testing.B, dir string) {
 	corpus := mixedCorpus(64 << 20)
 	vms := []source.VMConfig{{Name: "bench", Disks: []source.DiskConfig{{Key: 2000, Capacity: 1 << 30}}}}
 	for i := 0; i < b.N; i++ {
-		base := naiveBaseline(b, corpus, total, dir)
+		// The baseline runs three times (before the pipeline, after its
+		// fio phase and after its generator phase) and its median counts:
+		// one run of a second is at the mercy of the disk's moment.
+		bases := []float64{naiveBaseline(b, corpus, total, dir)}
 		ddir := filepath.Join(dir, fmt.Sprintf("run%d", i))
 		d := startDatapath(b, dpOptions{rpo: time.Second, grace: 30 * time.Second, vms: vms, logLevel: "warn", dir: ddir})
 
@@ -293,6 +304,8 @@ func benchDatapath(b *testing.B, dir string) {
 				b.Logf("fio: %d writes waited %.2fs in all for room in the filter's buffer", st.ThrottledWrites, st.ThrottledSeconds)
 			}
 		}
+
+		bases = append(bases, naiveBaseline(b, corpus, total, dir))
 
 		// in-process generator into the same proxies
 		tlsCfg, err := proxy.TLSConfig(filepath.Join(d.certs, "cert.pem"), filepath.Join(d.certs, "key.pem"), filepath.Join(d.certs, "ca.pem"))
@@ -370,6 +383,10 @@ func benchDatapath(b *testing.B, dir string) {
 			b.Logf("generator: %d writes waited %.2fs in all for room in the buffer", st.ThrottledWrites, st.ThrottledSeconds)
 		}
 
+		bases = append(bases, naiveBaseline(b, corpus, total, dir))
+		base := median(bases)
+		b.Logf("baseline runs: %.0f, %.0f, %.0f MB/s (median %.0f)", bases[0], bases[1], bases[2], base)
+
 		// lag under a paced load: 100 MB/s of 1 MiB writes for 4 s
 		smu.Lock()
 		samples = samples[:0]
@@ -431,6 +448,7 @@ func benchDatapath(b *testing.B, dir string) {
 		os.RemoveAll(ddir)
 
 		b.ReportMetric(base, "baseline-MB/s")
+		b.ReportMetric(slices.Max(bases)/slices.Min(bases), "baseline-max/min")
 		b.ReportMetric(fioMBs, "fio-MB/s")
 		b.ReportMetric(genMBs, "gen-MB/s")
 		b.ReportMetric(fio90, "fio-sustained-MB/s")
