@@ -31,6 +31,9 @@ func (v *VM) topLayerID() uint64 {
 func (v *VM) CreateLongTerm(t time.Time) (PointInfo, error) {
 	v.fmu.Lock()
 	defer v.fmu.Unlock()
+	if v.removed.Load() {
+		return PointInfo{}, fmt.Errorf("long-term point of %s: %w", v.name, ErrRemoved)
+	}
 	v.mu.RLock()
 	if !v.m.InitialSyncDone {
 		v.mu.RUnlock()
@@ -97,6 +100,9 @@ func (v *VM) dropLayerFile(l *layer) {
 func (v *VM) ApplyRetention(now time.Time, shortTerm, longTerm time.Duration) error {
 	v.fmu.Lock()
 	defer v.fmu.Unlock()
+	if v.removed.Load() {
+		return fmt.Errorf("retention of %s: %w", v.name, ErrRemoved)
+	}
 	if err := v.retainShort(now, shortTerm, longTerm); err != nil {
 		return fmt.Errorf("retention of %s: %w", v.name, err)
 	}

@@ -26,6 +26,10 @@ type manifest struct {
 	ShortCut        uint64       `json:"short_cut"`   // short-term points <= are no longer listed
 	DropThrough     uint64       `json:"drop_through"`
 	LastID          uint64       `json:"last_id"` // at least this ID is durable
+	// Since is the first segment whose records of this name are this
+	// VM's: older ones belong to a VM of the same name that was removed
+	// (0: every segment, as for a name never used before).
+	Since uint64 `json:"since_segment,omitempty"`
 }
 
 type layerEntry struct {

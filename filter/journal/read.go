@@ -29,6 +29,9 @@ type pointReader struct {
 func (v *VM) OpenPoint(id uint64, disk int32) (PointReader, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
+	if v.removed.Load() {
+		return nil, fmt.Errorf("open point %d of %s: %w", id, v.name, ErrRemoved)
+	}
 	c := v.capacity(disk)
 	if c < 0 {
 		return nil, fmt.Errorf("open point %d of %s: disk %d: %w", id, v.name, disk, model.ErrNotFound)

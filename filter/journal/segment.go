@@ -41,7 +41,7 @@ func parseSegName(n string) (uint64, bool) {
 // rotating to a new segment when it does not fit. Only the committer calls
 // it. On failure the partial bytes are zeroed so nothing half-written can
 // be read back as a record.
-func (s *Store) writeRecord(vm string, id uint64, vec [][]byte, n int64) (*segment, int64, error) {
+func (s *Store) writeRecord(vm string, since, id uint64, vec [][]byte, n int64) (*segment, int64, error) {
 	s.segMu.Lock()
 	seg := s.active
 	s.segMu.Unlock()
@@ -52,7 +52,8 @@ func (s *Store) writeRecord(vm string, id uint64, vec [][]byte, n int64) (*segme
 		return seg.tail
 	}
 	// Keep room for a zero length prefix after the record: the clean end.
-	if seg == nil || start(seg)+n+4 > seg.size {
+	// A VM that reuses a removed VM's name writes from segment since on.
+	if seg == nil || seg.seq < since || start(seg)+n+4 > seg.size {
 		var err error
 		if seg, err = s.rotate(n + 4); err != nil {
 			return nil, 0, fmt.Errorf("append to journal: %w", err)
@@ -191,12 +192,15 @@ func (s *Store) loadSegments() error {
 	for i, seg := range segs {
 		s.used.Add(seg.size)
 		err := s.scanSegment(seg, i == len(segs)-1, func(h recHeader, off int64) error {
+			// noted for every name, so that a VM opened later under a
+			// removed VM's name knows to start after these records
+			seg.maxIDs[h.vm] = max(seg.maxIDs[h.vm], h.id)
 			v := s.vms[h.vm]
-			if v == nil {
-				// Its directory is gone: the VM was removed.
+			if v == nil || seg.seq < v.since {
+				// the VM was removed (its directory is gone), or this is
+				// a removed VM's record under the name of a newer one
 				return nil
 			}
-			seg.maxIDs[h.vm] = max(seg.maxIDs[h.vm], h.id)
 			return v.replay(seg, h, off)
 		})
 		if err != nil {
@@ -217,10 +221,11 @@ func (s *Store) loadSegments() error {
 // one, which appends keep using).
 func (s *Store) dropSegments() {
 	s.mu.Lock()
-	drop := map[string]uint64{}
+	type need struct{ dropThrough, since uint64 }
+	drop := map[string]need{}
 	for name, v := range s.vms {
 		v.mu.RLock()
-		drop[name] = v.m.DropThrough
+		drop[name] = need{v.m.DropThrough, v.since}
 		v.mu.RUnlock()
 	}
 	s.mu.Unlock()
@@ -229,7 +234,9 @@ func (s *Store) dropSegments() {
 	for _, seg := range s.segs {
 		dead := seg != s.active
 		for vm, id := range seg.maxIDs {
-			if t, ok := drop[vm]; ok && id > t {
+			// records of removed VMs (no VM, or before a newer VM of the
+			// same name began) keep nothing
+			if t, ok := drop[vm]; ok && seg.seq >= t.since && id > t.dropThrough {
 				dead = false
 			}
 		}

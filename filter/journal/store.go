@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -119,6 +120,13 @@ func Open(dir string, opts Options) (*Store, error) {
 			continue
 		}
 		vdir := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), removingPrefix) {
+			// a RemoveVM that did not finish: the VM is gone already
+			if err := os.RemoveAll(vdir); err != nil {
+				s.log.Warn("remove the rest of a removed vm", "dir", vdir, "err", err.Error())
+			}
+			continue
+		}
 		if _, err := os.Stat(filepath.Join(vdir, manifestName)); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -334,7 +342,7 @@ func (s *Store) commit(batch []*appendReq) {
 			errs[i] = err
 			continue
 		}
-		seg, off, err := s.writeRecord(r.vm.name, r.id, r.vec, r.size)
+		seg, off, err := s.writeRecord(r.vm.name, r.vm.since, r.id, r.vec, r.size)
 		if err != nil {
 			errs[i] = err
 			r.vm.poison(err)

@@ -103,6 +103,8 @@ var (
 	ErrClosed = errors.New("journal closed")
 	// ErrNotListed: the point is not (or no longer) listed.
 	ErrNotListed = errors.New("point not listed")
+	// ErrRemoved: the VM was removed from the journal (RemoveVM).
+	ErrRemoved = errors.New("vm removed from the journal")
 )
 
 const (

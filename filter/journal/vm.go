@@ -45,8 +45,13 @@ type VM struct {
 	// failed, the error of a record that failed while others of this VM
 	// were queued behind it
 	inflight atomic.Int64
-	pmu      sync.Mutex
-	failed   error
+	// since is m.Since, fixed when the VM is opened, for the committer
+	// and the segment scan
+	since uint64
+	// removed: RemoveVM deleted the VM; its files are closed
+	removed atomic.Bool
+	pmu     sync.Mutex
+	failed  error
 }
 
 func vmDirName(vm string) string { return "vm-" + url.PathEscape(vm) }
@@ -78,7 +83,8 @@ func (s *Store) OpenVM(vm string, disks []DiskSpec) (*VM, error) {
 		return nil, fmt.Errorf("open vm %q: %w", vm, err)
 	}
 	v := &VM{s: s, name: vm, dir: dir, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}}
-	v.m = manifest{VM: vm, Disks: append([]DiskSpec(nil), disks...)}
+	v.m = manifest{VM: vm, Disks: append([]DiskSpec(nil), disks...), Since: s.sinceFor(vm)}
+	v.since = v.m.Since
 	for _, d := range disks {
 		if err := v.openBase(d, true); err != nil {
 			v.close()
@@ -164,7 +170,7 @@ func loadVM(s *Store, dir string) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &VM{s: s, name: m.VM, dir: dir, m: *m, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}}
+	v := &VM{s: s, name: m.VM, dir: dir, m: *m, since: m.Since, base: map[int32]*os.File{}, idx: map[int32]*diskIndex{}}
 	fail := func(err error) (*VM, error) {
 		v.close()
 		return nil, fmt.Errorf("reopen vm %q: %w", m.VM, err)
@@ -316,6 +322,9 @@ func (v *VM) Disks() []DiskSpec {
 func (v *VM) AddDisk(d DiskSpec) error {
 	v.fmu.Lock()
 	defer v.fmu.Unlock()
+	if v.removed.Load() {
+		return fmt.Errorf("add disk %d to %s: %w", d.Key, v.name, ErrRemoved)
+	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
 	v.manMu.Lock()
@@ -434,6 +443,9 @@ func (v *VM) AppendAsync(ctx context.Context, p *Point) (wait func() error, err 
 	}
 	v.wmu.Lock()
 	defer v.wmu.Unlock()
+	if v.removed.Load() {
+		return nil, fmt.Errorf("append point %d of %s: %w", p.ID, v.name, ErrRemoved)
+	}
 	if v.inflight.Load() == 0 {
 		// everything queued was answered: failures are over, start again
 		// from what is durable
