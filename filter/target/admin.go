@@ -100,6 +100,7 @@ func (s *Service) adminHandler() http.Handler {
 	mux.HandleFunc("DELETE /v1/vms/{vm}/serve/{point}", s.handleUnserve)
 	mux.HandleFunc("POST /v1/vms/{vm}/long-term", s.handleLongTerm)
 	mux.HandleFunc("POST /v1/vms/{vm}/retention", s.handleRetention)
+	mux.HandleFunc("DELETE /v1/vms/{vm}", s.handleRemove)
 	return mux
 }
 
@@ -337,6 +338,57 @@ func (s *Service) handleUnserve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sv.close()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleRemove deletes the journal of a VM that is no longer replicated
+// here: every restore point and the replica disks this filter keeps for
+// it. It is refused (409) while the VM is in this filter's configuration,
+// while a session feeds it and while one of its points is served over NBD;
+// meanwhile a session for it is refused.
+func (s *Service) handleRemove(w http.ResponseWriter, r *http.Request) {
+	vm := r.PathValue("vm")
+	if _, ok := s.store.VM(vm); !ok {
+		writeErr(w, model.NotFound("vm", "vm", vm))
+		return
+	}
+	s.mu.Lock()
+	var busy string
+	switch {
+	case s.allowed != nil && s.allowed[vm]:
+		busy = "it is still in this filter's configuration (remove it from its policy first)"
+	case s.sessions[vm] != nil:
+		busy = "a source is replicating it right now"
+	case s.removing[vm]:
+		busy = "it is being removed"
+	default:
+		for _, sv := range s.served {
+			if sv.vm == vm {
+				busy = "a restore point of it is served over NBD (unserve it first)"
+				break
+			}
+		}
+	}
+	if busy != "" {
+		s.mu.Unlock()
+		writeErr(w, fmt.Errorf("remove %s: %w: %s", vm, model.ErrConflict, busy))
+		return
+	}
+	s.removing[vm] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.removing, vm)
+		s.mu.Unlock()
+	}()
+	if err := s.store.RemoveVM(vm); err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.mu.Lock()
+	delete(s.retention, vm)
+	s.mu.Unlock()
+	s.log.Info("replica journal removed", "vm", vm)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -123,6 +123,12 @@ func (c *Client) Unserve(ctx context.Context, vm string, point uint64) error {
 	return c.do(ctx, http.MethodDelete, vmPath(vm)+"/serve/"+strconv.FormatUint(point, 10), nil, nil)
 }
 
+// RemoveVM deletes the journal of a VM no longer replicated by the
+// filter: every restore point and its replica disks there.
+func (c *Client) RemoveVM(ctx context.Context, vm string) error {
+	return c.do(ctx, http.MethodDelete, vmPath(vm), nil, nil)
+}
+
 // LongTerm creates a long-term point from the newest short-term point.
 func (c *Client) LongTerm(ctx context.Context, vm string) (PointInfo, error) {
 	var out PointInfo

@@ -106,12 +106,13 @@ func (o *rpOpts) print(w io.Writer, v any, table func(tw *tabwriter.Writer)) err
 }
 
 // NewRestorePointCommand is `restore-point`: list, export and serve the
-// restore points of a VM by talking to the target filter's admin API.
+// restore points of a VM, or purge them, by talking to the target filter's
+// admin API.
 func NewRestorePointCommand() *cobra.Command {
 	o := &rpOpts{}
 	root := &cobra.Command{
 		Use:   "restore-point",
-		Short: "List, export and serve restore points of a replicated VM",
+		Short: "List, export, serve and purge restore points of a replicated VM",
 		Args:  cobra.NoArgs,
 	}
 	root.PersistentFlags().StringVar(&o.api, "filter-api", "", "target filter admin API URL (env "+EnvFilterAPI+")")
@@ -173,7 +174,29 @@ func NewRestorePointCommand() *cobra.Command {
 	}
 	serve.Flags().Uint64Var(&servePoint, "point", 0, "restore point ID")
 
-	root.AddCommand(list, export, serve)
+	var yes bool
+	purge := &cobra.Command{
+		Use:   "purge VM --yes",
+		Short: "Delete every restore point and the replica disks of a VM the filter no longer replicates",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				return fmt.Errorf("purge deletes every restore point of %s for good: add --yes", args[0])
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			if err := c.RemoveVM(ctxOr(cmd.Context()), args[0]); err != nil {
+				return fmt.Errorf("purge %s: %w", args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "purged the restore points and replica disks of %s\n", args[0])
+			return nil
+		},
+	}
+	purge.Flags().BoolVar(&yes, "yes", false, "confirm: the restore points cannot be recovered")
+
+	root.AddCommand(list, export, serve, purge)
 	return root
 }
 

@@ -185,3 +185,38 @@ func TestRestorePointCommandOverTLS(t *testing.T) {
 		t.Fatal("--cert without --key accepted")
 	}
 }
+
+func TestRestorePointPurgeCommand(t *testing.T) {
+	s := startService(t, Config{JournalDir: t.TempDir()})
+	pc, _ := dialService(t, s, "vm 2", testDisks)
+	sendWorkload(t, pc, rand.New(rand.NewPCG(12, 12)), testDisks, 1, wire.CodecNone)
+	api := "http://" + s.AdminAddr()
+	if out, err := runCmd(t, "purge", "vm 2", "--filter-api", api); err == nil || !strings.Contains(err.Error(), "--yes") {
+		t.Fatalf("purge without --yes: %v %s", err, out)
+	}
+	// still replicating (static configuration: the session is open)
+	if out, err := runCmd(t, "purge", "vm 2", "--yes", "--filter-api", api); err == nil || !strings.Contains(err.Error(), "replicating") {
+		t.Fatalf("purge of a vm with an open session: %v %s", err, out)
+	}
+	if _, ok := s.Store().VM("vm 2"); !ok {
+		t.Fatal("a refused purge removed the journal")
+	}
+	pc.c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := runCmd(t, "purge", "vm 2", "--yes", "--filter-api", api)
+		if err == nil {
+			if !strings.Contains(out, "purged") {
+				t.Fatalf("purge output: %s", out)
+			}
+			break
+		}
+		if !strings.Contains(err.Error(), "replicating") || time.Now().After(deadline) {
+			t.Fatalf("purge after the session ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, ok := s.Store().VM("vm 2"); ok {
+		t.Fatal("purged vm still in the journal")
+	}
+}

@@ -77,6 +77,7 @@ type Service struct {
 	retention map[string]Retention
 	allowed   map[string]bool    // nil: every VM (SetVMs)
 	served    map[string]*served // by "vm/point"
+	removing  map[string]bool    // VMs whose journal is being removed
 	closed    bool
 
 	stop     context.CancelFunc
@@ -124,7 +125,7 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(),
 		conns: map[net.Conn]bool{}, sessions: map[string]*session{},
-		retention: map[string]Retention{}, served: map[string]*served{},
+		retention: map[string]Retention{}, served: map[string]*served{}, removing: map[string]bool{},
 	}
 	s.m = newMetrics()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -2,6 +2,7 @@ package target
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -589,5 +590,81 @@ func TestTargetFilterSetVMs(t *testing.T) {
 	}
 	if v, ok := s.Store().VM("a"); !ok || v.LastID() != 3 {
 		t.Fatal("the dropped vm's journal is gone")
+	}
+}
+
+func del(t *testing.T, url string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodDelete, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestTargetFilterRemoveVM: a replica's journal can be purged once the VM
+// left the configuration, its session ended and nothing of it is served;
+// replicating it again afterwards starts from scratch.
+func TestTargetFilterRemoveVM(t *testing.T) {
+	s := startService(t, Config{JournalDir: t.TempDir()})
+	base := "http://" + s.AdminAddr()
+	s.SetVMs([]string{"a"})
+	pc, _ := dialService(t, s, "a", testDisks)
+	sendWorkload(t, pc, rand.New(rand.NewPCG(41, 41)), testDisks, 3, wire.CodecNone)
+	if code, body := post(t, base+"/v1/vms/a/serve", ServeRequest{Point: 4}, nil); code != 200 {
+		t.Fatalf("serve: %d %s", code, body)
+	}
+	if code, body := del(t, base+"/v1/vms/a"); code != http.StatusConflict || !strings.Contains(body, "configuration") {
+		t.Fatalf("purge of a configured vm: %d %s", code, body)
+	}
+	if code, _ := del(t, base+"/v1/vms/nope"); code != http.StatusNotFound {
+		t.Fatalf("purge of an unknown vm: %d", code)
+	}
+	s.SetVMs([]string{})
+	// the session ends (SetVMs closes it); then the served point holds it
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := del(t, base+"/v1/vms/a")
+		if code == http.StatusConflict && strings.Contains(body, "served") {
+			break
+		}
+		if code != http.StatusConflict || !strings.Contains(body, "replicating") || time.Now().After(deadline) {
+			t.Fatalf("purge while a point is served: %d %s", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v, ok := s.Store().VM("a"); !ok || v.LastID() != 5 {
+		t.Fatal("a refused purge changed the journal")
+	}
+	if code, body := del(t, base+"/v1/vms/a/serve/4"); code != http.StatusNoContent {
+		t.Fatalf("unserve: %d %s", code, body)
+	}
+	c, err := NewClient(base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveVM(context.Background(), "a"); err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	var vms []VMInfo
+	getJSON(t, base+"/v1/vms", &vms)
+	if len(vms) != 0 {
+		t.Fatalf("vms after the purge: %+v", vms)
+	}
+	if code := getJSON(t, base+"/v1/vms/a/points", nil); code != http.StatusNotFound {
+		t.Fatalf("points of a purged vm: %d", code)
+	}
+	// replicated again: a fresh replica that needs its initial sync
+	s.SetVMs([]string{"a"})
+	pc, ack := dialService(t, s, "a", testDisks)
+	if ack.Err != "" || ack.Resume != 0 || ack.InitialSyncDone {
+		t.Fatalf("hello after the purge: %+v", ack)
+	}
+	m := sendWorkload(t, pc, rand.New(rand.NewPCG(42, 42)), testDisks, 2, wire.CodecNone)
+	if pts := checkPoints(t, s, "a", m); len(pts) != 3 {
+		t.Fatalf("points after replicating again: %+v", pts)
 	}
 }

@@ -158,7 +158,7 @@ func (s *Service) SetVMs(vms []string) {
 func (s *Service) allowedVM(vm string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.allowed == nil || s.allowed[vm]
+	return !s.removing[vm] && (s.allowed == nil || s.allowed[vm])
 }
 
 func (s *Service) endSession(ss *session) {
