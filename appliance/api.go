@@ -69,6 +69,7 @@ type route struct {
 	Response     string // schema name of the success body, "" for none
 	Auth         authKind
 	Place        placement
+	Query        []string // optional boolean query parameters
 	h            handler
 	raw          http.Handler // instead of h, for /metrics
 }

@@ -720,18 +720,29 @@ func newPolicyCommand() *cobra.Command {
 				return o.print(cmd.OutOrStdout(), p, func(tw *tabwriter.Writer) { policyTable(tw, []*model.Policy{p}) })
 			}}
 	}
-	del := &cobra.Command{Use: "delete NAME|ID", Short: "Delete a policy", Args: cobra.ExactArgs(1),
+	var delReplicas bool
+	del := &cobra.Command{Use: "delete NAME|ID [--delete-replicas]", Short: "Delete a policy (its replicas are kept unless --delete-replicas)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
-			if err := c.DeletePolicy(ctxOf(cmd), args[0]); err != nil {
+			if delReplicas {
+				err = c.DeletePolicyWithReplicas(ctxOf(cmd), args[0])
+			} else {
+				err = c.DeletePolicy(ctxOf(cmd), args[0])
+			}
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", args[0])
+			if delReplicas {
+				fmt.Fprintf(cmd.OutOrStdout(), "deleted %s; its replicas are being deleted\n", args[0])
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "deleted %s; its replicas are kept\n", args[0])
+			}
 			return nil
 		}}
+	del.Flags().BoolVar(&delReplicas, "delete-replicas", false, "also delete the replica VMs, their journals (every restore point) and catalog entries")
 	status := &cobra.Command{Use: "status NAME|ID", Short: "Overall and per-VM status of a policy", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.client()

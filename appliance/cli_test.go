@@ -135,7 +135,7 @@ func TestCLIAgainstServer(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"policy", "disable", "manual"}, {"policy", "enable", "manual"}, {"policy", "status", "manual"},
-		{"policy", "edit", "manual", "--rpo-warning", "30s"}, {"policy", "delete", "manual"},
+		{"policy", "edit", "manual", "--rpo-warning", "30s"}, {"policy", "delete", "manual", "--delete-replicas"},
 		{"proxy", "list"}, {"vcenter", "list"}, {"cluster", "status"},
 		{"cluster", "token", "create", "--role", "component"},
 	} {

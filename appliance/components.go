@@ -243,6 +243,44 @@ func (c *Components) CreateLongTerm(ctx context.Context, task model.VMTask) (tim
 	return p.Time, nil
 }
 
+// PurgeJournal deletes the journal of vm on the filter of targetHost (a
+// host ID). A journal already gone, or a host the state no longer has (its
+// filter, and the journal with it, went with the host), is not an error;
+// a filter that still replicates the VM refuses, and the caller retries.
+func (c *Components) PurgeJournal(ctx context.Context, targetHost, vm string) error {
+	if c.Filters == nil {
+		return errors.New("purge journal: no filter admin client")
+	}
+	var addr string
+	known := false
+	c.Store.Read(func(st *model.State) {
+		if h, ok := st.Hosts[targetHost]; ok {
+			known, addr = true, h.FilterAdmin
+		}
+	})
+	if !known {
+		return nil
+	}
+	if addr == "" {
+		return model.Precond("target_host", "the filter of host %s has not reported its admin address", targetHost)
+	}
+	cl, err := c.Filters.Client(addr)
+	if err != nil {
+		return fmt.Errorf("purge journal of %s: %w", vm, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err = cl.RemoveVM(ctx, vm)
+	var re *target.RemoteError
+	if errors.As(err, &re) && re.Status == http.StatusNotFound {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("purge journal of %s on filter %s: %w", vm, addr, err)
+	}
+	return nil
+}
+
 // newestLongTerm returns the time of the newest long-term point of vm.
 func newestLongTerm(ctx context.Context, cl *target.Client, vm string) (time.Time, bool) {
 	pts, err := cl.Points(ctx, vm)

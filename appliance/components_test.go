@@ -103,6 +103,9 @@ type fakeFilter struct {
 	mu       sync.Mutex
 	longTerm []string
 	peers    []string
+	// purge: the journals this filter has ("vm" → replicating it still)
+	journals map[string]bool
+	purged   []string
 }
 
 func newFakeFilter(t *testing.T, ca *pki.CA, image []byte) *fakeFilter {
@@ -111,7 +114,7 @@ func newFakeFilter(t *testing.T, ca *pki.CA, image []byte) *fakeFilter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeFilter{image: image}
+	f := &fakeFilter{image: image, journals: map[string]bool{}}
 	writeErr := func(w http.ResponseWriter, code int, c, msg string) {
 		var e target.APIError
 		e.Error.Code, e.Error.Message = c, msg
@@ -148,6 +151,21 @@ func newFakeFilter(t *testing.T, ca *pki.CA, image []byte) *fakeFilter {
 			return
 		}
 		_ = json.NewEncoder(w).Encode(target.PointInfo{ID: 3, Time: time.Unix(130, 0).UTC(), Kind: model.PointLongTerm})
+	})
+	mux.HandleFunc("DELETE /v1/vms/{vm}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		busy, ok := f.journals[r.PathValue("vm")]
+		switch {
+		case !ok:
+			writeErr(w, 404, model.CodeNotFound, "vm "+r.PathValue("vm")+" not found")
+		case busy:
+			writeErr(w, 409, model.CodeConflict, "it is still in this filter's configuration")
+		default:
+			delete(f.journals, r.PathValue("vm"))
+			f.purged = append(f.purged, r.PathValue("vm"))
+			w.WriteHeader(http.StatusNoContent)
+		}
 	})
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		peer := r.TLS.PeerCertificates[0]
@@ -286,9 +304,37 @@ func TestVMRoutesReachTheTargetFilter(t *testing.T) {
 	}
 
 	// A task whose replica has no host yet cannot get a point.
+	host := task.TargetHost
 	task.TargetHost = ""
 	if _, err := comps.CreateLongTerm(ctx, task); err == nil || !strings.Contains(err.Error(), "not placed on a host") {
 		t.Fatalf("no target host: %v", err)
+	}
+
+	// The reaper's path: purge a deleted replica's journal. Refused while
+	// the filter still replicates the VM; gone already is success; a host
+	// the state does not know has nothing to purge.
+	f.mu.Lock()
+	f.journals["web"] = true
+	f.mu.Unlock()
+	if err := comps.PurgeJournal(ctx, host, "web"); err == nil || !strings.Contains(err.Error(), "configuration") {
+		t.Fatalf("purge while replicating: %v", err)
+	}
+	f.mu.Lock()
+	f.journals["web"] = false
+	f.mu.Unlock()
+	for range 2 {
+		if err := comps.PurgeJournal(ctx, host, "web"); err != nil {
+			t.Fatalf("purge: %v", err)
+		}
+	}
+	if err := comps.PurgeJournal(ctx, "vc-x/host-77", "web"); err != nil {
+		t.Fatalf("purge on an unknown host: %v", err)
+	}
+	f.mu.Lock()
+	purged := f.purged
+	f.mu.Unlock()
+	if len(purged) != 1 || purged[0] != "web" {
+		t.Fatalf("journals purged: %v", purged)
 	}
 }
 
@@ -309,5 +355,46 @@ func TestFilterAdminRefusesAFilterOfAnotherCA(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.peers) != 0 {
 		t.Fatalf("the request reached the foreign filter: %v", f.peers)
+	}
+}
+
+// TestDeletePolicyWithReplicasAPI: ?delete_replicas=true marks the
+// policy's replicas for deletion; a bad value or a failed-over replica is
+// refused with nothing changed.
+func TestDeletePolicyWithReplicasAPI(t *testing.T) {
+	e := newEnv(t)
+	f := newFakeFilter(t, e.ca, nil)
+	task := protectWeb(t, e, f)
+	ctx := context.Background()
+	rep := model.Replica{ID: "vc/vm-91", PolicyID: task.PolicyID, SourceVM: task.VMMoRef, VCenterID: "vc", MoRef: "vm-91", Name: "web_replica", FailedOver: true}
+	if _, err := e.node.Apply(ctx, raftstore.PutReplica{Replica: rep}); err != nil {
+		t.Fatal(err)
+	}
+	replica := func() model.Replica {
+		var r model.Replica
+		e.node.Read(func(s *model.State) { r = *s.Replicas[rep.ID] })
+		return r
+	}
+	if err := e.cl.Do(ctx, http.MethodDelete, "/api/v1/policies/"+task.PolicyID+"?delete_replicas=maybe", nil, nil); !errors.Is(err, model.ErrInvalid) {
+		t.Fatalf("bad delete_replicas: %v", err)
+	}
+	if err := e.cl.DeletePolicyWithReplicas(ctx, task.PolicyID); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("failed-over replica: %v", err)
+	}
+	if _, err := e.cl.GetPolicy(ctx, task.PolicyID); err != nil || replica().Deleting {
+		t.Fatalf("a refused delete changed something: %v %+v", err, replica())
+	}
+	rep.FailedOver = false
+	if _, err := e.node.Apply(ctx, raftstore.PutReplica{Replica: rep}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cl.DeletePolicyWithReplicas(ctx, task.PolicyID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cl.GetPolicy(ctx, task.PolicyID); !errors.Is(err, model.ErrNotFound) {
+		t.Fatalf("policy after delete: %v", err)
+	}
+	if r := replica(); !r.Deleting || r.JournalVM != "web" || r.TargetHost != task.TargetHost {
+		t.Fatalf("replica after delete with replicas: %+v", r)
 	}
 }

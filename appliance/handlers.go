@@ -62,7 +62,7 @@ func (s *Server) routeTable() []route {
 		{Method: "POST", Path: v1 + "/policies", Summary: "Create a policy", Request: "Policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.createPolicy},
 		{Method: "GET", Path: v1 + "/policies/{id}", Summary: "Get a policy by ID or name", Response: "Policy", Auth: authAdmin, Place: leaderRead, h: s.getPolicy},
 		{Method: "PUT", Path: v1 + "/policies/{id}", Summary: "Replace a policy's spec (generation must match; enabled is kept, see enable/disable)", Request: "Policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.updatePolicy},
-		{Method: "DELETE", Path: v1 + "/policies/{id}", Summary: "Delete a policy", Auth: authAdmin, Place: leaderRW, h: s.deletePolicy},
+		{Method: "DELETE", Path: v1 + "/policies/{id}", Summary: "Delete a policy; with delete_replicas=true also its replicas (VMs, journals, restore-point catalog)", Auth: authAdmin, Place: leaderRW, Query: []string{"delete_replicas"}, h: s.deletePolicy},
 		{Method: "POST", Path: v1 + "/policies/{id}/enable", Summary: "Enable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(true)},
 		{Method: "POST", Path: v1 + "/policies/{id}/disable", Summary: "Disable a policy", Response: "Policy", Auth: authAdmin, Place: leaderRW, h: s.setPolicyEnabled(false)},
 		{Method: "GET", Path: v1 + "/policies/{id}/status", Summary: "Per-VM tasks and overall status of a policy", Response: "PolicyStatus", Auth: authAdmin, Place: leaderRead, h: s.policyStatus},
@@ -841,11 +841,27 @@ func (s *Server) deletePolicy(r *http.Request) (int, any, error) {
 	if p == nil {
 		return 0, nil, model.NotFound("id", "policy", key)
 	}
-	if err := s.apply(r, raftstore.DeletePolicy{ID: p.ID}); err != nil {
+	replicas, err := boolQuery(r, "delete_replicas")
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := s.apply(r, raftstore.DeletePolicy{ID: p.ID, DeleteReplicas: replicas}); err != nil {
 		return 0, nil, err
 	}
 	s.policyWritten(p.ID)
 	return http.StatusNoContent, nil, nil
+}
+
+// boolQuery reads an optional boolean query parameter.
+func boolQuery(r *http.Request, name string) (bool, error) {
+	switch v := r.URL.Query().Get(name); v {
+	case "", "false", "0":
+		return false, nil
+	case "true", "1":
+		return true, nil
+	default:
+		return false, model.Invalid(name, "want true or false, got %q", v)
+	}
 }
 
 func (s *Server) setPolicyEnabled(enabled bool) handler {

@@ -121,6 +121,9 @@ func (s *Server) OpenAPI() map[string]any {
 					"description": "ID or name", "schema": map[string]any{"type": "string"}})
 			}
 		}
+		for _, q := range rt.Query {
+			params = append(params, map[string]any{"name": q, "in": "query", "required": false, "schema": map[string]any{"type": "boolean"}})
+		}
 		if rt.Place == leaderRead {
 			params = append(params, map[string]any{"name": "stale", "in": "query", "required": false,
 				"description": "answer from this node's local state instead of a linearizable read", "schema": map[string]any{"type": "boolean"}})

@@ -388,6 +388,13 @@ func (c *Client) DeletePolicy(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/api/v1/policies/"+esc(id), nil, nil)
 }
 
+// DeletePolicyWithReplicas deletes a policy and has the coordinator delete
+// its replicas: the replica VMs, their journals on the target filters and
+// their restore-point catalog. Refused while one of them is failed over.
+func (c *Client) DeletePolicyWithReplicas(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/api/v1/policies/"+esc(id)+"?delete_replicas=true", nil, nil)
+}
+
 // EnablePolicy enables a policy.
 func (c *Client) EnablePolicy(ctx context.Context, id string) (*model.Policy, error) {
 	var r model.Policy

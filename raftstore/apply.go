@@ -30,7 +30,7 @@ func init() {
 	register(applyProxyHeartbeat)
 	register(applyPutPolicy)
 	register(applySetPolicyEnabled)
-	register(func(s *model.State, c DeletePolicy) (any, error) { return nil, deletePolicy(s, c.ID) })
+	register(func(s *model.State, c DeletePolicy) (any, error) { return nil, deletePolicy(s, c.ID, c.DeleteReplicas) })
 	register(applyPutTask)
 	register(applyPutTasks)
 	register(func(s *model.State, c DeleteTask) (any, error) { return nil, deleteByID(s.Tasks, "task", c.ID) })
@@ -270,9 +270,40 @@ func applySetPolicyEnabled(s *model.State, c SetPolicyEnabled) (any, error) {
 	return store(s.Policies, p.ID, p), nil
 }
 
-func deletePolicy(s *model.State, id string) error {
+func deletePolicy(s *model.State, id string, replicas bool) error {
 	if _, ok := s.Policies[id]; !ok {
 		return model.NotFound("id", "policy", id)
+	}
+	if replicas {
+		for _, r := range s.Replicas {
+			if r.PolicyID == id && r.FailedOver {
+				return model.Conflict("delete_replicas", "failed-over replica", r.Name)
+			}
+		}
+		for rid, r := range s.Replicas {
+			if r.PolicyID != id || r.Deleting {
+				continue
+			}
+			c := *r
+			c.Deleting = true
+			// the task that used it; the smallest ID if several did, so
+			// that every node applies the same
+			var use *model.VMTask
+			for _, t := range s.Tasks {
+				if t.PolicyID == id && (t.ReplicaID == rid || t.VMMoRef == r.SourceVM) && (use == nil || t.ID < use.ID) {
+					use = t
+				}
+			}
+			if use != nil {
+				c.JournalVM, c.TargetHost = use.VMName, use.TargetHost
+			}
+			s.Replicas[rid] = &c
+		}
+		for pid, p := range s.RestorePoints {
+			if p.PolicyID == id {
+				delete(s.RestorePoints, pid)
+			}
+		}
 	}
 	for tid, t := range s.Tasks {
 		if t.PolicyID == id {
@@ -364,6 +395,10 @@ func sortedKeys[T any](m map[string]*T) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// ApplyTo applies c to s as the FSM applies a committed entry: a state
+// error leaves s unchanged. For stores over a plain state outside raft.
+func ApplyTo(s *model.State, c Command) (any, error) { return applyCommand(s, c) }
 
 // applyCommand runs one decoded command against s.
 func applyCommand(s *model.State, c Command) (any, error) {

@@ -133,6 +133,11 @@ type SetPolicyEnabled struct {
 // DeletePolicy removes a policy and its tasks.
 type DeletePolicy struct {
 	ID string `json:"id"`
+	// DeleteReplicas marks the policy's replicas Deleting (the controllers
+	// then delete them and their journals) and drops its restore-point
+	// catalog; refused while one of them is failed over. Without it the
+	// replicas and their journals are kept.
+	DeleteReplicas bool `json:"delete_replicas,omitempty"`
 }
 
 // PutTasks creates or replaces many tasks in one log entry, all or none:

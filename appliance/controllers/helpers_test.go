@@ -113,7 +113,7 @@ func (m *memStore) Apply(ctx context.Context, cmd raftstore.Command) (any, error
 		r := c.TrafficRule
 		s.TrafficRules[r.ID] = &r
 	default:
-		return nil, fmt.Errorf("memStore: %T not implemented", cmd)
+		return raftstore.ApplyTo(s, cmd)
 	}
 	return nil, nil
 }
@@ -130,6 +130,9 @@ type fakeComponents struct {
 	pushes   map[string][]DataPath
 	longTerm []model.VMTask
 	fail     error
+	// purged lists "host vm" of each journal purge; purgeErr fails them
+	purged   []string
+	purgeErr error
 	clock    Clock
 }
 
@@ -158,6 +161,16 @@ func (f *fakeComponents) CreateLongTerm(ctx context.Context, t model.VMTask) (ti
 		return f.clock.Now(), nil
 	}
 	return time.Now(), nil
+}
+
+func (f *fakeComponents) PurgeJournal(ctx context.Context, targetHost, vm string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.purgeErr != nil {
+		return f.purgeErr
+	}
+	f.purged = append(f.purged, targetHost+" "+vm)
+	return nil
 }
 
 func (f *fakeComponents) pushCount() int {

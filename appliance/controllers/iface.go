@@ -27,6 +27,9 @@ type Inventory interface {
 	EnsureReplica(ctx context.Context, spec vsphere.ReplicaSpec) (*vsphere.VM, error)
 	EnsureReplicaDisk(ctx context.Context, replica, sourceVM string, diskKey int32) (*vsphere.Disk, error)
 	ApplyPolicy(ctx context.Context, vm string, profileID string, diskKeys ...int32) error
+	// DeleteReplica powers off and destroys a replica VM (one without the
+	// replica marker is refused); a replica already gone is not an error.
+	DeleteReplica(ctx context.Context, replica string) error
 	Watch(ctx context.Context, fn func(vsphere.Change)) error
 }
 
@@ -55,6 +58,10 @@ type Components interface {
 	// CreateLongTerm asks the target to form a long-term point of the task
 	// now and returns the point's time.
 	CreateLongTerm(ctx context.Context, task model.VMTask) (time.Time, error)
+	// PurgeJournal deletes the journal of vm (all its restore points and
+	// replica disks) on the filter of targetHost, once the filter no longer
+	// has it in its configuration; a journal already gone is not an error.
+	PurgeJournal(ctx context.Context, targetHost, vm string) error
 }
 
 // Clock is the time source; tests pass a fake.

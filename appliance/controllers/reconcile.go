@@ -292,6 +292,7 @@ func (r *PolicyReconciler) process(ctx context.Context, q *queue, id string) {
 func (r *PolicyReconciler) poll(ctx context.Context, q *queue) {
 	seen := map[string]string{}
 	dead := map[string]bool{}
+	reaping := map[string]bool{} // deleted policies with replicas to delete
 	watching := map[string]context.CancelFunc{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -317,6 +318,16 @@ func (r *PolicyReconciler) poll(ctx context.Context, q *queue) {
 					delete(seen, id)
 				}
 			}
+			nowReaping := map[string]bool{}
+			for _, rp := range s.Replicas {
+				if rp.Deleting && !nowReaping[rp.PolicyID] {
+					nowReaping[rp.PolicyID] = true
+					if !reaping[rp.PolicyID] {
+						add = append(add, rp.PolicyID)
+					}
+				}
+			}
+			reaping = nowReaping
 			nowDead := map[string]bool{}
 			for id, px := range s.Proxies {
 				if !Alive(px, now, r.cfg.HeartbeatTimeout) {
@@ -465,13 +476,62 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, policyID string) (res 
 		return Result{}, fmt.Errorf("read policy %s: %w", policyID, err)
 	}
 	if sn.policy == nil {
-		return Result{}, nil // deleted: its tasks went with it
+		// deleted: its tasks went with it, and its replicas too if the
+		// admin asked for that
+		return Result{}, r.reap(ctx, log, policyID)
 	}
 	if !sn.policy.Enabled {
 		return Result{}, r.disable(ctx, sn)
 	}
 	defer r.dropClaims(sn)
 	return r.configure(ctx, log, sn)
+}
+
+// reap deletes what a policy deleted with its replicas leaves behind: for
+// each of its replicas marked Deleting, the journal on the target filter,
+// then the replica VM, then the record. Each step is idempotent, so a
+// failure is retried from the start (with backoff) and a new leader
+// finishes what the last one began.
+func (r *PolicyReconciler) reap(ctx context.Context, log *slog.Logger, policyID string) error {
+	var reps []model.Replica
+	r.cfg.Store.Read(func(s *model.State) {
+		for _, rp := range s.Replicas {
+			if rp.PolicyID == policyID && rp.Deleting {
+				reps = append(reps, *rp)
+			}
+		}
+	})
+	sort.Slice(reps, func(i, j int) bool { return reps[i].ID < reps[j].ID })
+	var errs []error
+	for _, rep := range reps {
+		if err := r.reapReplica(ctx, rep); err != nil {
+			errs = append(errs, fmt.Errorf("delete replica %s: %w", rep.Name, err))
+			continue
+		}
+		log.Info("replica deleted with its policy", "replica", rep.Name, "moref", rep.MoRef, "journal", rep.JournalVM)
+	}
+	return errors.Join(errs...)
+}
+
+func (r *PolicyReconciler) reapReplica(ctx context.Context, rep model.Replica) error {
+	// the journal first: the filter refuses while it still replicates the
+	// VM, so nothing is deleted under a running data path
+	if rep.JournalVM != "" && rep.TargetHost != "" {
+		if err := r.cfg.Components.PurgeJournal(ctx, rep.TargetHost, rep.JournalVM); err != nil {
+			return fmt.Errorf("purge journal %s: %w", rep.JournalVM, err)
+		}
+	}
+	inv, err := r.cfg.Inventories(ctx, rep.VCenterID)
+	if err != nil {
+		return err
+	}
+	if err := inv.DeleteReplica(ctx, rep.MoRef); err != nil {
+		return err
+	}
+	if _, err := r.cfg.Store.Apply(ctx, raftstore.DeleteReplica{ID: rep.ID}); err != nil && !errors.Is(err, model.ErrNotFound) {
+		return fmt.Errorf("drop its record: %w", err)
+	}
+	return nil
 }
 
 // dropClaims ends the claims of a reconcile whose tasks are stored (or

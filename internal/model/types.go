@@ -220,6 +220,12 @@ type Replica struct {
 	Disks      []DiskMap `json:"disks,omitempty"`
 	FailedOver bool      `json:"failed_over,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
+	// Deleting: its policy was deleted together with its replicas. The
+	// controllers purge its journal (JournalVM on the filter of
+	// TargetHost), delete the replica VM, then this record.
+	Deleting   bool   `json:"deleting,omitempty"`
+	JournalVM  string `json:"journal_vm,omitempty"`
+	TargetHost string `json:"target_host,omitempty"`
 }
 
 // PointKind distinguishes short-term (journal) and long-term (delta) points.
