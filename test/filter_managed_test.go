@@ -76,15 +76,7 @@ func TestFilterManaged(t *testing.T) {
 	}
 	dstAdmin := admin[vcsim.TargetHostName(0)]
 
-	// the target filter's API takes a coordinator's certificate, not a
-	// component's: the test presents the first node's
-	node, err := tls.LoadX509KeyPair(filepath.Join(o.cluster.nodes[0].data, "node.pem"), filepath.Join(o.cluster.nodes[0].data, "node-key.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		InsecureSkipVerify: true, Certificates: []tls.Certificate{node}}}}
-	defer hc.CloseIdleConnections()
+	hc := o.nodeHTTP()
 	// latestEqual waits until the newest point of the replica reads as the
 	// source disk does through its NBD export.
 	latestEqual := func(what string) {
@@ -143,6 +135,66 @@ func TestFilterManaged(t *testing.T) {
 	st, err := os.Stat(filepath.Join(o.root, "state", "filter-"+srcHost, "config.json"))
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("cached configuration of %s: %v %v", srcHost, err, st)
+	}
+}
+
+// nodeHTTP is an HTTPS client for the filters' admin APIs, which take a
+// coordinator's certificate, not a component's: it presents the first
+// node's.
+func (o *orchestra) nodeHTTP() *http.Client {
+	o.t.Helper()
+	node, err := tls.LoadX509KeyPair(filepath.Join(o.cluster.nodes[0].data, "node.pem"), filepath.Join(o.cluster.nodes[0].data, "node-key.pem"))
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		InsecureSkipVerify: true, Certificates: []tls.Certificate{node}}}}
+	o.t.Cleanup(hc.CloseIdleConnections)
+	return hc
+}
+
+// TestPolicyDeleteWithReplicas: `policy delete --delete-replicas` of a
+// syncing policy: the replica VM leaves vCenter, the journal leaves the
+// target filter (once the filter no longer replicates the VM), and the
+// coordinator forgets both.
+func TestPolicyDeleteWithReplicas(t *testing.T) {
+	o := startOrchestra(t, 1)
+	ctx := context.Background()
+	vm := vcsim.ProtectedVMName(0)
+	p := o.policy("doomed", []string{vm}, 0)
+	o.waitSyncing(p, 3*time.Minute)
+	o.checkReplicas(p)
+	dstAdmin := ""
+	hosts, err := o.cl.ListHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts {
+		if h.Name == vcsim.TargetHostName(0) {
+			dstAdmin = h.FilterAdmin
+		}
+	}
+	hc := o.nodeHTTP()
+	points := "https://" + dstAdmin + "/v1/vms/" + vm + "/points"
+	var pts []target.PointInfo
+	if err := adminGet(hc, points, &pts); err != nil || len(pts) == 0 {
+		t.Fatalf("points of %s on the target filter: %v %v", vm, pts, err)
+	}
+
+	if out, err := o.cluster.cli(o.cluster.nodes[0].url(), "policy", "delete", "doomed", "--delete-replicas"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	o.eventually("the replica and its journal deleted", 90*time.Second, func() error {
+		if n := o.replicaVMs(p.ID); n != 0 {
+			return fmt.Errorf("%d replica VMs of the policy left in vCenter", n)
+		}
+		if err := adminGet(hc, points, &pts); err == nil || !strings.Contains(err.Error(), " 404 ") {
+			return fmt.Errorf("the journal of %s is still on the target filter: %v", vm, err)
+		}
+		return nil
+	})
+	if err := adminGet(hc, "https://"+dstAdmin+"/v1/vms", &[]target.VMInfo{}); err != nil {
+		t.Fatal(err)
 	}
 }
 

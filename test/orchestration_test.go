@@ -276,6 +276,28 @@ func (o *orchestra) waitSyncing(p *model.Policy, d time.Duration) *client.Policy
 // checkReplicas asks vCenter: one replica per source VM of the policy,
 // with the source's disk capacities, and the CDP profile on every source
 // disk.
+// replicaVMs counts the replica VMs of a policy in vCenter.
+func (o *orchestra) replicaVMs(policyID string) int {
+	o.t.Helper()
+	ctx := context.Background()
+	c, err := vsphere.Connect(ctx, vsphere.Config{URL: o.vcURL, Username: vcsim.Username, Password: vcsim.Password, Insecure: true})
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	inv, err := c.Inventory(ctx)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	n := 0
+	for _, vm := range inv.VMs {
+		if vm.Replica != nil && vm.Replica.PolicyID == policyID {
+			n++
+		}
+	}
+	return n
+}
+
 func (o *orchestra) checkReplicas(p *model.Policy) {
 	o.t.Helper()
 	ctx := context.Background()
