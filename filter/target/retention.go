@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/continuum-cdp/continuum/filter/journal"
 	"github.com/continuum-cdp/continuum/internal/model"
 )
 
@@ -54,7 +55,7 @@ func (s *Service) SetRetention(windows map[string]Retention) error {
 			continue
 		}
 		rt := windows[name]
-		if err := v.ApplyRetention(now, rt.ShortTerm, rt.LongTerm); err != nil {
+		if err := v.ApplyRetention(now, rt.ShortTerm, rt.LongTerm); err != nil && !errors.Is(err, journal.ErrRemoved) {
 			errs = append(errs, fmt.Errorf("apply retention of %s: %w", name, err))
 		}
 	}
@@ -96,7 +97,9 @@ func (s *Service) applyRetention(now time.Time) {
 			s.m.retentionRuns.WithLabelValues("deferred").Inc()
 			continue
 		}
-		if err := v.ApplyRetention(now, rt.ShortTerm, rt.LongTerm); err != nil {
+		if err := v.ApplyRetention(now, rt.ShortTerm, rt.LongTerm); errors.Is(err, journal.ErrRemoved) {
+			continue // purged meanwhile
+		} else if err != nil {
 			s.m.retentionRuns.WithLabelValues("error").Inc()
 			s.log.Warn("retention", "vm", name, "err", err)
 			continue
