@@ -276,8 +276,8 @@ func (o *orchestra) waitSyncing(p *model.Policy, d time.Duration) *client.Policy
 // checkReplicas asks vCenter: one replica per source VM of the policy,
 // with the source's disk capacities, and the CDP profile on every source
 // disk.
-// replicaVMs counts the replica VMs of a policy in vCenter.
-func (o *orchestra) replicaVMs(policyID string) int {
+// inventory reads the lab vCenter's inventory.
+func (o *orchestra) inventory() *vsphere.Inventory {
 	o.t.Helper()
 	ctx := context.Background()
 	c, err := vsphere.Connect(ctx, vsphere.Config{URL: o.vcURL, Username: vcsim.Username, Password: vcsim.Password, Insecure: true})
@@ -289,8 +289,14 @@ func (o *orchestra) replicaVMs(policyID string) int {
 	if err != nil {
 		o.t.Fatal(err)
 	}
+	return inv
+}
+
+// replicaVMs counts the replica VMs of a policy in vCenter.
+func (o *orchestra) replicaVMs(policyID string) int {
+	o.t.Helper()
 	n := 0
-	for _, vm := range inv.VMs {
+	for _, vm := range o.inventory().VMs {
 		if vm.Replica != nil && vm.Replica.PolicyID == policyID {
 			n++
 		}
@@ -300,16 +306,7 @@ func (o *orchestra) replicaVMs(policyID string) int {
 
 func (o *orchestra) checkReplicas(p *model.Policy) {
 	o.t.Helper()
-	ctx := context.Background()
-	c, err := vsphere.Connect(ctx, vsphere.Config{URL: o.vcURL, Username: vcsim.Username, Password: vcsim.Password, Insecure: true})
-	if err != nil {
-		o.t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	inv, err := c.Inventory(ctx)
-	if err != nil {
-		o.t.Fatal(err)
-	}
+	inv := o.inventory()
 	replicas := map[string][]vsphere.VM{}
 	for _, vm := range inv.VMs {
 		if vm.Replica != nil && vm.Replica.PolicyID == p.ID {

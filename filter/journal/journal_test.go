@@ -24,25 +24,8 @@ func smallVM(t *testing.T, dir string, opts Options, n int) (*Store, *VM, map[ui
 	if err != nil {
 		t.Fatal(err)
 	}
-	disks := []DiskSpec{{Key: 1, Capacity: 48 << 10}}
-	v, err := s.OpenVM("vm-a", disks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := rand.New(rand.NewPCG(7, 7))
-	state := newModel(disks)
-	var id uint64
-	clock := t0
-	initialSync(t, r, v, disks, state, &id, &clock)
-	snaps := map[uint64]diskModel{id: state.clone()}
-	for range n {
-		id++
-		clock = clock.Add(time.Second)
-		p := &Point{ID: id, Time: clock, Kind: KindShortTerm, Extents: randomExtents(r, disks, 2, 60)}
-		state.apply(p)
-		mustAppend(t, v, p)
-		snaps[id] = state.clone()
-	}
+	snaps, id := fillVM(t, s, "vm-a", 7, []DiskSpec{{Key: 1, Capacity: 48 << 10}}, n, 2, 60)
+	v, _ := s.VM("vm-a")
 	return s, v, snaps, id
 }
 

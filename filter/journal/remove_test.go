@@ -13,8 +13,9 @@ import (
 )
 
 // fillVM opens vm in s and gives it an initial sync and n short-term
-// points; it returns each point's expected disks and the last ID.
-func fillVM(t *testing.T, s *Store, vm string, seed uint64, disks []DiskSpec, n int) (map[uint64]diskModel, uint64) {
+// points of up to exts extents of up to maxLen bytes; it returns each
+// point's expected disks and the last ID.
+func fillVM(t *testing.T, s *Store, vm string, seed uint64, disks []DiskSpec, n, exts int, maxLen int64) (map[uint64]diskModel, uint64) {
 	t.Helper()
 	v, err := s.OpenVM(vm, disks)
 	if err != nil {
@@ -29,7 +30,7 @@ func fillVM(t *testing.T, s *Store, vm string, seed uint64, disks []DiskSpec, n 
 	for range n {
 		id++
 		clock = clock.Add(time.Second)
-		p := &Point{ID: id, Time: clock, Kind: KindShortTerm, Extents: randomExtents(r, disks, 3, 40<<10)}
+		p := &Point{ID: id, Time: clock, Kind: KindShortTerm, Extents: randomExtents(r, disks, exts, maxLen)}
 		state.apply(p)
 		mustAppend(t, v, p)
 		snaps[id] = state.clone()
@@ -62,8 +63,8 @@ func TestRemoveVM(t *testing.T) {
 			}
 			disksA := []DiskSpec{{Key: 1, Capacity: 256 << 10}}
 			disksB := []DiskSpec{{Key: 7, Capacity: 128 << 10}}
-			snapsA, _ := fillVM(t, s, "a", 1, disksA, 12)
-			snapsB, lastB := fillVM(t, s, "b", 2, disksB, 6)
+			snapsA, _ := fillVM(t, s, "a", 1, disksA, 12, 3, 40<<10)
+			snapsB, lastB := fillVM(t, s, "b", 2, disksB, 6, 3, 40<<10)
 			a, _ := s.VM("a")
 			r := rand.New(rand.NewPCG(3, 3))
 			checkPoint(t, r, a, 5, snapsA[5])
@@ -97,7 +98,7 @@ func TestRemoveVM(t *testing.T) {
 			}
 
 			// the same name again, other disks: empty, then its own points
-			snapsA2, lastA2 := fillVM(t, s, "a", 4, []DiskSpec{{Key: 3, Capacity: 64 << 10}}, 2)
+			snapsA2, lastA2 := fillVM(t, s, "a", 4, []DiskSpec{{Key: 3, Capacity: 64 << 10}}, 2, 3, 40<<10)
 			if lastA2 >= 12 {
 				t.Fatalf("test needs the new VM's IDs below the removed one's, got %d", lastA2)
 			}
