@@ -56,6 +56,7 @@ func newRouteRig(t *testing.T) *routeRig {
 			return d.DialContext(ctx, "tcp", addr)
 		},
 		RPO: 20 * time.Millisecond, CutBytes: 32 << 10, Codec: wire.CodecS2, Logger: testLogger(),
+		ConfigWait: 300 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -372,6 +373,38 @@ func TestSourceRouteSwitchTarget(t *testing.T) {
 	}
 	if n := r.checkJournal(f); n < 3 {
 		t.Fatalf("only %d points", n)
+	}
+}
+
+// TestSourceWaitsForARoute: a filter that has its configuration before
+// the source proxy is not refused: its Hello waits (ConfigWait) for the
+// VM's route, and the session starts once it arrives.
+func TestSourceWaitsForARoute(t *testing.T) {
+	r := newRouteRig(t)
+	key := testKey(8)
+	_, _, addr := r.targetProxy(map[string]TargetRoute{"vm-w": {Filter: r.filter.Addr(), Key: key}})
+	configured := make(chan error, 1)
+	time.AfterFunc(100*time.Millisecond, func() {
+		configured <- r.source.Configure(map[string]SourceRoute{"vm-w": {Target: addr, Key: key, RPO: time.Second}})
+	})
+	start := time.Now()
+	f, ack := r.connectFilter("vm-w")
+	if ack.Err != "" {
+		t.Fatalf("a filter that came before its route was refused: %s", ack.Err)
+	}
+	if err := <-configured; err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Fatalf("accepted after %s, before the route existed", waited)
+	}
+	rnd := rand.New(rand.NewPCG(8, 8))
+	f.write(rnd, 4, true)
+	f.marker(wire.MarkerInitialSyncDone)
+	f.write(rnd, 4, false)
+	f.waitAck(f.seq)
+	if n := r.checkJournal(f); n < 1 {
+		t.Fatalf("%d points after the late route", n)
 	}
 }
 

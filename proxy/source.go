@@ -51,6 +51,11 @@ type SourceConfig struct {
 	// TargetWait is how long a filter's Hello waits for the target's resume
 	// position of a VM the proxy does not know yet. Default 30s.
 	TargetWait time.Duration
+	// ConfigWait is how long a filter's Hello for a VM this proxy has no
+	// route for waits for one: a filter may get its configuration from
+	// the coordinator before the proxy does. Default 5s; negative: refuse
+	// at once.
+	ConfigWait time.Duration
 	Logger     *slog.Logger
 }
 
@@ -66,6 +71,9 @@ func (c *SourceConfig) setDefaults() {
 	}
 	if c.TargetWait <= 0 {
 		c.TargetWait = 30 * time.Second
+	}
+	if c.ConfigWait == 0 {
+		c.ConfigWait = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -247,6 +255,16 @@ func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
 	}
 	p.mu.Lock()
 	v := p.vmLocked(h.VM, h.Disks)
+	if v == nil && p.cfg.ConfigWait > 0 {
+		// routes arrive with Configure, which wakes the waiters
+		deadline := time.Now().Add(p.cfg.ConfigWait)
+		wake := time.AfterFunc(p.cfg.ConfigWait, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
+		for v == nil && !p.closed && time.Now().Before(deadline) {
+			p.cond.Wait()
+			v = p.vmLocked(h.VM, h.Disks)
+		}
+		wake.Stop()
+	}
 	if v == nil {
 		p.mu.Unlock()
 		_ = c.Send(&wire.HelloAck{Err: fmt.Sprintf("vm %q is not configured on this source proxy", h.VM)})
