@@ -1283,6 +1283,18 @@ func (r *PolicyReconciler) push(ctx context.Context, sn *snapshot, w *work) erro
 		if w.next.SyncTotalBytes > 0 && w.next.SyncDoneBytes >= w.next.SyncTotalBytes {
 			w.next.Status = model.StatusSyncing
 		}
+	} else {
+		// The data path owns the status, and its heartbeats may have
+		// moved it on since the snapshot: carry the stored report, not
+		// the snapshot's older one.
+		r.cfg.Store.Read(func(s *model.State) {
+			if cur, ok := s.Tasks[w.next.ID]; ok && !configOwned(cur) {
+				w.next.Status, w.next.Reason, w.next.SyncDoneBytes = cur.Status, cur.Reason, cur.SyncDoneBytes
+				w.next.LagSeconds, w.next.LastPointAt, w.next.UpdatedAt = cur.LagSeconds, cur.LastPointAt, cur.UpdatedAt
+				w.task.Status, w.task.Reason, w.task.SyncDoneBytes = cur.Status, cur.Reason, cur.SyncDoneBytes
+				w.task.LagSeconds, w.task.LastPointAt, w.task.UpdatedAt = cur.LagSeconds, cur.LastPointAt, cur.UpdatedAt
+			}
+		})
 	}
 	if reflect.DeepEqual(w.next, *w.task) {
 		return nil

@@ -641,3 +641,71 @@ func firstTaskID(st Store, policyID string) string {
 	}
 	return ""
 }
+
+// heartbeatDuringPush applies a data-path status report to the stored
+// task while a configuration is being pushed, as a heartbeat arriving in
+// the middle of a reconcile does.
+type heartbeatDuringPush struct {
+	*fakeComponents
+	st     *memStore
+	report func(t *model.VMTask)
+}
+
+func (h *heartbeatDuringPush) Configure(ctx context.Context, dp DataPath) error {
+	if h.report != nil {
+		h.st.mu.Lock()
+		if cur, ok := h.st.s.Tasks[dp.Task.ID]; ok {
+			c := *cur
+			h.report(&c)
+			h.st.s.Tasks[c.ID] = &c
+		}
+		h.st.mu.Unlock()
+	}
+	return h.fakeComponents.Configure(ctx, dp)
+}
+
+// TestReplanKeepsANewerReport: a reconcile that re-plans a syncing VM (its
+// source proxy died) writes the new plan with the status the data path
+// reported meanwhile, not the older one of its snapshot.
+func TestReplanKeepsANewerReport(t *testing.T) {
+	l := newLab(t, 1, true)
+	st := newMemStore()
+	comps := &heartbeatDuringPush{fakeComponents: newFakeComponents(), st: st}
+	p := l.setup(st, 1,
+		proxy("src-a", model.RoleSource, model.KindPhysical, "", 0),
+		proxy("src-b", model.RoleSource, model.KindPhysical, "", 0),
+		proxy("dst", model.RoleTarget, model.KindPhysical, "", 0))
+	r := newReconciler(t, st, l, comps)
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	id := firstTaskID(st, p.ID)
+	if tk := tasksOf(st, p.ID)[id]; tk.SourceProxy != "src-a" || tk.Status != model.StatusInitialSync {
+		t.Fatalf("configured task: %+v", tk)
+	}
+	dead := proxy("src-a", model.RoleSource, model.KindPhysical, "", 0)
+	dead.LastHeartbeat = time.Now().Add(-time.Hour)
+	mustApply(t, st, raftstore.PutProxy{Proxy: dead})
+	comps.report = func(tk *model.VMTask) {
+		tk.Status, tk.SyncDoneBytes, tk.LagSeconds = model.StatusSyncing, tk.SyncTotalBytes, 1.5
+	}
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	tk := tasksOf(st, p.ID)[id]
+	if tk.SourceProxy != "src-b" {
+		t.Fatalf("not re-planned: %+v", tk)
+	}
+	if tk.Status != model.StatusSyncing || tk.SyncDoneBytes != tk.SyncTotalBytes || tk.LagSeconds != 1.5 {
+		t.Fatalf("the re-plan wrote back an older status: %s, %d of %d bytes, lag %v", tk.Status, tk.SyncDoneBytes, tk.SyncTotalBytes, tk.LagSeconds)
+	}
+	// and a reconcile with nothing to change writes nothing
+	applies := st.applies
+	comps.report = nil
+	if _, err := r.Reconcile(l.ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st.applies != applies {
+		t.Fatalf("an unchanged task was written %d times", st.applies-applies)
+	}
+}
