@@ -246,6 +246,17 @@ func (p *SourceProxy) serveHello(c *wire.Conn, h *wire.Hello) error {
 	return p.serveFilterHello(c, h)
 }
 
+// waitLocked waits on cond (with mu held) until done reports true, the
+// proxy closes or d has passed.
+func (p *SourceProxy) waitLocked(d time.Duration, done func() bool) {
+	deadline := time.Now().Add(d)
+	wake := time.AfterFunc(d, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
+	defer wake.Stop()
+	for !done() && !p.closed && time.Now().Before(deadline) {
+		p.cond.Wait()
+	}
+}
+
 // serveFilterHello is serveFilter once the Hello is read.
 func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
 	var err error
@@ -257,13 +268,10 @@ func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
 	v := p.vmLocked(h.VM, h.Disks)
 	if v == nil && p.cfg.ConfigWait > 0 {
 		// routes arrive with Configure, which wakes the waiters
-		deadline := time.Now().Add(p.cfg.ConfigWait)
-		wake := time.AfterFunc(p.cfg.ConfigWait, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
-		for v == nil && !p.closed && time.Now().Before(deadline) {
-			p.cond.Wait()
+		p.waitLocked(p.cfg.ConfigWait, func() bool {
 			v = p.vmLocked(h.VM, h.Disks)
-		}
-		wake.Stop()
+			return v != nil
+		})
 	}
 	if v == nil {
 		p.mu.Unlock()
@@ -278,12 +286,7 @@ func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
 	gen := v.filterGen
 	// the resume position needs the target's answer unless this proxy
 	// already received the stream
-	deadline := time.Now().Add(p.cfg.TargetWait)
-	wake := time.AfterFunc(p.cfg.TargetWait, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
-	for !v.targetKnown && !p.closed && !v.dropped && v.filterGen == gen && time.Now().Before(deadline) {
-		p.cond.Wait()
-	}
-	wake.Stop()
+	p.waitLocked(p.cfg.TargetWait, func() bool { return v.targetKnown || v.dropped || v.filterGen != gen })
 	if !v.targetKnown || v.filterGen != gen || p.closed || v.dropped {
 		p.mu.Unlock()
 		_ = c.Send(&wire.HelloAck{Err: "target proxy not reachable"})
