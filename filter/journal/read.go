@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"sync/atomic"
 
 	"github.com/continuum-cdp/continuum/internal/model"
 )
@@ -17,10 +18,11 @@ type PointReader interface {
 }
 
 type pointReader struct {
-	v    *VM
-	id   uint64
-	disk int32
-	size int64
+	v      *VM
+	id     uint64
+	disk   int32
+	size   int64
+	closed atomic.Bool
 }
 
 // OpenPoint opens a read-only view of disk at the listed point id. Each read
@@ -39,11 +41,17 @@ func (v *VM) OpenPoint(id uint64, disk int32) (PointReader, error) {
 	if !v.isListed(id) {
 		return nil, fmt.Errorf("open point %d of %s: %w", id, v.name, ErrNotListed)
 	}
+	v.readers.Add(1)
 	return &pointReader{v: v, id: id, disk: disk, size: c}, nil
 }
 
-func (r *pointReader) Size() int64  { return r.size }
-func (r *pointReader) Close() error { return nil }
+func (r *pointReader) Size() int64 { return r.size }
+func (r *pointReader) Close() error {
+	if !r.closed.Swap(true) {
+		r.v.readers.Add(-1)
+	}
+	return nil
+}
 
 func (r *pointReader) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {

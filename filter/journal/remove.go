@@ -18,8 +18,8 @@ const removingPrefix = ".removing-"
 // base and delta disks and its manifest. Its records in the shared
 // segments are ignored from then on and go with their segments; a VM
 // opened later under the same name starts after them, empty. It is refused
-// (model.ErrConflict) while appends of the VM are in flight; the caller
-// makes sure that no session feeds it. Later calls on the removed VM fail
+// (model.ErrConflict) while appends of the VM are in flight or readers of
+// its points are open; the caller makes sure that no session feeds it. Later calls on the removed VM fail
 // with ErrRemoved.
 func (s *Store) RemoveVM(vm string) error {
 	if s.closed.Load() {
@@ -39,13 +39,23 @@ func (s *Store) RemoveVM(vm string) error {
 	if n := v.inflight.Load(); n > 0 {
 		return fmt.Errorf("remove vm %q: %w: %d points are being appended", vm, model.ErrConflict, n)
 	}
+	// no new reader from here on (OpenPoint checks removed under mu)
+	v.mu.Lock()
 	if v.removed.Load() {
+		v.mu.Unlock()
 		return fmt.Errorf("remove vm %q: %w", vm, ErrRemoved)
 	}
+	if n := v.readers.Load(); n > 0 {
+		v.mu.Unlock()
+		return fmt.Errorf("remove vm %q: %w: %d readers of its restore points are open (an export, a download or an NBD export)", vm, model.ErrConflict, n)
+	}
+	v.removed.Store(true)
+	v.mu.Unlock()
 	// The rename is the commit point: a directory under this name is not
 	// a VM any more, whatever happens to the rest of the removal.
 	gone := filepath.Join(s.dir, removingPrefix+strconv.FormatInt(time.Now().UnixNano(), 36)+"-"+filepath.Base(v.dir))
 	if err := os.Rename(v.dir, gone); err != nil {
+		v.removed.Store(false)
 		return fmt.Errorf("remove vm %q: %w", vm, err)
 	}
 	if err := s.syncDir(s.dir); err != nil {
@@ -54,7 +64,6 @@ func (s *Store) RemoveVM(vm string) error {
 	s.mu.Lock()
 	delete(s.vms, vm)
 	s.mu.Unlock()
-	v.removed.Store(true)
 	v.mu.Lock()
 	_ = v.close()
 	var layers int64

@@ -70,6 +70,19 @@ func TestRemoveVM(t *testing.T) {
 			checkPoint(t, r, a, 5, snapsA[5])
 			segsBefore := segmentFiles(t, dir)
 
+			// an open reader of a point (an export, a download) holds it
+			pr, err := a.OpenPoint(5, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.RemoveVM("a"); !errors.Is(err, model.ErrConflict) {
+				t.Fatalf("removal with a reader open: %v", err)
+			}
+			if _, ok := s.VM("a"); !ok {
+				t.Fatal("a refused removal removed the VM")
+			}
+			pr.Close()
+			pr.Close() // a second close changes nothing
 			if err := s.RemoveVM("a"); err != nil {
 				t.Fatal(err)
 			}

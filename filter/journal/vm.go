@@ -50,6 +50,9 @@ type VM struct {
 	since uint64
 	// removed: RemoveVM deleted the VM; its files are closed
 	removed atomic.Bool
+	// readers counts open point readers (OpenPoint until Close): a VM
+	// being read is not removed
+	readers atomic.Int64
 	pmu     sync.Mutex
 	failed  error
 }
