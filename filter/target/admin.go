@@ -344,8 +344,9 @@ func (s *Service) handleUnserve(w http.ResponseWriter, r *http.Request) {
 // handleRemove deletes the journal of a VM that is no longer replicated
 // here: every restore point and the replica disks this filter keeps for
 // it. It is refused (409) while the VM is in this filter's configuration,
-// while a session feeds it and while one of its points is served over NBD;
-// meanwhile a session for it is refused.
+// while a session feeds it and while one of its points is being read
+// (served over NBD here, or an export or download, which the journal
+// refuses); meanwhile a session for it is refused.
 func (s *Service) handleRemove(w http.ResponseWriter, r *http.Request) {
 	vm := r.PathValue("vm")
 	if _, ok := s.store.VM(vm); !ok {
@@ -385,8 +386,15 @@ func (s *Service) handleRemove(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	// its retention window goes too, on disk as well: a VM replicated
+	// again under this name gets the window its configuration gives
 	s.mu.Lock()
-	delete(s.retention, vm)
+	if _, ok := s.retention[vm]; ok {
+		delete(s.retention, vm)
+		if err := s.saveRetentionLocked(); err != nil {
+			s.log.Warn("save retention windows after a purge", "vm", vm, "err", err)
+		}
+	}
 	s.mu.Unlock()
 	s.log.Info("replica journal removed", "vm", vm)
 	w.WriteHeader(http.StatusNoContent)

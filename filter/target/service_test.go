@@ -612,6 +612,16 @@ func TestTargetFilterRemoveVM(t *testing.T) {
 	s := startService(t, Config{JournalDir: t.TempDir()})
 	base := "http://" + s.AdminAddr()
 	s.SetVMs([]string{"a"})
+	if err := s.SetRetention(map[string]Retention{"a": {ShortTerm: time.Hour, LongTerm: 48 * time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	saved := func() string {
+		b, _ := os.ReadFile(filepath.Join(s.cfg.JournalDir, retentionFileName))
+		return string(b)
+	}
+	if !strings.Contains(saved(), `"a"`) {
+		t.Fatalf("retention window not saved: %s", saved())
+	}
 	pc, _ := dialService(t, s, "a", testDisks)
 	sendWorkload(t, pc, rand.New(rand.NewPCG(41, 41)), testDisks, 3, wire.CodecNone)
 	if code, body := post(t, base+"/v1/vms/a/serve", ServeRequest{Point: 4}, nil); code != 200 {
@@ -653,6 +663,9 @@ func TestTargetFilterRemoveVM(t *testing.T) {
 	getJSON(t, base+"/v1/vms", &vms)
 	if len(vms) != 0 {
 		t.Fatalf("vms after the purge: %+v", vms)
+	}
+	if strings.Contains(saved(), `"a"`) {
+		t.Fatalf("the purged vm's retention window is still saved: %s", saved())
 	}
 	if code := getJSON(t, base+"/v1/vms/a/points", nil); code != http.StatusNotFound {
 		t.Fatalf("points of a purged vm: %d", code)
