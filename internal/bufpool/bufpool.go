@@ -59,8 +59,9 @@ func New(maxBytes int64, class func(n int) int) *Pool {
 	return &Pool{class: class, max: maxBytes, free: map[int][][]byte{}}
 }
 
-// Get returns a buffer of length n: a released one of n's class, or a
-// new one with the class's capacity.
+// Get returns a buffer of length n: a released one of n's class, else of
+// the smallest class at most a quarter bigger, or a new one with the
+// class's capacity.
 func (p *Pool) Get(n int) []byte {
 	c := p.class(n)
 	p.mu.Lock()
@@ -74,8 +75,35 @@ func (p *Pool) Get(n int) []byte {
 		p.mu.Unlock()
 		return b[:n]
 	}
+	// A free buffer of a somewhat bigger class serves too: released
+	// buffers of many close sizes would otherwise sit beside fresh ones.
+	if b := p.takeLarger(c); b != nil {
+		p.mu.Unlock()
+		return b[:n]
+	}
 	p.mu.Unlock()
 	return make([]byte, n, c)
+}
+
+// takeLarger takes the smallest free buffer whose capacity is over c by at
+// most a quarter; p.mu is held.
+func (p *Pool) takeLarger(c int) []byte {
+	best := 0
+	for bc, l := range p.free {
+		if bc > c && bc <= c+c/4 && len(l) > 0 && (best == 0 || bc < best) {
+			best = bc
+		}
+	}
+	if best == 0 {
+		return nil
+	}
+	l := p.free[best]
+	b := l[len(l)-1]
+	l[len(l)-1] = nil
+	p.free[best] = l[:len(l)-1]
+	p.bytes -= int64(best)
+	p.stats.Reused++
+	return b
 }
 
 // Put hands back a buffer nothing uses any more. A buffer that is not of a

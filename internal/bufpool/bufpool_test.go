@@ -86,3 +86,28 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func TestLargerClassServes(t *testing.T) {
+	p := New(64<<20, Sixteenths)
+	big := p.Get(4<<20 + 600<<10) // of the 5 MiB class
+	huge := p.Get(8 << 20)
+	if cap(big) != 5<<20 {
+		t.Fatalf("cap %d", cap(big))
+	}
+	p.Put(big)
+	p.Put(huge)
+	// 4 MiB + 1 is of the 4.5 MiB class: the free 5 MiB buffer serves
+	b := p.Get(4<<20 + 1)
+	if len(b) != 4<<20+1 || &b[:1][0] != &big[:1][0] {
+		t.Fatalf("a free buffer of the next class was not reused (len %d cap %d)", len(b), cap(b))
+	}
+	// a buffer more than a quarter bigger is not handed out: 5 MiB + 1
+	// is of the 5.5 MiB class, too far below the 8 MiB one
+	c := p.Get(5<<20 + 1)
+	if &c[:1][0] == &huge[:1][0] {
+		t.Fatal("an 8 MiB buffer served a 5 MiB request")
+	}
+	if st := p.Stats(); st.Reused != 1 || st.Held != 8<<20 {
+		t.Fatalf("stats %+v", st)
+	}
+}
