@@ -141,31 +141,28 @@ func peakRSS(pid int) float64 {
 	return 0
 }
 
-// cpuSeconds reads a process's user+system CPU time.
-func cpuSeconds(pid int) float64 {
+// procStat reads field i of /proc/PID/stat, counted from the state after
+// the command name (0 on error).
+func procStat(pid, i int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	u, _ := strconv.ParseFloat(f[11], 64)
-	k, _ := strconv.ParseFloat(f[12], 64)
-	return (u + k) / 100
+	if i >= len(f) {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[i], 64)
+	return v
 }
+
+// cpuSeconds reads a process's user+system CPU time.
+func cpuSeconds(pid int) float64 { return (procStat(pid, 11) + procStat(pid, 12)) / 100 }
 
 // minorFaults reads a process's minor page faults: on this kind of VM a
 // page touched for the first time costs far more than its copy.
-func minorFaults(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	n, _ := strconv.ParseFloat(f[7], 64)
-	return n
-}
+func minorFaults(pid int) float64 { return procStat(pid, 7) }
 
 // machineIdle reads the seconds all CPUs were idle, and idle waiting for
 // I/O.
