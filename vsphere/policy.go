@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
+	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/object"
 	pbmtypes "github.com/vmware/govmomi/pbm/types"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -19,64 +21,127 @@ func (c *Client) ApplyPolicy(ctx context.Context, vm string, profileID string, d
 	if vm == "" || profileID == "" {
 		return fail(op, ErrInvalid, errors.New("VM and profile ID are required"))
 	}
-	var m mo.VirtualMachine
 	r := ref("VirtualMachine", vm)
-	if err := c.props(ctx, r, []string{"config.hardware.device"}, &m); err != nil {
+	disks, profiles, err := c.diskProfiles(ctx, r, vm)
+	if err != nil {
 		return wrap(op, err)
 	}
-	disks := map[int32]*types.VirtualDisk{}
-	for _, d := range m.Config.Hardware.Device {
-		if vd, ok := d.(*types.VirtualDisk); ok {
-			disks[vd.Key] = vd
-		}
+	byKey := map[int32]*types.VirtualDisk{}
+	for _, d := range disks {
+		byKey[d.Key] = d
 	}
 	if len(diskKeys) == 0 {
-		for k := range disks {
-			diskKeys = append(diskKeys, k)
+		for _, d := range disks {
+			diskKeys = append(diskKeys, d.Key)
 		}
 	}
-	var entities []pbmtypes.PbmServerObjectRef
+	var change []*types.VirtualDisk
 	for _, k := range diskKeys {
-		if disks[k] == nil {
+		if byKey[k] == nil {
 			return fail(op, ErrNotFound, fmt.Errorf("no disk %d", k))
 		}
-		entities = append(entities, diskEntity(vm, k))
+		if !slices.Contains(profiles[k], profileID) {
+			change = append(change, byKey[k])
+		}
+	}
+	return wrap(op, c.setDiskProfiles(ctx, r, change, &types.VirtualMachineDefinedProfileSpec{ProfileId: profileID}))
+}
+
+// RemoveCDPPolicy takes the CDP storage profile (the profile named as the
+// client's configured ProfileName, which EnsureProfile creates) off every
+// disk of vm that has it; those disks get the datastore's default policy.
+// Disks without it are left alone, so a repeat is a no-op. A VM that is
+// gone is not an error.
+func (c *Client) RemoveCDPPolicy(ctx context.Context, vm string) error {
+	op := "remove storage profile " + c.cfg.ProfileName + " from " + vm
+	if vm == "" {
+		return fail(op, ErrInvalid, errors.New("empty VM reference"))
+	}
+	ids, err := c.profileIDs(ctx)
+	if err != nil {
+		return wrap(op, err)
+	}
+	if len(ids) == 0 {
+		return nil // no CDP profile, so no disk can carry it
+	}
+	r := ref("VirtualMachine", vm)
+	disks, profiles, err := c.diskProfiles(ctx, r, vm)
+	if err != nil {
+		if err = wrap(op, err); errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	var change []*types.VirtualDisk
+	for _, d := range disks {
+		if slices.ContainsFunc(profiles[d.Key], func(id string) bool { return slices.Contains(ids, id) }) {
+			change = append(change, d)
+		}
+	}
+	err = c.setDiskProfiles(ctx, r, change, &types.VirtualMachineDefaultProfileSpec{})
+	var nf *types.ManagedObjectNotFound
+	if _, ok := fault.As(err, &nf); ok && nf != nil && nf.Obj == r {
+		return nil // destroyed meanwhile
+	}
+	return wrap(op, err)
+}
+
+// diskProfiles reads a VM's disks and the storage profile IDs each has.
+func (c *Client) diskProfiles(ctx context.Context, r types.ManagedObjectReference, vm string) ([]*types.VirtualDisk, map[int32][]string, error) {
+	var m mo.VirtualMachine
+	if err := c.props(ctx, r, []string{"config.hardware.device"}, &m); err != nil {
+		return nil, nil, err
+	}
+	var disks []*types.VirtualDisk
+	var entities []pbmtypes.PbmServerObjectRef
+	keyOf := map[string]int32{}
+	for _, d := range m.Config.Hardware.Device {
+		if vd, ok := d.(*types.VirtualDisk); ok {
+			e := diskEntity(vm, vd.Key)
+			disks = append(disks, vd)
+			entities = append(entities, e)
+			keyOf[e.Key] = vd.Key
+		}
+	}
+	profiles := map[int32][]string{}
+	if len(disks) == 0 {
+		return disks, profiles, nil
 	}
 	p, err := c.pbmClient(ctx)
 	if err != nil {
-		return wrap(op, err)
+		return nil, nil, err
 	}
 	res, err := p.QueryAssociatedProfiles(ctx, entities)
 	if err != nil {
-		return wrap(op+": query profiles", err)
+		return nil, nil, fmt.Errorf("query profiles: %w", err)
 	}
-	has := map[string]bool{}
-	for _, r := range res {
-		for _, id := range r.ProfileId {
-			if id.UniqueId == profileID {
-				has[r.Object.Key] = true
-			}
+	for _, a := range res {
+		for _, id := range a.ProfileId {
+			k := keyOf[a.Object.Key]
+			profiles[k] = append(profiles[k], id.UniqueId)
 		}
 	}
-	var changes []types.BaseVirtualDeviceConfigSpec
-	for i, k := range diskKeys {
-		if has[entities[i].Key] {
-			continue
-		}
+	return disks, profiles, nil
+}
+
+// setDiskProfiles gives disks of a VM one profile spec, in one reconfigure.
+func (c *Client) setDiskProfiles(ctx context.Context, r types.ManagedObjectReference, disks []*types.VirtualDisk, spec types.BaseVirtualMachineProfileSpec) error {
+	if len(disks) == 0 {
+		return nil
+	}
+	changes := make([]types.BaseVirtualDeviceConfigSpec, 0, len(disks))
+	for _, d := range disks {
 		changes = append(changes, &types.VirtualDeviceConfigSpec{
 			Operation: types.VirtualDeviceConfigSpecOperationEdit,
-			Device:    disks[k],
-			Profile:   []types.BaseVirtualMachineProfileSpec{&types.VirtualMachineDefinedProfileSpec{ProfileId: profileID}},
+			Device:    d,
+			Profile:   []types.BaseVirtualMachineProfileSpec{spec},
 		})
-	}
-	if len(changes) == 0 {
-		return nil
 	}
 	task, err := object.NewVirtualMachine(c.vc, r).Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: changes})
 	if err == nil {
 		_, err = c.waitTask(ctx, task)
 	}
-	return wrap(op, err)
+	return err
 }
 
 // PowerOn powers a VM on; already on is not an error.

@@ -434,6 +434,130 @@ func TestApplyPolicy(t *testing.T) {
 	}
 }
 
+func TestRemoveCDPPolicy(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 6, ProxyVMs: -1})
+	st, err := e.c.InstallFilter(e.ctx, e.inv.ClusterByName(vcsim.SourceClusterName).MoRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second profile, made by a client configured with another name.
+	otherCfg := connectCfg(e.srv)
+	otherCfg.ProfileName = "Gold"
+	other, err := vsphere.Connect(e.ctx, otherCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Close(context.Background()) })
+	goldID, err := other.EnsureProfile(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if goldID == "" || goldID == st.ProfileID {
+		t.Fatalf("second profile %q, CDP profile %q", goldID, st.ProfileID)
+	}
+
+	assoc := func(vm string, key int32) []string {
+		return e.srv.AssociatedProfiles(vm + ":" + itoa(key))
+	}
+	check := func(what, vm string, want map[int32]string) {
+		t.Helper()
+		got, err := e.c.VM(e.ctx, vm)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if len(got.Disks) != len(want) {
+			t.Fatalf("%s: disks %+v, want keys of %v", what, got.Disks, want)
+		}
+		for _, d := range got.Disks {
+			w, ok := want[d.Key]
+			if !ok {
+				t.Fatalf("%s: unexpected disk %d", what, d.Key)
+			}
+			if d.ProfileID != w {
+				t.Fatalf("%s: disk %d ProfileID %q, want %q", what, d.Key, d.ProfileID, w)
+			}
+			ids := assoc(vm, d.Key)
+			if w == "" && len(ids) != 0 || w != "" && (len(ids) != 1 || ids[0] != w) {
+				t.Fatalf("%s: lab records %v for disk %d, want %q", what, ids, d.Key, w)
+			}
+		}
+	}
+
+	// Every disk carries the CDP profile, then none does.
+	vm := e.inv.VMByName(vcsim.ProtectedVMName(2))
+	if len(vm.Disks) < 2 {
+		t.Fatalf("want a VM with two disks: %+v", vm.Disks)
+	}
+	if err := e.c.ApplyPolicy(e.ctx, vm.MoRef, st.ProfileID); err != nil {
+		t.Fatal(err)
+	}
+	all, none := map[int32]string{}, map[int32]string{}
+	for _, d := range vm.Disks {
+		all[d.Key], none[d.Key] = st.ProfileID, ""
+	}
+	check("applied", vm.MoRef, all)
+
+	// A client whose profile does not exist has nothing to take off.
+	absentCfg := connectCfg(e.srv)
+	absentCfg.ProfileName = "Never Created"
+	absent, err := vsphere.Connect(e.ctx, absentCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = absent.Close(context.Background()) })
+	if err := absent.RemoveCDPPolicy(e.ctx, vm.MoRef); err != nil {
+		t.Fatalf("no such profile: %v", err)
+	}
+	check("remove of an absent profile", vm.MoRef, all)
+
+	if err := e.c.RemoveCDPPolicy(e.ctx, vm.MoRef); err != nil {
+		t.Fatal(err)
+	}
+	check("removed", vm.MoRef, none)
+	if err := e.c.RemoveCDPPolicy(e.ctx, vm.MoRef); err != nil {
+		t.Fatalf("repeat: %v", err)
+	}
+	check("removed twice", vm.MoRef, none)
+
+	// Attaching works again afterwards.
+	if err := e.c.ApplyPolicy(e.ctx, vm.MoRef, st.ProfileID); err != nil {
+		t.Fatalf("apply after remove: %v", err)
+	}
+	check("applied again", vm.MoRef, all)
+
+	// A disk with another profile keeps it, a disk with none stays bare.
+	vm2 := e.inv.VMByName(vcsim.ProtectedVMName(5))
+	if len(vm2.Disks) < 3 {
+		t.Fatalf("want a VM with three disks: %+v", vm2.Disks)
+	}
+	k0, k1 := vm2.Disks[0].Key, vm2.Disks[1].Key
+	if err := e.c.ApplyPolicy(e.ctx, vm2.MoRef, st.ProfileID, k0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.ApplyPolicy(e.ctx, vm2.MoRef, goldID, k1); err != nil {
+		t.Fatal(err)
+	}
+	mixed := map[int32]string{k0: st.ProfileID, k1: goldID}
+	for _, d := range vm2.Disks[2:] {
+		mixed[d.Key] = ""
+	}
+	check("mixed", vm2.MoRef, mixed)
+	if err := e.c.RemoveCDPPolicy(e.ctx, vm2.MoRef); err != nil {
+		t.Fatal(err)
+	}
+	mixed[k0] = ""
+	check("mixed, removed", vm2.MoRef, mixed)
+	// The first VM was not touched by the second's removal.
+	check("other VM", vm.MoRef, all)
+
+	if err := e.c.RemoveCDPPolicy(e.ctx, "vm-99999"); err != nil {
+		t.Fatalf("missing VM: %v", err)
+	}
+	if err := e.c.RemoveCDPPolicy(e.ctx, ""); !errors.Is(err, vsphere.ErrInvalid) {
+		t.Fatalf("empty VM: %v, want ErrInvalid", err)
+	}
+}
+
 func itoa(k int32) string { return strconv.Itoa(int(k)) }
 
 func vcsimClient(t *testing.T, e *env) *vim25.Client {
