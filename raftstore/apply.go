@@ -33,7 +33,8 @@ func init() {
 	register(func(s *model.State, c DeletePolicy) (any, error) { return nil, deletePolicy(s, c.ID, c.DeleteReplicas) })
 	register(applyPutTask)
 	register(applyPutTasks)
-	register(func(s *model.State, c DeleteTask) (any, error) { return nil, deleteByID(s.Tasks, "task", c.ID) })
+	register(func(s *model.State, c DeleteTask) (any, error) { return nil, deleteTask(s, c.ID, c.DetachSource) })
+	register(func(s *model.State, c SourceDetached) (any, error) { return nil, sourceDetached(s, c.ReplicaID) })
 	register(func(s *model.State, c PutReplica) (any, error) {
 		return putSimple(s.Replicas, c.Replica.ID, c.Replica)
 	})
@@ -271,7 +272,8 @@ func applySetPolicyEnabled(s *model.State, c SetPolicyEnabled) (any, error) {
 }
 
 func deletePolicy(s *model.State, id string, replicas bool) error {
-	if _, ok := s.Policies[id]; !ok {
+	p, ok := s.Policies[id]
+	if !ok {
 		return model.NotFound("id", "policy", id)
 	}
 	if replicas {
@@ -305,12 +307,61 @@ func deletePolicy(s *model.State, id string, replicas bool) error {
 			}
 		}
 	}
+	// every source VM leaves protection: the CDP storage policy comes off
+	for rid, r := range s.Replicas {
+		if r.PolicyID == id && !r.DetachSource {
+			s.Replicas[rid] = detachSource(r, p.VCenterID)
+		}
+	}
 	for tid, t := range s.Tasks {
 		if t.PolicyID == id {
 			delete(s.Tasks, tid)
 		}
 	}
 	delete(s.Policies, id)
+	return nil
+}
+
+// detachSource returns a copy of r marked DetachSource.
+func detachSource(r *model.Replica, sourceVCenter string) *model.Replica {
+	c := *r
+	c.DetachSource = true
+	if c.SourceVCenterID == "" {
+		c.SourceVCenterID = sourceVCenter
+	}
+	return &c
+}
+
+// deleteTask deletes a task; with detach, the VM left its policy and its
+// replica is marked DetachSource.
+func deleteTask(s *model.State, id string, detach bool) error {
+	t, ok := s.Tasks[id]
+	if !ok {
+		return model.NotFound("id", "task", id)
+	}
+	if detach {
+		if r := s.Replicas[t.ReplicaID]; r != nil && !r.DetachSource {
+			vc := ""
+			if p := s.Policies[t.PolicyID]; p != nil {
+				vc = p.VCenterID
+			}
+			s.Replicas[t.ReplicaID] = detachSource(r, vc)
+		}
+	}
+	delete(s.Tasks, id)
+	return nil
+}
+
+func sourceDetached(s *model.State, replicaID string) error {
+	r, ok := s.Replicas[replicaID]
+	if !ok {
+		return model.NotFound("replica_id", "replica", replicaID)
+	}
+	if r.DetachSource {
+		c := *r
+		c.DetachSource = false
+		s.Replicas[replicaID] = &c
+	}
 	return nil
 }
 

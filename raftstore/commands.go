@@ -49,6 +49,7 @@ const (
 	CmdDeleteCoordinator  CmdType = 28
 	CmdComponentHeartbeat CmdType = 29
 	CmdPutTasks           CmdType = 30
+	CmdSourceDetached     CmdType = 31
 )
 
 // Command is a state change proposed through Node.Apply.
@@ -150,6 +151,8 @@ type PutTasks struct {
 // Type implements Command.
 func (PutTasks) Type() CmdType { return CmdPutTasks }
 
+func (SourceDetached) Type() CmdType { return CmdSourceDetached | IgnoreUnknownFlag }
+
 // PutTask creates or replaces a per-VM task of an existing policy.
 type PutTask struct {
 	Task model.VMTask `json:"task"`
@@ -158,6 +161,17 @@ type PutTask struct {
 // DeleteTask removes a task.
 type DeleteTask struct {
 	ID string `json:"id"`
+	// DetachSource marks the task's replica DetachSource: the VM left its
+	// policy, and the CDP storage policy comes off its disks.
+	DetachSource bool `json:"detach_source,omitempty"`
+}
+
+// SourceDetached clears a replica's DetachSource once the CDP storage
+// policy is off its source VM's disks. A node that does not know it skips
+// it: the flag then stays set there, and the controllers find nothing to
+// take off.
+type SourceDetached struct {
+	ReplicaID string `json:"replica_id"`
 }
 
 // PutReplica creates or replaces a replica record.

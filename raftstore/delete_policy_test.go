@@ -8,12 +8,9 @@ import (
 	"github.com/continuum-cdp/continuum/internal/model"
 )
 
-// TestDeletePolicyWithReplicas: deleting a policy with its replicas marks
-// them for the controllers (with the journal to purge, from their tasks)
-// and drops the policy's restore-point catalog; a failed-over replica
-// refuses it and nothing changes; without the flag the replicas stay as
-// they were.
-func TestDeletePolicyWithReplicas(t *testing.T) {
+// fsmWithVCenter returns an FSM holding vCenter vc1, and an apply that
+// fails the test on a refused command.
+func fsmWithVCenter(t *testing.T) (*FSM, func(Command)) {
 	f := NewFSM(nil)
 	must := func(c Command) {
 		t.Helper()
@@ -22,6 +19,16 @@ func TestDeletePolicyWithReplicas(t *testing.T) {
 		}
 	}
 	must(PutVCenter{VCenter: testVCenter("vc1", "one"), Create: true})
+	return f, must
+}
+
+// TestDeletePolicyWithReplicas: deleting a policy with its replicas marks
+// them for the controllers (with the journal to purge, from their tasks)
+// and drops the policy's restore-point catalog; a failed-over replica
+// refuses it and nothing changes; without the flag the replicas stay as
+// they were.
+func TestDeletePolicyWithReplicas(t *testing.T) {
+	f, must := fsmWithVCenter(t)
 	for _, id := range []string{"p1", "p2"} {
 		must(PutPolicy{Policy: testPolicy(id, "pol-"+id, "vc1"), Create: true})
 	}
@@ -48,7 +55,7 @@ func TestDeletePolicyWithReplicas(t *testing.T) {
 			t.Fatal("policy or task left")
 		}
 		r := s.Replicas["vc1/vm-91"]
-		if r == nil || !r.Deleting || r.JournalVM != "app-1" || r.TargetHost != "vc1/host-9" {
+		if r == nil || !r.Deleting || r.JournalVM != "app-1" || r.TargetHost != "vc1/host-9" || !r.DetachSource || r.SourceVCenterID != "vc1" {
 			t.Fatalf("replica after delete with replicas: %+v", r)
 		}
 		if _, ok := s.RestorePoints["rp-1"]; ok {
@@ -62,11 +69,46 @@ func TestDeletePolicyWithReplicas(t *testing.T) {
 	// without the flag the replica and its catalog are kept as they were
 	must(DeletePolicy{ID: "p2"})
 	f.Read(func(s *model.State) {
-		if r := s.Replicas["vc1/vm-92"]; r == nil || r.Deleting {
+		// its source VM left protection all the same
+		if r := s.Replicas["vc1/vm-92"]; r == nil || r.Deleting || !r.DetachSource || r.SourceVCenterID != "vc1" {
 			t.Fatalf("kept replica: %+v", r)
 		}
 		if _, ok := s.RestorePoints["rp-2"]; !ok {
 			t.Fatal("catalog entry of a kept replica went")
 		}
 	})
+}
+
+// TestSourceLeavesProtection: a task deleted because its VM left the
+// policy marks the VM's replica DetachSource (a plain task delete does
+// not), and SourceDetached clears the mark once the storage policy is off.
+func TestSourceLeavesProtection(t *testing.T) {
+	f, must := fsmWithVCenter(t)
+	must(PutPolicy{Policy: testPolicy("p1", "pol-p1", "vc1"), Create: true})
+	for _, vm := range []string{"vm-1", "vm-2"} {
+		must(PutTask{Task: model.VMTask{ID: "p1/" + vm, PolicyID: "p1", VMMoRef: vm, ReplicaID: "vc2/r-" + vm}})
+		must(PutReplica{Replica: model.Replica{ID: "vc2/r-" + vm, PolicyID: "p1", SourceVM: vm, VCenterID: "vc2", MoRef: "r-" + vm}})
+	}
+	must(DeleteTask{ID: "p1/vm-1", DetachSource: true})
+	must(DeleteTask{ID: "p1/vm-2"})
+	f.Read(func(s *model.State) {
+		if r := s.Replicas["vc2/r-vm-1"]; r == nil || !r.DetachSource || r.SourceVCenterID != "vc1" || s.Tasks["p1/vm-1"] != nil {
+			t.Fatalf("replica of a VM that left: %+v", r)
+		}
+		if r := s.Replicas["vc2/r-vm-2"]; r == nil || r.DetachSource {
+			t.Fatalf("a plain task delete marked the replica: %+v", r)
+		}
+	})
+	must(SourceDetached{ReplicaID: "vc2/r-vm-1"})
+	f.Read(func(s *model.State) {
+		if r := s.Replicas["vc2/r-vm-1"]; r == nil || r.DetachSource {
+			t.Fatalf("after SourceDetached: %+v", r)
+		}
+	})
+	if res := applyLog(t, f, SourceDetached{ReplicaID: "vc2/nope"}); !errors.Is(res.Err, model.ErrNotFound) {
+		t.Fatalf("SourceDetached of an unknown replica: %v", res.Err)
+	}
+	if res := applyLog(t, f, DeleteTask{ID: "p1/vm-9", DetachSource: true}); !errors.Is(res.Err, model.ErrNotFound) {
+		t.Fatalf("delete of an unknown task: %v", res.Err)
+	}
 }

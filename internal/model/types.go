@@ -226,6 +226,13 @@ type Replica struct {
 	Deleting   bool   `json:"deleting,omitempty"`
 	JournalVM  string `json:"journal_vm,omitempty"`
 	TargetHost string `json:"target_host,omitempty"`
+	// SourceVCenterID is the vCenter of SourceVM.
+	SourceVCenterID string `json:"source_vcenter_id,omitempty"`
+	// DetachSource: SourceVM left protection (its policy was deleted, or
+	// the VM was taken out of it). The controllers take the CDP storage
+	// policy off its disks, unless a policy protects it again, then clear
+	// this.
+	DetachSource bool `json:"detach_source,omitempty"`
 }
 
 // PointKind distinguishes short-term (journal) and long-term (delta) points.
