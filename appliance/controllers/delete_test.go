@@ -74,7 +74,8 @@ func TestDeletePolicyDeletesReplicas(t *testing.T) {
 
 // TestDeletedPolicyReapedByANewLeader: the replicas of a policy deleted
 // with them are deleted by the running loop of a reconciler that never saw
-// the policy (a new leader), and a policy deleted without them keeps them.
+// the policy (a new leader), and a policy deleted without them keeps them;
+// the CDP storage policy comes off both policies' source VMs.
 func TestDeletedPolicyReapedByANewLeader(t *testing.T) {
 	l := newLab(t, 2, true)
 	st := newMemStore()
@@ -101,14 +102,29 @@ func TestDeletedPolicyReapedByANewLeader(t *testing.T) {
 	r := newReconciler(t, st, l, comps)
 	go func() { done <- r.Run(ctx) }()
 	deadline := time.Now().Add(20 * time.Second)
-	for replicaRecords(st) != 1 {
+	marked := func() bool {
+		for _, m := range detachMarks(st) {
+			if m {
+				return true
+			}
+		}
+		return false
+	}
+	for replicaRecords(st) != 1 || marked() {
 		if time.Now().After(deadline) {
-			t.Fatalf("replica records after 20 s: %d", replicaRecords(st))
+			t.Fatalf("after 20 s: %d replica records, detach marks %v", replicaRecords(st), detachMarks(st))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	cancel()
 	<-done
+	// both policies' source VMs left protection: the loop took the CDP
+	// storage policy off their disks
+	for i := range 2 {
+		if n, d := profiledDisks(t, l, l.vm(vcsim.ProtectedVMName(i)).MoRef); n != 0 {
+			t.Fatalf("VM %d: %d of %d disks still carry the CDP policy", i, n, d)
+		}
+	}
 	if len(l.replicas()) != 1 {
 		t.Fatalf("replica VMs: %d, want the kept policy's", len(l.replicas()))
 	}

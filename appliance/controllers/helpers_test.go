@@ -90,11 +90,6 @@ func (m *memStore) Apply(ctx context.Context, cmd raftstore.Command) (any, error
 		for _, t := range c.Tasks {
 			s.Tasks[t.ID] = &t
 		}
-	case raftstore.DeleteTask:
-		if _, ok := s.Tasks[c.ID]; !ok {
-			return nil, model.NotFound("id", "task", c.ID)
-		}
-		delete(s.Tasks, c.ID)
 	case raftstore.PutReplica:
 		r := c.Replica
 		s.Replicas[r.ID] = &r

@@ -27,6 +27,9 @@ type Inventory interface {
 	EnsureReplica(ctx context.Context, spec vsphere.ReplicaSpec) (*vsphere.VM, error)
 	EnsureReplicaDisk(ctx context.Context, replica, sourceVM string, diskKey int32) (*vsphere.Disk, error)
 	ApplyPolicy(ctx context.Context, vm string, profileID string, diskKeys ...int32) error
+	// RemoveCDPPolicy takes the CDP storage policy off the disks of a VM
+	// that left protection; a VM already gone is not an error.
+	RemoveCDPPolicy(ctx context.Context, vm string) error
 	// DeleteReplica powers off and destroys a replica VM (one without the
 	// replica marker is refused); a replica already gone is not an error.
 	DeleteReplica(ctx context.Context, replica string) error

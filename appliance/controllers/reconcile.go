@@ -320,7 +320,7 @@ func (r *PolicyReconciler) poll(ctx context.Context, q *queue) {
 			}
 			nowReaping := map[string]bool{}
 			for _, rp := range s.Replicas {
-				if rp.Deleting && !nowReaping[rp.PolicyID] {
+				if (rp.Deleting || rp.DetachSource) && !nowReaping[rp.PolicyID] {
 					nowReaping[rp.PolicyID] = true
 					if !reaping[rp.PolicyID] {
 						add = append(add, rp.PolicyID)
@@ -487,16 +487,17 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, policyID string) (res 
 	return r.configure(ctx, log, sn)
 }
 
-// reap deletes what a policy deleted with its replicas leaves behind: for
-// each of its replicas marked Deleting, the journal on the target filter,
-// then the replica VM, then the record. Each step is idempotent, so a
-// failure is retried from the start (with backoff) and a new leader
-// finishes what the last one began.
+// reap finishes what a deleted policy leaves behind: the CDP storage
+// policy comes off the disks of its source VMs (replicas marked
+// DetachSource), and for each replica marked Deleting the journal on the
+// target filter goes, then the replica VM, then the record. Each step is
+// idempotent, so a failure is retried from the start (with backoff) and a
+// new leader finishes what the last one began.
 func (r *PolicyReconciler) reap(ctx context.Context, log *slog.Logger, policyID string) error {
 	var reps []model.Replica
 	r.cfg.Store.Read(func(s *model.State) {
 		for _, rp := range s.Replicas {
-			if rp.PolicyID == policyID && rp.Deleting {
+			if rp.PolicyID == policyID && (rp.Deleting || rp.DetachSource) {
 				reps = append(reps, *rp)
 			}
 		}
@@ -504,6 +505,15 @@ func (r *PolicyReconciler) reap(ctx context.Context, log *slog.Logger, policyID 
 	sort.Slice(reps, func(i, j int) bool { return reps[i].ID < reps[j].ID })
 	var errs []error
 	for _, rep := range reps {
+		if rep.DetachSource {
+			if err := r.detachSource(ctx, log, rep); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if !rep.Deleting {
+			continue
+		}
 		if err := r.reapReplica(ctx, rep); err != nil {
 			errs = append(errs, fmt.Errorf("delete replica %s: %w", rep.Name, err))
 			continue
@@ -511,6 +521,40 @@ func (r *PolicyReconciler) reap(ctx context.Context, log *slog.Logger, policyID 
 		log.Info("replica deleted with its policy", "replica", rep.Name, "moref", rep.MoRef, "journal", rep.JournalVM)
 	}
 	return errors.Join(errs...)
+}
+
+// detachSource takes the CDP storage policy off the disks of the source VM
+// of a replica marked DetachSource, unless a policy protects the VM again
+// (its reconcile keeps the storage policy on), then clears the mark.
+func (r *PolicyReconciler) detachSource(ctx context.Context, log *slog.Logger, rep model.Replica) error {
+	protected := false
+	r.cfg.Store.Read(func(s *model.State) {
+		for _, t := range s.Tasks {
+			if p := s.Policies[t.PolicyID]; p != nil && t.VMMoRef == rep.SourceVM && p.VCenterID == rep.SourceVCenterID {
+				protected = true
+			}
+		}
+		// a policy that names the VM but has no task for it yet
+		for _, p := range s.Policies {
+			if p.VCenterID == rep.SourceVCenterID && slices.ContainsFunc(p.VMs, func(v model.VMRef) bool { return v.MoRef == rep.SourceVM }) {
+				protected = true
+			}
+		}
+	})
+	if !protected && rep.SourceVCenterID != "" {
+		inv, err := r.cfg.Inventories(ctx, rep.SourceVCenterID)
+		if err != nil {
+			return fmt.Errorf("take the CDP storage policy off %s: %w", rep.SourceVM, err)
+		}
+		if err := inv.RemoveCDPPolicy(ctx, rep.SourceVM); err != nil {
+			return fmt.Errorf("take the CDP storage policy off %s: %w", rep.SourceVM, err)
+		}
+		log.Info("CDP storage policy taken off a VM that left protection", "vm", rep.SourceVM, "replica", rep.Name)
+	}
+	if _, err := r.cfg.Store.Apply(ctx, raftstore.SourceDetached{ReplicaID: rep.ID}); err != nil && !errors.Is(err, model.ErrNotFound) {
+		return fmt.Errorf("note the CDP storage policy off %s: %w", rep.SourceVM, err)
+	}
+	return nil
 }
 
 func (r *PolicyReconciler) reapReplica(ctx context.Context, rep model.Replica) error {
@@ -913,13 +957,27 @@ func (r *PolicyReconciler) configure(ctx context.Context, log *slog.Logger, sn *
 		}
 		works = append(works, &work{task: t, vm: vm})
 	}
-	// VMs taken out of the policy lose their tasks; their replicas stay.
+	// VMs taken out of the policy lose their tasks and the CDP storage
+	// policy on their disks; their replicas stay.
 	for id := range sn.tasks {
 		if !want[id] {
-			if _, err := r.cfg.Store.Apply(ctx, raftstore.DeleteTask{ID: id}); err != nil && !errors.Is(err, model.ErrNotFound) {
+			if _, err := r.cfg.Store.Apply(ctx, raftstore.DeleteTask{ID: id, DetachSource: true}); err != nil && !errors.Is(err, model.ErrNotFound) {
 				errs = append(errs, fmt.Errorf("delete task %s: %w", id, err))
 			}
 			delete(sn.tasks, id)
+		}
+	}
+	var leaving []model.Replica
+	r.cfg.Store.Read(func(s *model.State) {
+		for _, rp := range s.Replicas {
+			if rp.PolicyID == p.ID && rp.DetachSource {
+				leaving = append(leaving, *rp)
+			}
+		}
+	})
+	for _, rep := range leaving {
+		if err := r.detachSource(ctx, log, rep); err != nil {
+			errs = append(errs, err)
 		}
 	}
 
@@ -1153,6 +1211,7 @@ func (r *PolicyReconciler) prepareVM(ctx context.Context, vc Inventory, p *model
 	rep := model.Replica{
 		ID: p.Target.VCenterID + "/" + rvm.MoRef, PolicyID: p.ID, SourceVM: vm.MoRef, SourceUUID: vm.InstanceUUID,
 		VCenterID: p.Target.VCenterID, MoRef: rvm.MoRef, Name: rvm.Name, Disks: disks, CreatedAt: r.cfg.Clock.Now(),
+		SourceVCenterID: p.VCenterID,
 	}
 	if old := sn.replica[rep.ID]; old != nil {
 		rep.CreatedAt = old.CreatedAt
