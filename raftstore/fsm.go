@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 
@@ -30,6 +31,9 @@ type FSM struct {
 
 	mu    sync.RWMutex
 	state *model.State
+	// term of the last command applied: once a command of the current term
+	// is applied, so is everything committed before it
+	term atomic.Uint64
 }
 
 // NewFSM returns an FSM with an empty state.
@@ -59,6 +63,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	v, err := applyCommand(f.state, c)
+	f.term.Store(l.Term)
 	return applyResult{Value: v, Err: err}
 }
 

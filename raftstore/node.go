@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -69,6 +70,9 @@ type nodeFile struct {
 
 // Node is one member of the coordinator's raft cluster.
 type Node struct {
+	// barrierTerm is the term of the last barrier ReadConsistent waited for
+	barrierTerm atomic.Uint64
+
 	cfg       Config
 	log       *slog.Logger
 	clusterID string
@@ -659,11 +663,18 @@ func (n *Node) ReadConsistent(ctx context.Context, fn func(s *model.State)) erro
 		return n.raftErr("verify leadership", err)
 	}
 	// A new leader may not have applied entries committed by its
-	// predecessor yet; the barrier makes the read include them.
-	if n.raft.AppliedIndex() < n.raft.CommitIndex() || n.raft.LastIndex() > n.raft.AppliedIndex() {
+	// predecessor yet; the barrier makes the read include them. Raft
+	// counts an entry applied once it is handed to the FSM, which may
+	// not have consumed it: after a command of this term has been applied
+	// here, or a barrier of this term has returned, the FSM holds
+	// everything committed before.
+	term := n.raft.CurrentTerm()
+	caughtUp := n.fsm.term.Load() == term || n.barrierTerm.Load() == term
+	if !caughtUp || n.raft.AppliedIndex() < n.raft.CommitIndex() || n.raft.LastIndex() > n.raft.AppliedIndex() {
 		if err := n.Barrier(ctx); err != nil {
 			return err
 		}
+		n.barrierTerm.Store(term)
 	}
 	n.fsm.Read(fn)
 	return nil

@@ -318,7 +318,14 @@ func TestSnapshotThroughRaft(t *testing.T) {
 	n = mustOpen(t, cfg)
 	defer n.Close()
 	waitFor(t, "replay", 10*time.Second, func() bool { return n.AppliedIndex() >= applied })
-	if got := nodeState(t, n); !bytes.Equal(got, want) {
+	// raft counts an entry applied once it is handed to the FSM, which may
+	// not have consumed it yet: a consistent read waits for it
+	waitFor(t, "leader", 10*time.Second, n.IsLeader)
+	var got []byte
+	if err := n.ReadConsistent(context.Background(), func(s *model.State) { got = stateBytes(t, s) }); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
 		t.Fatalf("state after restart from snapshot differs")
 	}
 }
