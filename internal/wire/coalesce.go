@@ -18,7 +18,10 @@ import (
 // writes them in pieces of up to coalesceBytes; at any other time, and
 // before the handshake is complete, it writes straight through, so nothing
 // TLS sends on its own (handshake, alerts, key updates) ever waits in it.
-// Reads ask the socket for up to readChunk when TLS asks for less.
+// Reads ask the socket for up to readChunk when TLS asks for less, but
+// hand TLS no byte past the end of the record it is reading: what follows
+// TLS's last record on a connection that switches to integrity frames
+// (integrity.go) stays here for the reader that comes after TLS.
 type coalescingConn struct {
 	net.Conn
 
@@ -30,7 +33,20 @@ type coalescingConn struct {
 	rbuf []byte // read from the socket, not yet taken (from coalesceBufs)
 	rpos int
 	rerr error // the socket's error, after rbuf
+
+	// TLS record boundaries of the bytes handed to TLS (rmu)
+	recHdr  [5]byte
+	recHave int // header bytes of the current record handed over
+	recLeft int // its body bytes still to hand over
+	// raw: past TLS (rmu and mu): reads are no longer bounded by
+	// records, and what TLS writes (the close_notify alert of a Close)
+	// is dropped rather than put among integrity frames
+	raw bool
 }
+
+// tlsRecordHeader is the length of a TLS record header: type, version,
+// length.
+const tlsRecordHeader = 5
 
 // readChunk is how much a coalescingConn asks the socket for when TLS asks
 // for less: TLS reads a record at a time, so one system call then serves
@@ -40,6 +56,42 @@ const readChunk = 64 << 10
 func (c *coalescingConn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	if c.raw {
+		return c.readLocked(p)
+	}
+	if c.recLeft > 0 {
+		p = p[:min(len(p), c.recLeft)]
+	} else {
+		p = p[:min(len(p), tlsRecordHeader-c.recHave)]
+	}
+	n, err := c.readLocked(p)
+	c.track(p[:n])
+	return n, err
+}
+
+// track follows the record boundaries through bytes handed to TLS.
+func (c *coalescingConn) track(b []byte) {
+	for len(b) > 0 {
+		if c.recLeft > 0 {
+			k := min(len(b), c.recLeft)
+			c.recLeft -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(c.recHdr[c.recHave:], b)
+		c.recHave += k
+		b = b[k:]
+		if c.recHave == tlsRecordHeader {
+			c.recHave = 0
+			c.recLeft = int(c.recHdr[3])<<8 | int(c.recHdr[4])
+		}
+	}
+}
+
+func (c *coalescingConn) readLocked(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	if c.rbuf != nil {
 		n := copy(p, c.rbuf[c.rpos:])
 		if c.rpos += n; c.rpos == len(c.rbuf) {
@@ -79,6 +131,9 @@ var coalesceBufs = bufpool.New(32<<20, nil)
 func (c *coalescingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.raw {
+		return len(p), nil
+	}
 	if !c.holding {
 		return c.Conn.Write(p)
 	}
@@ -124,6 +179,16 @@ func (c *coalescingConn) release() error {
 		c.held = nil
 	}
 	return err
+}
+
+// switchRaw leaves TLS: from now on the connection's reader takes the
+// bytes as they come, and TLS writes nothing more. Nothing may be held.
+func (c *coalescingConn) switchRaw() {
+	c.rmu.Lock()
+	c.mu.Lock()
+	c.raw = true
+	c.mu.Unlock()
+	c.rmu.Unlock()
 }
 
 // coalescingListener wraps accepted connections.

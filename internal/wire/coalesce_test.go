@@ -375,7 +375,7 @@ func TestOlderPeerGetsCheckedFrames(t *testing.T) {
 	}
 	// and an unknown skippable type is what the announcement looks like
 	// to that reader: passed over
-	f, _ := AppendFrame(nil, &Features{Bits: knownFeatures})
+	f, _ := AppendFrame(nil, &Features{Bits: FeatureUncheckedFrames | FeatureIntegrityFrames})
 	f[3] = 250 // a type this version does not know
 	binary.BigEndian.PutUint32(f[len(f)-TrailerLen:], crc32.Checksum(f[:len(f)-TrailerLen], castagnoli))
 	ack, _ := AppendFrame(nil, &Ack{Seq: 5})

@@ -41,7 +41,13 @@ const FlagSkippable uint8 = 1 << 0
 // it is corrupt.
 const FlagUnchecked uint8 = 1 << 1
 
-const knownFrameFlags = FlagSkippable | FlagUnchecked
+// FlagTagged on a frame says that its trailer is a TagLen-byte integrity
+// tag instead of a CRC (integrity.go). A reader accepts such a frame only
+// on a connection that switched to integrity frames, and from then on
+// nothing else.
+const FlagTagged uint8 = 1 << 2
+
+const knownFrameFlags = FlagSkippable | FlagUnchecked | FlagTagged
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -125,7 +131,7 @@ func DecodeFrame(b []byte, maxPayload int) (Msg, int, error) {
 	if len(b) < total {
 		return nil, 0, io.ErrUnexpectedEOF
 	}
-	m, _, err := decodeBody(t, flags, b[:total], false, false)
+	m, _, err := decodeBody(t, flags, b[:total], false, false, nil)
 	return m, total, err
 }
 
@@ -154,19 +160,32 @@ type ownedDecoder interface {
 	keep(frame []byte)
 }
 
-// decodeBody checks the CRC of a whole frame f and decodes its payload. It
-// returns (nil, false, nil) for a skippable frame of unknown type. With
-// give, the message may keep f; kept says it did. An unchecked frame
-// (FlagUnchecked) is accepted only when authenticated says the stream is
-// TLS.
-func decodeBody(t MsgType, flags uint8, f []byte, give, authenticated bool) (m Msg, kept bool, err error) {
-	body := f[:len(f)-TrailerLen]
-	if flags&FlagUnchecked != 0 {
+// decodeBody checks the CRC (or, with mac, the integrity tag) of a whole
+// frame f and decodes its payload. It returns (nil, false, nil) for a
+// skippable frame of unknown type. With give, the message may keep f;
+// kept says it did. An unchecked frame (FlagUnchecked) is accepted only
+// when authenticated says the stream is TLS; with mac every frame must be
+// tagged and nothing else is.
+func decodeBody(t MsgType, flags uint8, f []byte, give, authenticated bool, mac *frameMAC) (m Msg, kept bool, err error) {
+	var body []byte
+	switch {
+	case (flags&FlagTagged != 0) != (mac != nil):
+		return nil, false, tagMismatch(t, mac != nil)
+	case mac != nil:
+		if err := mac.check(t, f); err != nil {
+			return nil, false, err
+		}
+		body = f[:len(f)-TagLen]
+	case flags&FlagUnchecked != 0:
 		if !authenticated {
 			return nil, false, fmt.Errorf("%w: %s: frame without a checksum on a connection that is not TLS", ErrCorrupt, t)
 		}
-	} else if got, want := crc32.Checksum(body, castagnoli), be.Uint32(f[len(f)-TrailerLen:]); got != want {
-		return nil, false, fmt.Errorf("%w: %s: checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+		body = f[:len(f)-TrailerLen]
+	default:
+		body = f[:len(f)-TrailerLen]
+		if got, want := crc32.Checksum(body, castagnoli), be.Uint32(f[len(f)-TrailerLen:]); got != want {
+			return nil, false, fmt.Errorf("%w: %s: checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+		}
 	}
 	m = newMsg(t)
 	if m == nil {
@@ -189,6 +208,15 @@ func decodeBody(t MsgType, flags uint8, f []byte, give, authenticated bool) (m M
 	return m, kept, nil
 }
 
+// tagMismatch is the error for a frame whose FlagTagged does not match the
+// stream: integrity says the stream switched to integrity frames.
+func tagMismatch(t MsgType, integrity bool) error {
+	if integrity {
+		return fmt.Errorf("%w: %s: frame without an integrity tag on a connection that switched to integrity frames", ErrCorrupt, t)
+	}
+	return fmt.Errorf("%w: %s: integrity frame on a connection that did not agree to them", ErrCorrupt, t)
+}
+
 // Decoder reads frames from a stream, reusing one buffer.
 type Decoder struct {
 	r          io.Reader
@@ -203,6 +231,8 @@ type Decoder struct {
 	reuse bool
 	// authenticated: the stream is TLS, so unchecked frames are accepted
 	authenticated bool
+	// mac: the stream carries integrity frames, checked with it
+	mac *frameMAC
 }
 
 // NewDecoder reads frames from r; maxPayload <= 0 means DefaultMaxPayload.
@@ -230,6 +260,13 @@ func (d *Decoder) Next() (Msg, error) {
 			return nil, err
 		}
 		total := HeaderLen + n + TrailerLen
+		if (flags&FlagTagged != 0) != (d.mac != nil) {
+			// the trailer's size depends on it: refuse before reading on
+			return nil, tagMismatch(t, d.mac != nil)
+		}
+		if d.mac != nil {
+			total = HeaderLen + n + TagLen
+		}
 		if err := d.readBody(total); err != nil {
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				return nil, fmt.Errorf("%w: %s truncated", ErrCorrupt, t)
@@ -238,7 +275,7 @@ func (d *Decoder) Next() (Msg, error) {
 		}
 		// A big frame's buffer goes to the message rather than being
 		// copied; small frames are copied so the buffer is reused.
-		m, kept, err := decodeBody(t, flags, d.buf, total > giveAway, d.authenticated)
+		m, kept, err := decodeBody(t, flags, d.buf, total > giveAway, d.authenticated, d.mac)
 		if kept || cap(d.buf) > 8<<20 {
 			// Do not pin (or share) a big buffer. Only a frame over
 			// giveAway is kept, and it never fits in small.
@@ -339,8 +376,12 @@ func Release(m Msg) {
 // Conn is a framed connection. WriteMsg and Flush may be called from
 // several goroutines; ReadMsg from one at a time.
 type Conn struct {
-	nc  net.Conn
-	dec *Decoder
+	nc   net.Conn
+	dec  *Decoder
+	rbuf *bufio.Reader // the decoder's reader
+	// rmu is held by ReadMsg, so that a switch to integrity frames can
+	// tell that no read is in progress
+	rmu sync.Mutex
 
 	wmu sync.Mutex
 	bw  *bufio.Writer
@@ -357,6 +398,18 @@ type Conn struct {
 	// TLS and the peer announced FeatureUncheckedFrames. Set by the
 	// reader, read by writers.
 	unchecked atomic.Bool
+
+	// integrity frames (integrity.go). wantIntegrity, agreed, switchWrite
+	// and wmac are guarded by wmu; switchRead by rmu.
+	peerBits      atomic.Uint64 // the peer's announced features
+	wantIntegrity bool          // ask for them (the side sending Hello)
+	agreed        bool          // grant them (the side answering Hello)
+	// switchWrite: the next frame this side writes (its answer) is its
+	// last over TLS; switchRead: so is the next one it reads (the
+	// peer's answer)
+	switchWrite, switchRead bool
+	wmac                    *frameMAC
+	integrity               atomic.Bool
 }
 
 // ConnOption tunes a Conn.
@@ -383,13 +436,15 @@ func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
 	for _, f := range opts {
 		f(&o)
 	}
-	dec := NewDecoder(bufio.NewReaderSize(nc, o.bufSize), o.maxPayload)
+	rbuf := bufio.NewReaderSize(nc, o.bufSize)
+	dec := NewDecoder(rbuf, o.maxPayload)
 	dec.reuse = o.reuse
 	c := &Conn{
-		nc:  nc,
-		dec: dec,
-		bw:  bufio.NewWriterSize(nc, o.bufSize),
-		hdr: make([]byte, 0, 256),
+		nc:   nc,
+		dec:  dec,
+		rbuf: rbuf,
+		bw:   bufio.NewWriterSize(nc, o.bufSize),
+		hdr:  make([]byte, 0, 256),
 	}
 	c.tls, c.coal = coalescer(nc)
 	if _, ok := nc.(*tls.Conn); ok {
@@ -407,7 +462,7 @@ func noRelease() error { return nil }
 // coalescingConn). Before the handshake is complete it does nothing: the
 // handshake's own messages must not wait. Called with wmu held.
 func (c *Conn) holdLocked() func() error {
-	if c.coal == nil {
+	if c.coal == nil || c.wmac != nil {
 		return noRelease
 	}
 	if !c.hsDone {
@@ -429,8 +484,16 @@ func (c *Conn) WriteMsg(m Msg) error {
 	defer c.wmu.Unlock()
 	release := c.holdLocked()
 	err := c.writeMsgLocked(m)
+	// the frame after the announcement that agreed (written just now
+	// ahead of a first frame, or earlier) is the last over TLS
+	last := c.switchWrite && m.Type() != TypeFeatures
 	if rerr := release(); err == nil && rerr != nil {
 		err = fmt.Errorf("write %s: %w", m.Type(), rerr)
+	}
+	if err == nil && last {
+		// the answer was this side's last frame over TLS
+		c.switchWrite = false
+		err = c.switchLocked(false)
 	}
 	return err
 }
@@ -438,14 +501,20 @@ func (c *Conn) WriteMsg(m Msg) error {
 func (c *Conn) writeMsgLocked(m Msg) error {
 	if c.announce {
 		c.announce = false
-		if err := c.writeMsgLocked(&Features{Bits: knownFeatures}); err != nil {
+		bits := c.announceBits()
+		c.switchWrite = bits&FeatureIntegrityAgreed != 0
+		if err := c.writeMsgLocked(&Features{Bits: bits}); err != nil {
 			return err
 		}
 	}
 	// the announcement is always checked: any reader can pass over it
 	unchecked := c.unchecked.Load() && m.Type() != TypeFeatures
 	flags := frameFlags(m)
-	if unchecked {
+	switch {
+	case c.wmac != nil:
+		unchecked = false
+		flags |= FlagTagged
+	case unchecked:
 		flags |= FlagUnchecked
 	}
 	h := append(c.hdr[:0], Magic0, Magic1, Version, byte(m.Type()), flags, 0, 0, 0, 0)
@@ -456,20 +525,23 @@ func (c *Conn) writeMsgLocked(m Msg) error {
 		return fmt.Errorf("write %s: %w (%d bytes)", m.Type(), ErrTooLarge, n)
 	}
 	be.PutUint32(h[5:], uint32(n))
-	var crc uint32
-	if !unchecked {
-		crc = crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, tail)
-	}
-	h = be.AppendUint32(h, 0)
 	c.hdr = h
-	if _, err := c.bw.Write(h[:len(h)-TrailerLen]); err != nil {
+	if _, err := c.bw.Write(h); err != nil {
 		return fmt.Errorf("write %s: %w", m.Type(), err)
 	}
 	if _, err := c.bw.Write(tail); err != nil {
 		return fmt.Errorf("write %s: %w", m.Type(), err)
 	}
-	be.PutUint32(h[len(h)-TrailerLen:], crc)
-	if _, err := c.bw.Write(h[len(h)-TrailerLen:]); err != nil {
+	var trailer []byte
+	switch {
+	case c.wmac != nil:
+		trailer = c.wmac.next(h, tail)
+	case unchecked:
+		trailer = be.AppendUint32(h[len(h):], 0)
+	default:
+		trailer = be.AppendUint32(h[len(h):], crc32.Update(crc32.Checksum(h, castagnoli), castagnoli, tail))
+	}
+	if _, err := c.bw.Write(trailer); err != nil {
 		return fmt.Errorf("write %s: %w", m.Type(), err)
 	}
 	return nil
@@ -500,6 +572,23 @@ func (c *Conn) Send(m Msg) error {
 
 // ReadMsg returns the next message; see Decoder.Next.
 func (c *Conn) ReadMsg() (Msg, error) {
+	c.rmu.Lock()
+	m, err := c.readMsgLocked()
+	c.rmu.Unlock()
+	if err == nil && c.switchRead {
+		// the peer's answer was its last frame over TLS
+		c.switchRead = false
+		c.wmu.Lock()
+		err = c.switchLocked(true)
+		c.wmu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return m, err
+}
+
+func (c *Conn) readMsgLocked() (Msg, error) {
 	for {
 		m, err := c.dec.Next()
 		if err != nil {
@@ -510,8 +599,21 @@ func (c *Conn) ReadMsg() (Msg, error) {
 			return m, nil
 		}
 		// the peer's announcement: not the caller's business
-		if c.dec.authenticated && f.Bits&FeatureUncheckedFrames != 0 {
+		if !c.dec.authenticated {
+			continue
+		}
+		c.peerBits.Store(f.Bits)
+		if f.Bits&FeatureUncheckedFrames != 0 {
 			c.unchecked.Store(true)
+		}
+		if f.Bits&FeatureIntegrityAgreed != 0 {
+			c.wmu.Lock()
+			agreed := c.agreed
+			c.wmu.Unlock()
+			if agreed || c.coal == nil {
+				return nil, fmt.Errorf("%w: integrity frames agreed by both sides, or by a peer this side did not offer them to", ErrCorrupt)
+			}
+			c.switchRead = true
 		}
 	}
 }

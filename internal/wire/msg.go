@@ -206,9 +206,17 @@ const (
 	// FeatureUncheckedFrames: the reader accepts FlagUnchecked frames on
 	// a TLS connection.
 	FeatureUncheckedFrames uint64 = 1 << 0
-
-	// knownFeatures is what this version's Conn announces over TLS.
-	knownFeatures = FeatureUncheckedFrames
+	// FeatureIntegrityFrames: the sender can carry the rest of the
+	// connection in integrity frames after the Hello exchange (see
+	// integrity.go).
+	FeatureIntegrityFrames uint64 = 1 << 1
+	// FeatureIntegrityWanted: the sender (the side that sends Hello) asks
+	// for integrity frames on this connection.
+	FeatureIntegrityWanted uint64 = 1 << 2
+	// FeatureIntegrityAgreed: the sender (the side that answers Hello)
+	// switches: the frame after this announcement is its last over TLS,
+	// and both directions carry integrity frames from then on.
+	FeatureIntegrityAgreed uint64 = 1 << 3
 )
 
 func (*Hello) Type() MsgType     { return TypeHello }
