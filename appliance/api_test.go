@@ -222,6 +222,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"rule bad cidr", "POST", "/api/v1/traffic-rules", testAdmin, `{"name":"r","source_cidr":"10.0.0.0/33","target_cidr":"10.0.0.0/8"}`, 400, model.CodeInvalid, "source_cidr"},
 		{"rule duplicate", "POST", "/api/v1/traffic-rules", testAdmin, `{"name":"r1","source_cidr":"10.0.0.0/8","target_cidr":"10.0.0.0/8"}`, 409, model.CodeConflict, "name"},
 		{"rule negative throttle", "POST", "/api/v1/traffic-rules", testAdmin, `{"name":"r","source_cidr":"10.0.0.0/8","target_cidr":"10.0.0.0/8","throttle_bytes_per_sec":-1}`, 400, model.CodeInvalid, "throttle_bytes_per_sec"},
+		{"rule unknown host traffic", "POST", "/api/v1/traffic-rules", testAdmin, `{"name":"r","source_cidr":"10.0.0.0/8","target_cidr":"10.0.0.0/8","host_traffic":"clear"}`, 400, model.CodeInvalid, "host_traffic"},
 		{"token bad role", "POST", "/api/v1/tokens", testAdmin, `{"role":"admin"}`, 400, model.CodeInvalid, "role"},
 		{"remove unknown member", "DELETE", "/api/v1/cluster/members/ghost", testAdmin, "", 404, model.CodeNotFound, "id"},
 		{"remove last member", "DELETE", "/api/v1/cluster/members/n1", testAdmin, "", 412, model.CodeFailedPrecond, "id"},
@@ -415,8 +416,9 @@ func TestCRUDEveryResource(t *testing.T) {
 	}
 
 	// Traffic rules.
-	r, err := e.cl.CreateTrafficRule(ctx, &model.TrafficRule{Name: "wan", SourceCIDR: "10.0.0.0/8", TargetCIDR: "192.168.0.0/16", Encrypt: true, ThrottleBytesPerSec: 1 << 20})
-	if err != nil || !strings.HasPrefix(r.ID, "tr-") {
+	r, err := e.cl.CreateTrafficRule(ctx, &model.TrafficRule{Name: "wan", SourceCIDR: "10.0.0.0/8", TargetCIDR: "192.168.0.0/16", Encrypt: true, ThrottleBytesPerSec: 1 << 20,
+		HostTraffic: model.HostTrafficIntegrity})
+	if err != nil || !strings.HasPrefix(r.ID, "tr-") || r.HostTraffic != model.HostTrafficIntegrity {
 		t.Fatalf("create rule: %+v %v", r, err)
 	}
 	if l, err := e.cl.ListTrafficRules(ctx); err != nil || len(l) != 1 || !reflect.DeepEqual(*l[0], *r) {

@@ -49,7 +49,9 @@ type FileConfig struct {
 	Codec               string         `json:"codec,omitempty"`
 	ThrottleBytesPerSec int64          `json:"throttle_bytes_per_sec,omitempty"`
 	// TrafficRules choose encryption and throttle per target connection
-	// (first match on source and target address wins).
+	// (first match on source and target address wins) and, on both
+	// roles, what protects the connections with host filters
+	// (host_traffic).
 	TrafficRules []model.TrafficRule `json:"traffic_rules,omitempty"`
 	MemoryBytes  int64               `json:"memory_bytes,omitempty"`
 	SpillDir     string              `json:"spill_dir,omitempty"`
@@ -138,7 +140,7 @@ coordinator answers.`,
 	f.Int64Var(&cfg.CutBytes, "cut-bytes", 4<<20, "source role: cut early when a VM's open interval holds this many bytes")
 	f.StringVar(&cfg.Codec, "codec", cfg.Codec, "source role: compression (none, s2, zstd)")
 	f.Int64Var(&cfg.ThrottleBytesPerSec, "throttle", 0, "source role: bandwidth limit toward the target in bytes/s (0: none)")
-	f.Var(trafficRulesValue{&cfg.TrafficRules}, "traffic-rule", "source role: name=N,source=CIDR,target=CIDR,encrypt=BOOL,throttle=BYTES/S (repeatable; first match wins)")
+	f.Var(trafficRulesValue{&cfg.TrafficRules}, "traffic-rule", "name=N,source=CIDR,target=CIDR,encrypt=BOOL,throttle=BYTES/S,host_traffic=encrypted|integrity (repeatable; first match wins): toward target proxies (source role) and between host filters and this proxy (both roles)")
 	f.Int64Var(&cfg.MemoryBytes, "memory-bytes", 512<<20, "source role: memory for open intervals and unacknowledged points")
 	f.StringVar(&cfg.SpillDir, "spill-dir", "", "source role: directory for points beyond the memory limit")
 	f.Int64Var(&cfg.SpillBytes, "spill-bytes", 4<<30, "source role: size of the spill directory")
@@ -301,7 +303,7 @@ func runProxy(ctx context.Context, cfg FileConfig) error {
 		}
 		t, err := NewTarget(TargetConfig{
 			NodeID: cfg.NodeID, TLS: tlsCfg, FilterAddr: cfg.TargetFilter, FilterAddrs: cfg.TargetFilters,
-			FilterTLS: tlsCfg, Sealer: sealer, VMs: cfg.VMs, Logger: log.With("role", "target-proxy"), Registerer: reg,
+			FilterTLS: tlsCfg, Sealer: sealer, VMs: cfg.VMs, Rules: cfg.TrafficRules, Logger: log.With("role", "target-proxy"), Registerer: reg,
 		})
 		if err != nil {
 			return err

@@ -293,6 +293,12 @@ func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
 		return fmt.Errorf("vm %s: no answer from the target proxy", h.VM)
 	}
 	ack := &wire.HelloAck{Resume: max(v.targetResume, v.received), InitialSyncDone: v.targetInitDone || v.initMarkerSeen}
+	// the filter sends to us: it is the sending end of the rule
+	rules := p.rules
+	if v.route != nil {
+		rules = v.route.rules
+	}
+	c.AgreeIntegrity(hostIntegrity(rules, c.NetConn().RemoteAddr(), c.NetConn().LocalAddr()))
 	// acknowledgements are forwarded only once the HelloAck is out; the
 	// lock keeps an acknowledgement from overtaking it
 	err = c.Send(ack)
@@ -303,7 +309,7 @@ func (p *SourceProxy) serveFilterHello(c *wire.Conn, h *wire.Hello) error {
 	if err != nil {
 		return fmt.Errorf("send hello ack: %w", err)
 	}
-	v.log.Info("filter connected", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	v.log.Info("filter connected", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone, "link", c.Protection())
 	defer func() {
 		p.mu.Lock()
 		if v.filterGen == gen {
@@ -352,25 +358,28 @@ func (p *SourceProxy) canSpillLocked() bool {
 
 // SourceVMStatus is the state of one VM in the source proxy.
 type SourceVMStatus struct {
-	VM              string  `json:"vm"`
-	TaskID          string  `json:"task_id,omitempty"`
-	Target          string  `json:"target,omitempty"` // target proxy of a routed VM`
-	FilterConnected bool    `json:"filter_connected"`
-	TargetConnected bool    `json:"target_connected"`
-	Rule            string  `json:"traffic_rule,omitempty"`
-	Encrypted       bool    `json:"encrypted"`
-	Received        uint64  `json:"received_seq"`
-	LastPoint       uint64  `json:"last_point"`
-	AckedPoint      uint64  `json:"acked_point"`
-	PendingBytes    int64   `json:"pending_bytes"`
-	QueuedPoints    int     `json:"queued_points"`
-	QueuedBytes     int64   `json:"queued_bytes"`
-	SpilledBytes    int64   `json:"spilled_bytes"`
-	Blocked         bool    `json:"blocked"`
-	LagSeconds      float64 `json:"lag_seconds"`
-	Points          int64   `json:"points_sent"`
-	RawBytes        int64   `json:"raw_bytes"`
-	WireBytes       int64   `json:"wire_bytes"`
+	VM              string `json:"vm"`
+	TaskID          string `json:"task_id,omitempty"`
+	Target          string `json:"target,omitempty"` // target proxy of a routed VM`
+	FilterConnected bool   `json:"filter_connected"`
+	TargetConnected bool   `json:"target_connected"`
+	Rule            string `json:"traffic_rule,omitempty"`
+	Encrypted       bool   `json:"encrypted"`
+	// FilterLink is what protects the filter's connection: "tls",
+	// "integrity" (a traffic rule's host_traffic) or "clear".
+	FilterLink   string  `json:"filter_link,omitempty"`
+	Received     uint64  `json:"received_seq"`
+	LastPoint    uint64  `json:"last_point"`
+	AckedPoint   uint64  `json:"acked_point"`
+	PendingBytes int64   `json:"pending_bytes"`
+	QueuedPoints int     `json:"queued_points"`
+	QueuedBytes  int64   `json:"queued_bytes"`
+	SpilledBytes int64   `json:"spilled_bytes"`
+	Blocked      bool    `json:"blocked"`
+	LagSeconds   float64 `json:"lag_seconds"`
+	Points       int64   `json:"points_sent"`
+	RawBytes     int64   `json:"raw_bytes"`
+	WireBytes    int64   `json:"wire_bytes"`
 	// AckLagSeconds is the write-to-durable lag of the newest acknowledged
 	// point: from its first write reaching this proxy to its acknowledgement.
 	AckLagSeconds float64 `json:"ack_lag_seconds"`
@@ -392,6 +401,9 @@ func (p *SourceProxy) Status() []SourceVMStatus {
 			AckLagSeconds: v.ackLag.Seconds(), LastPointAt: v.lastPointAt}
 		if v.route != nil {
 			st.TaskID, st.Target = v.route.TaskID, v.route.Target
+		}
+		if v.filter != nil {
+			st.FilterLink = v.filter.Protection()
 		}
 		for _, pt := range v.points {
 			st.QueuedBytes += pt.size

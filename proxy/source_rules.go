@@ -66,6 +66,11 @@ func compileRules(rules []model.TrafficRule, sealer *wire.Sealer) ([]*sourceRule
 		if r.Encrypt && sealer == nil {
 			return nil, fmt.Errorf("traffic rule %s encrypts but no encryption key is configured", name)
 		}
+		switch r.HostTraffic {
+		case "", model.HostTrafficEncrypted, model.HostTrafficIntegrity:
+		default:
+			return nil, fmt.Errorf("traffic rule %s: host_traffic %q is neither %q nor %q", name, r.HostTraffic, model.HostTrafficEncrypted, model.HostTrafficIntegrity)
+		}
 		r.Name = name
 		sr := &sourceRule{rule: r, src: src, dst: dst}
 		if r.ThrottleBytesPerSec > 0 {
@@ -90,6 +95,17 @@ func matchRule(rules []*sourceRule, local, remote netip.Addr) *sourceRule {
 		}
 	}
 	return nil
+}
+
+// hostIntegrity says whether a connection between a host's filter and this
+// proxy may carry integrity frames instead of TLS (wire.Conn
+// AgreeIntegrity, RequestIntegrity): the first rule whose source CIDR holds
+// the sending end and whose target CIDR holds the receiving end says
+// host_traffic=integrity. Without such a rule the connection stays
+// encrypted.
+func hostIntegrity(rules []*sourceRule, sender, receiver net.Addr) bool {
+	r := matchRule(rules, addrOf(sender), addrOf(receiver))
+	return r != nil && r.rule.HostTraffic == model.HostTrafficIntegrity
 }
 
 func addrOf(a net.Addr) netip.Addr {
@@ -117,7 +133,8 @@ func (p *SourceProxy) policyFor(nc net.Conn) trafficPolicy {
 }
 
 // ParseTrafficRule reads a rule from a flag value:
-// "name=wan,source=10.0.0.0/8,target=192.168.0.0/16,encrypt=true,throttle=1048576".
+// "name=wan,source=10.0.0.0/8,target=192.168.0.0/16,encrypt=true,throttle=1048576"
+// (and host_traffic=integrity for the hops between hosts and proxies).
 func ParseTrafficRule(s string) (model.TrafficRule, error) {
 	var r model.TrafficRule
 	for _, kv := range strings.Split(s, ",") {
@@ -144,13 +161,15 @@ func ParseTrafficRule(s string) (model.TrafficRule, error) {
 				return r, fmt.Errorf("traffic rule %q: throttle: %w", s, err)
 			}
 			r.ThrottleBytesPerSec = n
+		case "host_traffic":
+			r.HostTraffic = v
 		default:
 			return r, fmt.Errorf("traffic rule %q: unknown key %q", s, k)
 		}
 	}
 	// the key is checked when the proxy starts
 	if _, err := compileRules([]model.TrafficRule{{Name: r.Name, SourceCIDR: r.SourceCIDR, TargetCIDR: r.TargetCIDR,
-		ThrottleBytesPerSec: r.ThrottleBytesPerSec}}, nil); err != nil {
+		ThrottleBytesPerSec: r.ThrottleBytesPerSec, HostTraffic: r.HostTraffic}}, nil); err != nil {
 		return r, err
 	}
 	return r, nil
@@ -165,8 +184,12 @@ func (v trafficRulesValue) String() string {
 	}
 	parts := make([]string, 0, len(*v.rules))
 	for _, r := range *v.rules {
-		parts = append(parts, fmt.Sprintf("name=%s,source=%s,target=%s,encrypt=%t,throttle=%d",
-			r.Name, r.SourceCIDR, r.TargetCIDR, r.Encrypt, r.ThrottleBytesPerSec))
+		part := fmt.Sprintf("name=%s,source=%s,target=%s,encrypt=%t,throttle=%d",
+			r.Name, r.SourceCIDR, r.TargetCIDR, r.Encrypt, r.ThrottleBytesPerSec)
+		if r.HostTraffic != "" {
+			part += ",host_traffic=" + r.HostTraffic
+		}
+		parts = append(parts, part)
 	}
 	return strings.Join(parts, ";")
 }

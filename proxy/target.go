@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/continuum-cdp/continuum/internal/model"
 	"github.com/continuum-cdp/continuum/internal/wire"
 )
 
@@ -43,7 +44,12 @@ type TargetConfig struct {
 	IdleTimeout time.Duration
 	// MaxPointBytes bounds a decoded point. Default wire.DefaultMaxRawLen.
 	MaxPointBytes int
-	Logger        *slog.Logger
+	// Rules are the traffic rules of a static target proxy (a managed one
+	// takes each VM's from its route): a rule matching this proxy (source)
+	// and a target filter (target) with host_traffic=integrity asks that
+	// filter for integrity frames instead of TLS.
+	Rules  []model.TrafficRule
+	Logger *slog.Logger
 	// Registerer receives the proxy's metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
 }
@@ -56,6 +62,7 @@ type Target struct {
 	cfg     TargetConfig
 	log     *slog.Logger
 	allowed map[string]bool
+	rules   []*sourceRule
 	m       *targetMetrics
 
 	mu        sync.Mutex
@@ -133,12 +140,16 @@ func NewTarget(cfg TargetConfig) (*Target, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	rules, err := compileRules(cfg.Rules, cfg.Sealer)
+	if err != nil {
+		return nil, fmt.Errorf("target proxy: %w", err)
+	}
 	m, err := newTargetMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	t := &Target{cfg: cfg, log: cfg.Logger, m: m, conns: map[net.Conn]bool{}, listeners: map[net.Listener]bool{},
-		sessions: map[*wire.Conn]targetSessionEntry{}}
+		sessions: map[*wire.Conn]targetSessionEntry{}, rules: rules}
 	if cfg.Managed {
 		t.routes = map[string]*targetRoute{}
 	}
@@ -355,6 +366,13 @@ func (t *Target) sessionHello(ctx context.Context, src *wire.Conn, h *wire.Hello
 	}
 	dst := wire.NewConn(fc)
 	defer dst.Close()
+	rules := t.rules
+	if route != nil {
+		rules = route.rules
+	}
+	if hostIntegrity(rules, fc.LocalAddr(), fc.RemoteAddr()) {
+		dst.RequestIntegrity()
+	}
 	ack, err := wire.Greet(dst, &wire.Hello{Role: wire.RoleTargetProxy, NodeID: t.cfg.NodeID, VM: h.VM, Disks: h.Disks, Resume: h.Resume}, t.cfg.HandshakeTimeout)
 	if err != nil {
 		_ = src.Send(&wire.HelloAck{Err: "target filter handshake failed"})
@@ -367,7 +385,7 @@ func (t *Target) sessionHello(ctx context.Context, src *wire.Conn, h *wire.Hello
 		return fmt.Errorf("target filter refused %s: %s", h.VM, ack.Err)
 	}
 	resume := ack.Resume
-	log.Info("session open", "resume", resume, "initial_sync_done", ack.InitialSyncDone)
+	log.Info("session open", "resume", resume, "initial_sync_done", ack.InitialSyncDone, "filter_link", dst.Protection())
 	t.m.sessions.Inc()
 	defer t.m.sessions.Dec()
 

@@ -73,7 +73,7 @@ func (v *vmState) sessionOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v.log.Info("connected to source proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	v.log.Info("connected to source proxy", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone, "link", c.Protection())
 	readErr := make(chan error, 1)
 	go func() { readErr <- v.readLoop(c, s) }()
 	hbDone := make(chan struct{})

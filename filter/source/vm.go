@@ -604,6 +604,9 @@ func (v *vmState) status(now time.Time) VMStatus {
 		Connected: v.session != nil, Seq: v.seq, Acked: v.acked, BufferBytes: v.bufBytes,
 		BufferEntries: len(v.buf), CBTEntries: v.cbtEntries,
 		ThrottledWrites: v.throttled, ThrottledSeconds: v.throttledT.Seconds()}
+	if v.session != nil {
+		st.Link = v.session.conn.Protection()
+	}
 	if len(v.buf) > 0 {
 		st.LagSeconds = now.Sub(v.buf[0].at).Seconds()
 	}

@@ -92,11 +92,14 @@ func (s *Service) handshake(c *wire.Conn, log *slog.Logger) (*session, error) {
 	s.sessions[h.VM] = ss
 	s.mu.Unlock()
 	ack := &wire.HelloAck{Resume: vm.LastID(), InitialSyncDone: vm.InitialSyncDone()}
+	// the target proxy's traffic rules decide whether the points come in
+	// integrity frames instead of TLS
+	c.AgreeIntegrity(false)
 	if err := c.Send(ack); err != nil {
 		s.endSession(ss)
 		return nil, fmt.Errorf("send hello ack: %w", err)
 	}
-	log.Info("session open", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone)
+	log.Info("session open", "resume", ack.Resume, "initial_sync_done", ack.InitialSyncDone, "link", c.Protection())
 	return ss, nil
 }
 

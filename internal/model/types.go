@@ -257,7 +257,14 @@ type RestorePoint struct {
 	Reason string   `json:"reason,omitempty"`
 }
 
-// TrafficRule applies to traffic between two address ranges.
+// TrafficRule applies to traffic between two address ranges: from an
+// address in SourceCIDR to one in TargetCIDR. Between a source proxy and a
+// target proxy (always TLS) Encrypt adds the task key's end-to-end sealing
+// of every point and ThrottleBytesPerSec limits the bandwidth. Between a
+// host's filter and a proxy (source filter to source proxy, target proxy
+// to target filter) HostTraffic decides: encrypted (TLS, the default) or
+// integrity (after the mutually authenticated TLS handshake the data
+// travels in clear, every frame tagged with a per-connection key).
 type TrafficRule struct {
 	ID                  string `json:"id"`
 	Name                string `json:"name"`
@@ -265,7 +272,14 @@ type TrafficRule struct {
 	TargetCIDR          string `json:"target_cidr"`
 	Encrypt             bool   `json:"encrypt"`
 	ThrottleBytesPerSec int64  `json:"throttle_bytes_per_sec,omitempty"` // 0: unlimited
+	HostTraffic         string `json:"host_traffic,omitempty"`           // "" (encrypted), HostTrafficEncrypted or HostTrafficIntegrity
 }
+
+// Protection of the traffic between a host's filter and a proxy.
+const (
+	HostTrafficEncrypted = "encrypted"
+	HostTrafficIntegrity = "integrity"
+)
 
 // Tenant is a provider-mode tenant. Its key is sealed with the cluster key.
 type Tenant struct {

@@ -410,6 +410,7 @@ type Conn struct {
 	switchWrite, switchRead bool
 	wmac                    *frameMAC
 	integrity               atomic.Bool
+	isTLS                   bool // set once
 }
 
 // ConnOption tunes a Conn.
@@ -450,7 +451,7 @@ func NewConn(nc net.Conn, opts ...ConnOption) *Conn {
 	if _, ok := nc.(*tls.Conn); ok {
 		// this reader takes unchecked frames from a TLS stream; the
 		// writer sends them once the peer says it does too
-		c.announce, dec.authenticated = true, true
+		c.announce, dec.authenticated, c.isTLS = true, true, true
 	}
 	return c
 }

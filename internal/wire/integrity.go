@@ -150,6 +150,19 @@ func (c *Conn) AgreeIntegrity(want bool) bool {
 // in clear, every frame authenticated.
 func (c *Conn) Integrity() bool { return c.integrity.Load() }
 
+// Protection names what protects the connection's frames, for statuses
+// and logs: "integrity" (integrity frames), "tls", or "clear" (CRC only:
+// a connection without TLS, tests and benchmarks).
+func (c *Conn) Protection() string {
+	switch {
+	case c.Integrity():
+		return "integrity"
+	case c.isTLS:
+		return "tls"
+	}
+	return "clear"
+}
+
 // errSwitch wraps a failed switch to integrity frames.
 var errSwitch = errors.New("switch to integrity frames")
 
