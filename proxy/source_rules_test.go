@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,13 +75,53 @@ func TestTrafficRuleMatching(t *testing.T) {
 
 // TestTrafficRuleFlag: the repeatable flag parses rules, rejects bad ones,
 // and rules given as flags replace those of the config file.
+// host_traffic is decided by the first rule whose source holds the end
+// that sends and whose target holds the end that receives; no rule, or a
+// first match without it, keeps TLS.
+func TestHostIntegrityRules(t *testing.T) {
+	rules, err := compileRules([]model.TrafficRule{
+		{Name: "dmz", SourceCIDR: "10.1.9.0/24", TargetCIDR: "10.1.0.0/16"},
+		{Name: "site", SourceCIDR: "10.1.0.0/16", TargetCIDR: "10.1.0.0/16", HostTraffic: model.HostTrafficIntegrity},
+		{Name: "wan", SourceCIDR: "10.1.0.0/16", TargetCIDR: "10.2.0.0/16", HostTraffic: model.HostTrafficEncrypted},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(s string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(s), Port: 1} }
+	for _, c := range []struct {
+		from, to string
+		want     bool
+	}{
+		{"10.1.0.5", "10.1.0.7", true},
+		{"10.1.9.5", "10.1.0.7", false}, // the first match has no host_traffic
+		{"10.1.0.5", "10.2.0.7", false},
+		{"10.1.0.7", "10.3.0.5", false}, // no rule
+		{"::ffff:10.1.0.5", "10.1.0.7", true},
+	} {
+		if got := hostIntegrity(rules, addr(c.from), addr(c.to)); got != c.want {
+			t.Errorf("%s to %s: integrity %v, want %v", c.from, c.to, got, c.want)
+		}
+	}
+	if _, err := compileRules([]model.TrafficRule{{Name: "bad", HostTraffic: "plain"}}, nil); err == nil {
+		t.Error("an unknown host_traffic was accepted")
+	}
+}
+
 func TestTrafficRuleFlag(t *testing.T) {
 	r, err := ParseTrafficRule("name=wan,source=10.0.0.0/8,target=192.168.0.0/16,encrypt=true,throttle=1048576")
 	want := model.TrafficRule{Name: "wan", SourceCIDR: "10.0.0.0/8", TargetCIDR: "192.168.0.0/16", Encrypt: true, ThrottleBytesPerSec: 1 << 20}
 	if err != nil || r != want {
 		t.Fatalf("parse: %+v %v", r, err)
 	}
-	for _, s := range []string{"name=x,colour=red", "name=x,encrypt=maybe", "target=1.2.3.4/99", "throttle=-5", "name"} {
+	r, err = ParseTrafficRule("name=site,source=10.1.0.0/16,target=10.1.0.0/16,host_traffic=integrity")
+	want = model.TrafficRule{Name: "site", SourceCIDR: "10.1.0.0/16", TargetCIDR: "10.1.0.0/16", HostTraffic: model.HostTrafficIntegrity}
+	if err != nil || r != want {
+		t.Fatalf("parse host_traffic: %+v %v", r, err)
+	}
+	if got := (trafficRulesValue{&[]model.TrafficRule{r}}).String(); !strings.Contains(got, "host_traffic=integrity") {
+		t.Fatalf("flag value %q drops host_traffic", got)
+	}
+	for _, s := range []string{"name=x,colour=red", "name=x,encrypt=maybe", "target=1.2.3.4/99", "throttle=-5", "name", "name=x,host_traffic=clear"} {
 		if _, err := ParseTrafficRule(s); err == nil {
 			t.Errorf("%q accepted", s)
 		}

@@ -385,7 +385,7 @@ func (t *Target) sessionHello(ctx context.Context, src *wire.Conn, h *wire.Hello
 		return fmt.Errorf("target filter refused %s: %s", h.VM, ack.Err)
 	}
 	resume := ack.Resume
-	log.Info("session open", "resume", resume, "initial_sync_done", ack.InitialSyncDone, "filter_link", dst.Protection())
+	log.Info("session open", "resume", resume, "initial_sync_done", ack.InitialSyncDone, "source_link", src.Protection(), "filter_link", dst.Protection())
 	t.m.sessions.Inc()
 	defer t.m.sessions.Dec()
 

@@ -74,9 +74,11 @@ func TestDatapathNBDClients(t *testing.T) {
 // the source disks. With encryption on and off.
 func TestDatapathCrash(t *testing.T) {
 	needTools(t, "qemu-img", "fio")
+	// encrypted points also cross integrity frames between the hosts and
+	// the proxies; clear points cross TLS on every hop
 	for _, enc := range []bool{false, true} {
 		t.Run(fmt.Sprintf("encrypt=%v", enc), func(t *testing.T) {
-			crashRun(t, enc)
+			crashRun(t, enc, enc)
 		})
 	}
 }
@@ -95,9 +97,14 @@ func fileSum(t *testing.T, path string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-func crashRun(t *testing.T, encrypt bool) {
+func crashRun(t *testing.T, encrypt, hostIntegrity bool) {
 	grace := 1500 * time.Millisecond
-	d := startDatapath(t, dpOptions{encrypt: encrypt, grace: grace})
+	d := startDatapath(t, dpOptions{encrypt: encrypt, grace: grace, hostIntegrity: hostIntegrity})
+	link := "tls"
+	if hostIntegrity {
+		link = "integrity"
+	}
+	d.checkLinks(link)
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
 
 	// background workload on every disk until stopped
@@ -202,6 +209,7 @@ func crashRun(t *testing.T, encrypt bool) {
 	}
 	verify("at the end")
 	d.checkLatest()
+	d.checkLinks(link) // the sessions after the kills chose the same
 }
 
 // TestDatapathSourceFilterCrash kills the source filter right after guest

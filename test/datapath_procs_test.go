@@ -190,6 +190,7 @@ func getJSON(t testing.TB, url string, v any) error {
 // filterStatus is the part of the source filter's /v1/status the tests read.
 type filterStatus struct {
 	VM            string `json:"vm"`
+	Link          string `json:"link"`
 	Status        string `json:"status"`
 	Mode          string `json:"mode"`
 	Seq           uint64 `json:"seq"`
@@ -223,8 +224,11 @@ type datapath struct {
 
 type dpOptions struct {
 	encrypt bool
-	grace   time.Duration
-	rpo     time.Duration // default 300ms
+	// hostIntegrity: a traffic rule on both proxies lets the hops between
+	// host filters and proxies carry integrity frames instead of TLS
+	hostIntegrity bool
+	grace         time.Duration
+	rpo           time.Duration // default 300ms
 	// vms replaces the default VMs (vm-a: 2000, 2001; vm-b: 2000)
 	vms []source.VMConfig
 	// noSourceFilter leaves the source filter to the caller (in-process)
@@ -246,9 +250,14 @@ func startDatapath(t testing.TB, o dpOptions) *datapath {
 		t.Fatalf("gen certs: %v\n%s", err, out)
 	}
 	tlsArgs := []string{"--cert", filepath.Join(certs, "cert.pem"), "--key", filepath.Join(certs, "key.pem"), "--ca", filepath.Join(certs, "ca.pem")}
-	var encArgs []string
+	var proxyArgs []string
 	if o.encrypt {
-		encArgs = []string{"--encryption-key", filepath.Join(certs, "encryption.key")}
+		proxyArgs = []string{"--encryption-key", filepath.Join(certs, "encryption.key")}
+	}
+	if o.hostIntegrity {
+		// loopback is every hop here: the rule matches the hop between the
+		// proxies too, where it keeps point sealing as configured
+		proxyArgs = append(proxyArgs, "--traffic-rule", fmt.Sprintf("name=site,source=127.0.0.0/8,target=127.0.0.0/8,encrypt=%t,host_traffic=integrity", o.encrypt))
 	}
 	if o.rpo == 0 {
 		o.rpo = 300 * time.Millisecond
@@ -276,10 +285,10 @@ func startDatapath(t testing.TB, o dpOptions) *datapath {
 		"--listen", tfData, "--admin-addr", d.tfAdmin, "--nbd-addr", freeAddr(t),
 		"--journal-dir", filepath.Join(dir, "target"), "--export-dir", dir}, tlsArgs...)...)
 	d.tproxy = startProc(t, dir, "target-proxy", d.tpAdmin, append(append([]string{"proxy", "--role", "target",
-		"--listen", tpData, "--admin-addr", d.tpAdmin, "--target-filter", tfData}, tlsArgs...), encArgs...)...)
+		"--listen", tpData, "--admin-addr", d.tpAdmin, "--target-filter", tfData}, tlsArgs...), proxyArgs...)...)
 	d.sproxy = startProc(t, dir, "source-proxy", d.spAdmin, append(append([]string{"proxy", "--role", "source",
 		"--listen", spData, "--admin-addr", d.spAdmin, "--target", tpData, "--rpo", o.rpo.String(),
-		"--spill-dir", filepath.Join(dir, "spill"), "--log-level", o.logLevel}, tlsArgs...), encArgs...)...)
+		"--spill-dir", filepath.Join(dir, "spill"), "--log-level", o.logLevel}, tlsArgs...), proxyArgs...)...)
 	cfg := map[string]any{
 		"role": "source", "datastore": filepath.Join(dir, "source"), "proxy": spData,
 		"admin_addr": d.sfAdmin, "nbd_addr": d.nbdAddr, "grace": o.grace.String(), "buffer_bytes": 64 << 20,
@@ -306,6 +315,41 @@ func startDatapath(t testing.TB, o dpOptions) *datapath {
 	})
 	d.waitQuiet(90 * time.Second)
 	return d
+}
+
+// checkLinks checks what protects each hop: want ("tls" or "integrity")
+// between the host filters and the proxies, TLS between the proxies.
+func (d *datapath) checkLinks(want string) {
+	d.t.Helper()
+	for _, st := range d.status() {
+		if st.Link != want {
+			d.t.Errorf("source filter, %s: link to the source proxy is %q, want %q", st.VM, st.Link, want)
+		}
+	}
+	var sp []struct {
+		VM         string `json:"vm"`
+		FilterLink string `json:"filter_link"`
+	}
+	if err := getJSON(d.t, "http://"+d.spAdmin+"/v1/status", &sp); err != nil {
+		d.t.Fatal(err)
+	}
+	for _, st := range sp {
+		if st.FilterLink != want {
+			d.t.Errorf("source proxy, %s: link to the filter is %q, want %q", st.VM, st.FilterLink, want)
+		}
+	}
+	for _, c := range []struct {
+		p    *proc
+		want string
+	}{{d.tproxy, "source_link=tls filter_link=" + want}, {d.tfilter, "link=" + want}} {
+		b, err := os.ReadFile(c.p.log)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		if !strings.Contains(string(b), c.want) {
+			d.t.Errorf("%s log has no session with %s:\n%s", c.p.name, c.want, tail(c.p.log))
+		}
+	}
 }
 
 func (d *datapath) uri(vm string, disk int32) string {
