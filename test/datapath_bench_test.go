@@ -288,22 +288,30 @@ func percentile(v []float64, p float64) float64 {
 // On disk, the baseline writes each byte once while the data path writes it
 // at least twice on the same device (the source disk and the journal); on
 // tmpfs the device is out of the way and the pipeline itself is measured.
+//
+// Each runs twice: with TLS on every hop ("tls"), and with a traffic rule
+// that lets the hops between the host filters and the proxies carry
+// integrity frames ("integrity": data in clear, every frame authenticated;
+// the hop between the proxies stays TLS).
 func BenchmarkDatapathEndToEnd(b *testing.B) {
-	b.Run("disk", func(b *testing.B) { benchDatapath(b, b.TempDir()) })
-	b.Run("tmpfs", func(b *testing.B) {
-		if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
-			b.Skip("no /dev/shm")
-		}
-		dir, err := os.MkdirTemp("/dev/shm", "continuum-bench-")
-		if err != nil {
-			b.Skip(err)
-		}
-		defer os.RemoveAll(dir)
-		benchDatapath(b, dir)
-	})
+	for _, links := range []string{"tls", "integrity"} {
+		integrity := links == "integrity"
+		b.Run("disk/"+links, func(b *testing.B) { benchDatapath(b, b.TempDir(), integrity) })
+		b.Run("tmpfs/"+links, func(b *testing.B) {
+			if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+				b.Skip("no /dev/shm")
+			}
+			dir, err := os.MkdirTemp("/dev/shm", "continuum-bench-")
+			if err != nil {
+				b.Skip(err)
+			}
+			defer os.RemoveAll(dir)
+			benchDatapath(b, dir, integrity)
+		})
+	}
 }
 
-func benchDatapath(b *testing.B, dir string) {
+func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 	needTools(b, "fio")
 	const total = 512 << 20
 	corpus := mixedCorpus(64 << 20)
@@ -314,7 +322,12 @@ func benchDatapath(b *testing.B, dir string) {
 		// one run of a second is at the mercy of the disk's moment.
 		bases := []float64{naiveBaseline(b, corpus, total, dir)}
 		ddir := filepath.Join(dir, fmt.Sprintf("run%d", i))
-		d := startDatapath(b, dpOptions{rpo: time.Second, grace: 30 * time.Second, vms: vms, logLevel: "warn", dir: ddir})
+		d := startDatapath(b, dpOptions{rpo: time.Second, grace: 30 * time.Second, vms: vms, logLevel: "warn", dir: ddir, hostIntegrity: hostIntegrity})
+		link := "tls"
+		if hostIntegrity {
+			link = "integrity"
+		}
+		d.checkLinks(link)
 
 		// CPU seconds of each data-path process per phase: where the
 		// time goes, as the throughput is bound by the two cores
