@@ -12,7 +12,11 @@
 // leaves it out only after its peer said it reads such frames: each side
 // of a TLS Conn sends a skippable Features frame ahead of its first
 // message, which an older reader passes over, so peers of different
-// releases keep talking (checked) during a rolling upgrade.
+// releases keep talking (checked) during a rolling upgrade. A connection
+// between a host's filter and a proxy may instead leave TLS after the
+// Hello exchange for integrity frames, whose trailer is a GMAC tag under a
+// key from the TLS exporter (FlagTagged, integrity.go): data in clear,
+// every frame authenticated, when a traffic rule asks for it.
 // Encoding is hand-written with encoding/binary; readers and writers reuse
 // their buffers. A big Write or Point keeps its read buffer instead of a
 // copy; a reader that gives it back with Release (on a connection made
