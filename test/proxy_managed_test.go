@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -199,8 +198,10 @@ func (f *streamFilter) connect(d time.Duration) {
 	deadline := time.Now().Add(d)
 	var last string
 	for time.Now().Before(deadline) {
-		dd := tls.Dialer{Config: f.conf, NetDialer: &net.Dialer{Timeout: 2 * time.Second}}
-		nc, err := dd.DialContext(context.Background(), "tcp", f.addr)
+		// as the filter process dials (it may switch to integrity frames)
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		nc, err := wire.DialTLS(dctx, nil, f.addr, f.conf)
+		cancel()
 		if err != nil {
 			last = err.Error()
 			time.Sleep(200 * time.Millisecond)
@@ -483,6 +484,13 @@ func TestProxyManaged(t *testing.T) {
 	}
 	defer func() { acancel(); <-agDone; <-agDone }()
 
+	// the hosts and proxies of this site (all on loopback) trade
+	// confidentiality for CPU between host filters and proxies; points
+	// between the proxies stay sealed with the task key
+	if _, err := cl.CreateTrafficRule(ctx, &model.TrafficRule{Name: "site", SourceCIDR: "127.0.0.0/8", TargetCIDR: "127.0.0.0/8",
+		Encrypt: true, HostTraffic: model.HostTrafficIntegrity}); err != nil {
+		t.Fatal(err)
+	}
 	pol, err := cl.CreatePolicy(ctx, &model.Policy{Name: "managed", Enabled: true, VCenterID: vc.ID,
 		Target: model.Target{VCenterID: vc.ID, Cluster: "dst-cluster", Datastore: "dst-ds-01"},
 		RPO:    model.Duration(time.Second), ShortTermRetention: model.Duration(time.Hour),
@@ -520,6 +528,7 @@ func TestProxyManaged(t *testing.T) {
 	f.write(rnd, 40, 0)
 	f.waitAcked(60 * time.Second)
 	f.checkExact(ts)
+	checkIntegrityLinks(t, f, procs["src"], procs["dst-a"])
 	st, err := procs["dst-a"].status()
 	if err != nil || len(st.TargetVMs) != 1 || st.TargetVMs[0] != task.VMName {
 		t.Fatalf("target proxy A status %+v %v", st, err)
@@ -578,5 +587,32 @@ func TestProxyManaged(t *testing.T) {
 	f.checkExact(ts)
 	if ss, err := procs["src"].status(); err != nil || len(ss.SourceVMs) != 1 || ss.SourceVMs[0].Target != procs["dst-b"].listen || ss.ConfigVersion == "" {
 		t.Fatalf("restarted source proxy without a coordinator: %+v %v", ss, err)
+	}
+	// its cached configuration keeps the traffic rule
+	checkIntegrityLinks(t, f, procs["src"], procs["dst-b"])
+}
+
+// checkIntegrityLinks checks that the filter's session with the source
+// proxy and the target proxy's session with the target filter carry
+// integrity frames, and that the hop between the proxies is TLS with its
+// points sealed.
+func checkIntegrityLinks(t *testing.T, f *streamFilter, src, dst *managedProc) {
+	t.Helper()
+	f.mu.Lock()
+	link := f.c.Protection()
+	f.mu.Unlock()
+	if link != "integrity" {
+		t.Errorf("filter to source proxy: %s, want integrity", link)
+	}
+	ss, err := src.status()
+	if err != nil || len(ss.SourceVMs) != 1 || ss.SourceVMs[0].FilterLink != "integrity" || !ss.SourceVMs[0].Encrypted {
+		t.Errorf("source proxy status %+v %v: want its filter on integrity frames and its points sealed", ss, err)
+	}
+	b, err := os.ReadFile(dst.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "source_link=tls filter_link=integrity") {
+		t.Errorf("target proxy %s: no session with TLS from the source proxy and integrity frames to the target filter:\n%s", dst.name, dst.logTail())
 	}
 }
