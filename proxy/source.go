@@ -358,28 +358,26 @@ func (p *SourceProxy) canSpillLocked() bool {
 
 // SourceVMStatus is the state of one VM in the source proxy.
 type SourceVMStatus struct {
-	VM              string `json:"vm"`
-	TaskID          string `json:"task_id,omitempty"`
-	Target          string `json:"target,omitempty"` // target proxy of a routed VM`
-	FilterConnected bool   `json:"filter_connected"`
-	TargetConnected bool   `json:"target_connected"`
-	Rule            string `json:"traffic_rule,omitempty"`
-	Encrypted       bool   `json:"encrypted"`
-	// FilterLink is what protects the filter's connection: "tls",
-	// "integrity" (a traffic rule's host_traffic) or "clear".
-	FilterLink   string  `json:"filter_link,omitempty"`
-	Received     uint64  `json:"received_seq"`
-	LastPoint    uint64  `json:"last_point"`
-	AckedPoint   uint64  `json:"acked_point"`
-	PendingBytes int64   `json:"pending_bytes"`
-	QueuedPoints int     `json:"queued_points"`
-	QueuedBytes  int64   `json:"queued_bytes"`
-	SpilledBytes int64   `json:"spilled_bytes"`
-	Blocked      bool    `json:"blocked"`
-	LagSeconds   float64 `json:"lag_seconds"`
-	Points       int64   `json:"points_sent"`
-	RawBytes     int64   `json:"raw_bytes"`
-	WireBytes    int64   `json:"wire_bytes"`
+	VM              string  `json:"vm"`
+	TaskID          string  `json:"task_id,omitempty"`
+	Target          string  `json:"target,omitempty"` // target proxy of a routed VM`
+	FilterConnected bool    `json:"filter_connected"`
+	TargetConnected bool    `json:"target_connected"`
+	Rule            string  `json:"traffic_rule,omitempty"`
+	Encrypted       bool    `json:"encrypted"`
+	FilterLink      string  `json:"filter_link,omitempty"` // protection of the filter's connection: "tls", "integrity" (a traffic rule's host_traffic) or "clear"
+	Received        uint64  `json:"received_seq"`
+	LastPoint       uint64  `json:"last_point"`
+	AckedPoint      uint64  `json:"acked_point"`
+	PendingBytes    int64   `json:"pending_bytes"`
+	QueuedPoints    int     `json:"queued_points"`
+	QueuedBytes     int64   `json:"queued_bytes"`
+	SpilledBytes    int64   `json:"spilled_bytes"`
+	Blocked         bool    `json:"blocked"`
+	LagSeconds      float64 `json:"lag_seconds"`
+	Points          int64   `json:"points_sent"`
+	RawBytes        int64   `json:"raw_bytes"`
+	WireBytes       int64   `json:"wire_bytes"`
 	// AckLagSeconds is the write-to-durable lag of the newest acknowledged
 	// point: from its first write reaching this proxy to its acknowledgement.
 	AckLagSeconds float64 `json:"ack_lag_seconds"`

@@ -27,24 +27,21 @@ type DiskStatus struct {
 
 // VMStatus is the state of one protected VM's stream.
 type VMStatus struct {
-	VM        string         `json:"vm"`
-	Status    model.VMStatus `json:"status"`
-	Mode      string         `json:"mode"`
-	Reason    string         `json:"reason,omitempty"`
-	Connected bool           `json:"connected"`
-	// Link is what protects the connection to the source proxy: "tls",
-	// "integrity" (the proxy's traffic rules let it carry integrity
-	// frames) or "clear".
-	Link                string  `json:"link,omitempty"`
-	Seq                 uint64  `json:"seq"`
-	Acked               uint64  `json:"acked"`
-	BufferBytes         int64   `json:"buffer_bytes"`
-	BufferEntries       int     `json:"buffer_entries"`
-	LagSeconds          float64 `json:"lag_seconds"`
-	SyncDoneBytes       int64   `json:"sync_done_bytes"`
-	SyncTotalBytes      int64   `json:"sync_total_bytes"`
-	SyncRateBytesPerSec float64 `json:"sync_rate_bytes_per_sec"`
-	CBTEntries          int64   `json:"cbt_entries"`
+	VM                  string         `json:"vm"`
+	Status              model.VMStatus `json:"status"`
+	Mode                string         `json:"mode"`
+	Reason              string         `json:"reason,omitempty"`
+	Connected           bool           `json:"connected"`
+	Link                string         `json:"link,omitempty"` // protection of the connection to the source proxy: "tls", "integrity" (integrity frames) or "clear"
+	Seq                 uint64         `json:"seq"`
+	Acked               uint64         `json:"acked"`
+	BufferBytes         int64          `json:"buffer_bytes"`
+	BufferEntries       int            `json:"buffer_entries"`
+	LagSeconds          float64        `json:"lag_seconds"`
+	SyncDoneBytes       int64          `json:"sync_done_bytes"`
+	SyncTotalBytes      int64          `json:"sync_total_bytes"`
+	SyncRateBytesPerSec float64        `json:"sync_rate_bytes_per_sec"`
+	CBTEntries          int64          `json:"cbt_entries"`
 	// ThrottledWrites counts guest writes delayed for room in the buffer
 	// (BackpressureWait), ThrottledSeconds their total wait.
 	ThrottledWrites  int64        `json:"throttled_writes"`
