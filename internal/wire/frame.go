@@ -400,7 +400,7 @@ type Conn struct {
 	unchecked atomic.Bool
 
 	// integrity frames (integrity.go). wantIntegrity, agreed, switchWrite
-	// and wmac are guarded by wmu; switchRead by rmu.
+	// and wmac are guarded by wmu; switchRead belongs to the reader.
 	peerBits      atomic.Uint64 // the peer's announced features
 	wantIntegrity bool          // ask for them (the side sending Hello)
 	agreed        bool          // grant them (the side answering Hello)
