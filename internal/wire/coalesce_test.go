@@ -21,7 +21,7 @@ import (
 	"time"
 )
 
-func testTLSConfigs(t *testing.T) (server, client *tls.Config) {
+func testTLSConfigs(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
