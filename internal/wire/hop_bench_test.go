@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -33,34 +32,15 @@ func BenchmarkLoopbackHop(b *testing.B) {
 }
 
 func benchHop(b *testing.B, integrity bool) {
-	scfg, ccfg := testTLSConfigs(b)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
+	client, server, _, _ := integrityPair(b, integrity, false, true)
+	if client.Integrity() != integrity {
+		b.Fatalf("integrity frames %v, want %v", client.Integrity(), integrity)
 	}
-	defer l.Close()
-	tl := TLSListener(l, scfg)
 	n := b.N
 	done := make(chan error, 1)
 	go func() {
-		nc, err := tl.Accept()
-		if err != nil {
-			done <- err
-			return
-		}
-		c := NewConn(nc, WithFrameReuse())
-		defer c.Close()
-		if _, err := Expect[*Hello](c); err != nil {
-			done <- err
-			return
-		}
-		c.AgreeIntegrity(integrity)
-		if err := c.Send(&HelloAck{}); err != nil {
-			done <- err
-			return
-		}
 		for range n {
-			m, err := c.ReadMsg()
+			m, err := server.ReadMsg()
 			if err != nil {
 				done <- err
 				return
@@ -69,26 +49,12 @@ func benchHop(b *testing.B, integrity bool) {
 		}
 		done <- nil
 	}()
-	cfg := ccfg.Clone()
-	cfg.ServerName = "127.0.0.1"
-	nc, err := DialTLS(b.Context(), nil, l.Addr().String(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := NewConn(nc)
-	defer c.Close()
-	if _, err := Greet(c, &Hello{Role: RoleSourceFilter, VM: "vm", Disks: []Disk{{Key: 1, Capacity: 1 << 40}}}, 10*time.Second); err != nil {
-		b.Fatal(err)
-	}
-	if c.Integrity() != integrity {
-		b.Fatalf("integrity frames %v, want %v", c.Integrity(), integrity)
-	}
 	data := make([]byte, 1<<20)
 	b.SetBytes(int64(len(data)))
 	b.ResetTimer()
 	cpu0 := cpuTime(b)
 	for i := range n {
-		if err := c.Send(&Write{Seq: uint64(i + 1), Disk: 1, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
+		if err := client.Send(&Write{Seq: uint64(i + 1), Disk: 1, Op: OpData, Len: uint32(len(data)), Data: data}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -25,7 +25,7 @@ type relay struct {
 	tamper func([]byte) bool
 }
 
-func startRelay(t *testing.T, target string) *relay {
+func startRelay(t testing.TB, target string) *relay {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -78,12 +78,13 @@ func (r *relay) seen(dir *bytes.Buffer, s []byte) bool {
 	return bytes.Contains(dir.Bytes(), s)
 }
 
-// integrityPair connects a client Conn to a server Conn through a relay,
-// both over TLS as the data path's hops are; ask is the client's request,
-// want the server's own rule. The server answers the Hello with a
-// HelloAck immediately followed by an Ack, so the client has bytes after
-// the switch in flight while it reads the answer.
-func integrityPair(t *testing.T, ask, want bool) (client, server *Conn, r *relay, agreed bool) {
+// integrityPair connects a client Conn to a server Conn (reading
+// WithFrameReuse), both over TLS as the data path's hops are, through a
+// recording relay unless direct; ask is the client's request, want the
+// server's own rule. The server answers the Hello with a HelloAck
+// immediately followed by an Ack, so the client has bytes after the switch
+// in flight while it reads the answer.
+func integrityPair(t testing.TB, ask, want, direct bool) (client, server *Conn, r *relay, agreed bool) {
 	t.Helper()
 	scfg, ccfg := testTLSConfigs(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -92,7 +93,11 @@ func integrityPair(t *testing.T, ask, want bool) (client, server *Conn, r *relay
 	}
 	t.Cleanup(func() { l.Close() })
 	tl := TLSListener(l, scfg)
-	r = startRelay(t, l.Addr().String())
+	addr := l.Addr().String()
+	if !direct {
+		r = startRelay(t, addr)
+		addr = r.addr
+	}
 	type result struct {
 		c      *Conn
 		agreed bool
@@ -105,7 +110,7 @@ func integrityPair(t *testing.T, ask, want bool) (client, server *Conn, r *relay
 			done <- result{err: err}
 			return
 		}
-		c := NewConn(nc)
+		c := NewConn(nc, WithFrameReuse())
 		if _, err := Expect[*Hello](c); err != nil {
 			done <- result{err: err}
 			return
@@ -119,7 +124,7 @@ func integrityPair(t *testing.T, ask, want bool) (client, server *Conn, r *relay
 	}()
 	cfg := ccfg.Clone()
 	cfg.ServerName = "127.0.0.1"
-	nc, err := DialTLS(t.Context(), nil, r.addr, cfg)
+	nc, err := DialTLS(t.Context(), nil, addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +194,7 @@ func exchange(t *testing.T, client, server *Conn, data []byte) {
 // the HelloAck both directions carry integrity frames, the data in clear on
 // the wire, the Hello still inside TLS.
 func TestIntegrityFramesAfterHello(t *testing.T) {
-	client, server, r, agreed := integrityPair(t, true, false)
+	client, server, r, agreed := integrityPair(t, true, false, false)
 	if !agreed || !client.Integrity() || !server.Integrity() {
 		t.Fatalf("agreed %v, client %v, server %v: want integrity frames on both sides", agreed, client.Integrity(), server.Integrity())
 	}
@@ -208,7 +213,7 @@ func TestIntegrityFramesAfterHello(t *testing.T) {
 
 // The answering side's own rule is enough when the asking side can switch.
 func TestIntegrityGrantedByAnswer(t *testing.T) {
-	client, server, _, agreed := integrityPair(t, false, true)
+	client, server, _, agreed := integrityPair(t, false, true, false)
 	if !agreed || !client.Integrity() || !server.Integrity() {
 		t.Fatalf("agreed %v, client %v, server %v", agreed, client.Integrity(), server.Integrity())
 	}
@@ -217,7 +222,7 @@ func TestIntegrityGrantedByAnswer(t *testing.T) {
 
 // Neither side wants it: the connection stays TLS and nothing is in clear.
 func TestIntegrityNotAgreedStaysTLS(t *testing.T) {
-	client, server, r, agreed := integrityPair(t, false, false)
+	client, server, r, agreed := integrityPair(t, false, false, false)
 	if agreed || client.Integrity() || server.Integrity() {
 		t.Fatalf("agreed %v, client %v, server %v: want TLS", agreed, client.Integrity(), server.Integrity())
 	}
@@ -231,7 +236,7 @@ func TestIntegrityNotAgreedStaysTLS(t *testing.T) {
 // A byte changed on the wire after the switch is caught by the tag: the
 // reader fails and takes nothing of the frame.
 func TestIntegrityTamperingDetected(t *testing.T) {
-	client, server, r, _ := integrityPair(t, true, false)
+	client, server, r, _ := integrityPair(t, true, false, false)
 	needle := []byte("carry-this")
 	r.mu.Lock()
 	r.tamper = func(b []byte) bool {
