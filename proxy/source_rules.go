@@ -66,9 +66,7 @@ func compileRules(rules []model.TrafficRule, sealer *wire.Sealer) ([]*sourceRule
 		if r.Encrypt && sealer == nil {
 			return nil, fmt.Errorf("traffic rule %s encrypts but no encryption key is configured", name)
 		}
-		switch r.HostTraffic {
-		case "", model.HostTrafficEncrypted, model.HostTrafficIntegrity:
-		default:
+		if !model.ValidHostTraffic(r.HostTraffic) {
 			return nil, fmt.Errorf("traffic rule %s: host_traffic %q is neither %q nor %q", name, r.HostTraffic, model.HostTrafficEncrypted, model.HostTrafficIntegrity)
 		}
 		r.Name = name

@@ -281,6 +281,12 @@ const (
 	HostTrafficIntegrity = "integrity"
 )
 
+// ValidHostTraffic says whether v is a TrafficRule.HostTraffic value ("" is
+// the default, encrypted).
+func ValidHostTraffic(v string) bool {
+	return v == "" || v == HostTrafficEncrypted || v == HostTrafficIntegrity
+}
+
 // Tenant is a provider-mode tenant. Its key is sealed with the cluster key.
 type Tenant struct {
 	ID        string    `json:"id"`

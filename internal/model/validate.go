@@ -215,9 +215,7 @@ func (r *TrafficRule) Validate() error {
 	if r.ThrottleBytesPerSec < 0 {
 		return Invalid("throttle_bytes_per_sec", "must not be negative")
 	}
-	switch r.HostTraffic {
-	case "", HostTrafficEncrypted, HostTrafficIntegrity:
-	default:
+	if !ValidHostTraffic(r.HostTraffic) {
 		return Invalid("host_traffic", "%q is neither %q nor %q", r.HostTraffic, HostTrafficEncrypted, HostTrafficIntegrity)
 	}
 	return nil
