@@ -9,12 +9,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,8 +53,9 @@ func mixedCorpus(n int) []byte {
 
 // naiveBaseline is the reference pipeline in one process: compress each
 // 1 MiB with s2, send over loopback TCP, decompress, append to a file and
-// fsync every 8 MiB. It returns MB/s.
-func naiveBaseline(b *testing.B, corpus []byte, total int, dir string) float64 {
+// fsync every 8 MiB. It returns MB/s and the CPU seconds it took (this
+// process's, which runs nothing else meanwhile).
+func naiveBaseline(b *testing.B, corpus []byte, total int, dir string) (mbs, cpu float64) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -106,6 +110,7 @@ func naiveBaseline(b *testing.B, corpus []byte, total int, dir string) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
+	cpu0 := selfCPU()
 	start := time.Now()
 	bw := bufio.NewWriterSize(c, 1<<20)
 	var enc []byte
@@ -123,7 +128,29 @@ func naiveBaseline(b *testing.B, corpus []byte, total int, dir string) float64 {
 		b.Fatal(err)
 	}
 	f.Sync()
-	return float64(total) / 1e6 / time.Since(start).Seconds()
+	return float64(total) / 1e6 / time.Since(start).Seconds(), selfCPU() - cpu0
+}
+
+// selfCPU reads this process's user+system CPU time.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// runCPU runs a command like run and returns the CPU seconds it used.
+func runCPU(t testing.TB, name string, args ...string) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 }
 
 // peakRSS reads a process's peak resident set (VmHWM) in MB.
@@ -348,9 +375,8 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 			out[0].diskBusy = diskBusy()
 			return out
 		}
-		logCPU := func(phase string, before []usage, el time.Duration) {
+		logCPU := func(phase string, before []usage, el time.Duration) (sum float64) {
 			after := cpu()
-			var sum float64
 			for i := range after {
 				after[i].cpu -= before[i].cpu
 				after[i].faults -= before[i].faults
@@ -365,6 +391,7 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 			b.Logf("%s: machine idle %.0f%%, waiting for I/O %.0f%%, disk busy %.0f%%; page faults (thousands) %.0f, %.0f, %.0f, %.0f; context switches (thousands) %.0f, %.0f, %.0f, %.0f",
 				phase, 100*idle, 100*iowait, 100*busy, after[0].faults/1e3, after[1].faults/1e3, after[2].faults/1e3, after[3].faults/1e3,
 				after[0].switches/1e3, after[1].switches/1e3, after[2].switches/1e3, after[3].switches/1e3)
+			return sum
 		}
 
 		// A running appliance's processes have warm buffers; fresh ones
@@ -384,7 +411,8 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 		// time, the second writes them again: a protected disk's steady
 		// state, and the figure that counts. A first write allocates the
 		// file's blocks, and the file system serializes allocating writes.
-		fioRun := func(phase string) (mbs, sustained float64) {
+		// It also returns the CPU seconds of the four processes and of fio.
+		fioRun := func(phase string) (mbs, sustained, pathCPU, fioCPU float64) {
 			cpu0 := cpu()
 			seq0 := d.status()[0].Seq
 			start := time.Now()
@@ -396,11 +424,11 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 				return st[0].Acked - min(st[0].Acked, seq0)
 			})
 			st0 := d.status()[0]
-			run(b, "fio", fioArgs("w", fmt.Sprintf("--size=%d", total))...)
+			fioCPU = runCPU(b, "fio", fioArgs("w", fmt.Sprintf("--size=%d", total))...)
 			fst := d.waitQuiet(5 * time.Minute)
 			mbs = float64(total) / 1e6 / time.Since(start).Seconds()
 			sustained = fw.rate(total)
-			logCPU(phase, cpu0, time.Since(start))
+			pathCPU = logCPU(phase, cpu0, time.Since(start))
 			if st := fst[0]; st.CBTEntries > st0.CBTEntries {
 				b.Logf("%s: the VM entered CBT mode %d times", phase, st.CBTEntries-st0.CBTEntries)
 			}
@@ -408,9 +436,9 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 				b.Logf("%s: %d writes waited %.2fs in all for room in the filter's buffer", phase,
 					st.ThrottledWrites-st0.ThrottledWrites, st.ThrottledSeconds-st0.ThrottledSeconds)
 			}
-			return mbs, sustained
+			return mbs, sustained, pathCPU, fioCPU
 		}
-		_, fioFirst90 := fioRun("fio, first writes")
+		_, fioFirst90, _, _ := fioRun("fio, first writes")
 
 		// in-process generator into the same proxies
 		tlsCfg, err := proxy.TLSConfig(filepath.Join(d.certs, "cert.pem"), filepath.Join(d.certs, "key.pem"), filepath.Join(d.certs, "ca.pem"))
@@ -497,14 +525,25 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 		// baseline measured right before them, and the median round
 		// counts.
 		const rounds = 3
-		var bases, fioR, genR, fioMBs, fio90s, genMBs, gen90s []float64
+		//
+		// CPU per byte explains the ratios: the fio phase's processes
+		// (fio, the four of the data path) share this machine's cores, so
+		// its throughput cannot exceed what those cores give at the CPU
+		// the phase spent per byte (its ceiling), whatever the pipeline's
+		// concurrency.
+		var bases, fioR, genR, fioMBs, fio90s, genMBs, gen90s, baseCPUs, fioPhaseCPUs, ceilings []float64
+		const gib = 1 << 30
 		for r := 0; r < rounds; r++ {
-			base := naiveBaseline(b, corpus, total, dir)
-			fm, f90 := fioRun(fmt.Sprintf("fio (round %d)", r+1))
+			base, baseCPU := naiveBaseline(b, corpus, total, dir)
+			fm, f90, pathCPU, fioCPU := fioRun(fmt.Sprintf("fio (round %d)", r+1))
 			gm, g90 := genRun()
+			ceiling := float64(runtime.NumCPU()) * total / 1e6 / (pathCPU + fioCPU)
 			b.Logf("round %d: baseline %.0f MB/s, fio %.0f MB/s (%.2fx), generator %.0f MB/s (%.2fx)", r+1, base, f90, f90/base, g90, g90/base)
+			b.Logf("round %d: CPU seconds per GiB: baseline %.1f; fio phase %.1f (data path %.1f, fio %.1f): %.1fx the baseline's; with all %d cores busy it could reach %.0f MB/s (%.2fx the baseline)",
+				r+1, baseCPU*gib/total, (pathCPU+fioCPU)*gib/total, pathCPU*gib/total, fioCPU*gib/total, (pathCPU+fioCPU)/baseCPU, runtime.NumCPU(), ceiling, ceiling/base)
 			bases, fioMBs, fio90s, genMBs, gen90s = append(bases, base), append(fioMBs, fm), append(fio90s, f90), append(genMBs, gm), append(gen90s, g90)
 			fioR, genR = append(fioR, f90/base), append(genR, g90/base)
+			baseCPUs, fioPhaseCPUs, ceilings = append(baseCPUs, baseCPU*gib/total), append(fioPhaseCPUs, (pathCPU+fioCPU)*gib/total), append(ceilings, ceiling/base)
 		}
 		base := median(bases)
 
@@ -577,6 +616,9 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 		b.ReportMetric(median(fioR), "fio-sustained/baseline")
 		b.ReportMetric(fioFirst90/base, "fio-first-writes-sustained/baseline")
 		b.ReportMetric(median(genR), "gen-sustained/baseline")
+		b.ReportMetric(median(baseCPUs), "baseline-cpu-s/GiB")
+		b.ReportMetric(median(fioPhaseCPUs), "fio-phase-cpu-s/GiB")
+		b.ReportMetric(median(ceilings), "fio-cpu-ceiling/baseline")
 		b.ReportMetric(percentile(lags, 0.5), "lag-p50-s")
 		b.ReportMetric(percentile(lags, 0.99), "lag-p99-s")
 		b.ReportMetric(rssSF, "rss-source-filter-MB")
