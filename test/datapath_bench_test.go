@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -143,14 +142,8 @@ func selfCPU() float64 {
 // runCPU runs a command like run and returns the CPU seconds it used.
 func runCPU(t testing.TB, name string, args ...string) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	_, st := runState(t, name, args...)
+	return (st.UserTime() + st.SystemTime()).Seconds()
 }
 
 // peakRSS reads a process's peak resident set (VmHWM) in MB.
@@ -523,16 +516,14 @@ func benchDatapath(b *testing.B, dir string, hostIntegrity bool) {
 		// the host's memory, its neighbours) changes from one second to
 		// the next, so each round's pipeline figures are set against the
 		// baseline measured right before them, and the median round
-		// counts.
+		// counts. CPU per byte explains the ratios: the fio phase's
+		// processes (fio, the four of the data path) share this machine's
+		// cores, so its throughput cannot exceed what those cores give at
+		// the CPU the phase spent per byte (its ceiling), whatever the
+		// pipeline's concurrency.
 		const rounds = 3
-		//
-		// CPU per byte explains the ratios: the fio phase's processes
-		// (fio, the four of the data path) share this machine's cores, so
-		// its throughput cannot exceed what those cores give at the CPU
-		// the phase spent per byte (its ceiling), whatever the pipeline's
-		// concurrency.
-		var bases, fioR, genR, fioMBs, fio90s, genMBs, gen90s, baseCPUs, fioPhaseCPUs, ceilings []float64
 		const gib = 1 << 30
+		var bases, fioR, genR, fioMBs, fio90s, genMBs, gen90s, baseCPUs, fioPhaseCPUs, ceilings []float64
 		// An unmeasured baseline first: the first one after the phases
 		// above puts its 512 MiB into memory this VM's host has taken back
 		// and ran at a third of the later ones' speed, at three times

@@ -466,11 +466,20 @@ func (d *datapath) checkLatest() {
 
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
+	out, _ := runState(t, name, args...)
+	return out
+}
+
+// runState is run that also returns the ended process's state (its CPU
+// times).
+func runState(t testing.TB, name string, args ...string) (string, *os.ProcessState) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, name, args...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return string(out), cmd.ProcessState
 }
