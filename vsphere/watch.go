@@ -98,9 +98,17 @@ func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	filter.Add(c.vc.ServiceContent.RootFolder, "VirtualMachine", watchProps, vmTraversal()...)
 	filter.Spec.ObjectSet[0].Skip = types.NewBool(true)
 
+	// The filter goes with the collector (the deferred Destroy), never on
+	// its own: the simulator goes on with a wait whose request the client
+	// gave up, and reads the collector's filter list unlocked meanwhile, so
+	// a DestroyPropertyFilter then races with it. DestroyPropertyCollector
+	// cancels the wait first and leaves the list alone.
+	if _, err := pc.CreateFilter(ctx, filter.CreateFilter); err != nil {
+		return wrap(op, err)
+	}
 	known := map[string]*vmState{}
 	synced := false
-	err = property.WaitForUpdatesEx(ctx, pc, filter, func(updates []types.ObjectUpdate) bool {
+	err = pc.WaitForUpdatesEx(ctx, &filter.WaitOptions, func(updates []types.ObjectUpdate) bool {
 		c.applyBatch(known, updates, synced, fn)
 		if !synced {
 			synced = true

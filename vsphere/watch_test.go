@@ -178,3 +178,80 @@ func TestWatch(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchStopsWhileInventoryChanges ends watches while a VM keeps
+// moving between hosts: the simulator is then still inside the wait the
+// client gave up, applying the changes, while the watch cleans up. Under
+// the race detector (make test) a cleanup that destroyed the filter on its
+// own raced with that wait. Each watch must report the move made while it
+// ran, end without an error, and report nothing once it returned.
+func TestWatchStopsWhileInventoryChanges(t *testing.T) {
+	e := newEnv(t, vcsim.Options{ProtectedVMs: 1, ProxyVMs: -1})
+	src := e.inv.VMByName(vcsim.ProtectedVMName(0))
+	hosts := e.inv.ClusterByName(vcsim.SourceClusterName).Hosts
+	if len(hosts) < 2 {
+		t.Fatalf("cluster hosts %v, want two or more", hosts)
+	}
+	vmo := object.NewVirtualMachine(vcsimClient(t, e), types.ManagedObjectReference{Type: "VirtualMachine", Value: src.MoRef})
+	at := src.Host
+	move := func() string {
+		to := hosts[0]
+		if to == at {
+			to = hosts[1]
+		}
+		hr := types.ManagedObjectReference{Type: "HostSystem", Value: to}
+		task, err := vmo.Relocate(e.ctx, types.VirtualMachineRelocateSpec{Host: &hr}, types.VirtualMachineMovePriorityDefaultPriority)
+		if err == nil {
+			err = task.Wait(e.ctx)
+		}
+		if err != nil {
+			t.Errorf("relocate to %s: %v", to, err)
+		}
+		at = to
+		return to
+	}
+	for i := range 6 {
+		ctx, cancel := context.WithCancel(e.ctx)
+		ch := make(chan vsphere.Change, 1000)
+		done := make(chan error, 1)
+		go func() { done <- e.c.Watch(ctx, func(c vsphere.Change) { ch <- c }) }()
+		if c := next(t, ch); c.Kind != vsphere.Synced {
+			t.Fatalf("watch %d: first change %+v, want synced", i, c)
+		}
+		to := move()
+		if c := next(t, ch); c.Kind != vsphere.HostChanged || c.VM != src.MoRef || c.Host != to {
+			t.Fatalf("watch %d: change %+v, want %s to %s", i, c, src.MoRef, to)
+		}
+		// more moves while the watch ends
+		stop := make(chan struct{})
+		moved := make(chan struct{})
+		go func() {
+			defer close(moved)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					move()
+				}
+			}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("watch %d: %v", i, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("watch %d did not stop", i)
+		}
+		n := len(ch)
+		time.Sleep(50 * time.Millisecond)
+		if len(ch) != n {
+			t.Fatalf("watch %d reported %d changes after it returned", i, len(ch)-n)
+		}
+		close(stop)
+		<-moved
+	}
+}
