@@ -104,6 +104,9 @@ func (c *Client) Watch(ctx context.Context, fn func(Change)) error {
 	// a DestroyPropertyFilter then races with it. DestroyPropertyCollector
 	// cancels the wait first and leaves the list alone.
 	if _, err := pc.CreateFilter(ctx, filter.CreateFilter); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return wrap(op, err)
 	}
 	known := map[string]*vmState{}
