@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -220,6 +221,15 @@ func Start(ctx context.Context, opts Options, log *slog.Logger) (*Server, error)
 
 	s.filters = registerIoFilterManager(m.Map())
 	s.hooks = &hooks{}
+	if serialTasks {
+		// More specific than the "/sdk" patterns NewServer registers.
+		if m.Service.ServeMux == nil {
+			m.Service.ServeMux = http.NewServeMux()
+		}
+		h := serialSDK(m.Service, m.Map())
+		m.Service.ServeMux.Handle("POST /sdk", h)
+		m.Service.ServeMux.Handle("POST /sdk/vimService", h)
+	}
 	s.server = m.Service.NewServer()
 	s.pbm = registerProfileAssociations(m.Service)
 	m.Map().Handler = s.hooks.handle(s.pbm)
